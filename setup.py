@@ -1,0 +1,32 @@
+"""tfkd: knowledge distillation in TensorFlow/Keras (MetaDistiller, progressive few-shot distillation)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="tfkd",
+    version="0.1.0",
+    description="Knowledge distillation for Keras 3 / TensorFlow: multi-exit self-distillation, "
+    "MetaDistiller, progressive few-shot distillation.",
+    packages=find_packages(include=["tfkd", "tfkd.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # CPU wheels are enough for CI and laptops; GPU users install tensorflow[and-cuda]
+        # (see README) which satisfies the same import.
+        "tensorflow-cpu>=2.20; platform_machine=='x86_64'",
+        "tensorflow>=2.20; platform_machine!='x86_64'",
+        "keras>=3.10",
+        "tensorflow-datasets>=4.9",
+        # Not pulled in by TF 2.21 any more, but needed: Keras Tuner imports tensorboard,
+        # TFDS needs importlib_resources to build datasets.
+        "tensorboard>=2.16",
+        "importlib_resources",
+        "ml-collections>=0.1.1",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "h5py",
+        "keras-tuner>=1.4",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3", "scikit-learn>=1.3"],
+    },
+    scripts=["bin/train", "bin/export"],
+)

@@ -1,0 +1,124 @@
+"""Experiment configuration: the base ConfigDict every file in ``configs/`` starts from, and its
+validation.
+
+The base config is locked: a config file or a ``--config.a.b=v`` flag that names a field that
+does not exist fails at once with ml_collections' "Key ... does not exist" error. Each registered
+method has a section named after it (``config.self_distill.alpha``) holding its own knobs.
+"""
+import ml_collections
+
+from tfkd.errors import ConfigError
+from tfkd.registry import BACKBONES, METHODS
+
+
+def base_config():
+    import tfkd.methods  # noqa: F401  (registers methods, so their sections exist)
+    import tfkd.models  # noqa: F401
+
+    c = ml_collections.ConfigDict()
+    c.method = "self_distill"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "fashion_mnist"  # a local dataset (fashion_mnist, glyphs) or any TFDS name
+    c.data.data_dir = ""  # '' = the dataset's default location
+    c.data.val_fraction = 0.1  # carved from train, stratified, deterministic (split_seed)
+    c.data.split_seed = 0
+    c.data.max_train_examples = 0  # 0 = all; >0 = a deterministic class-balanced subset
+    c.data.max_eval_examples = 0
+    c.data.augment = "auto"  # auto | none | crop | crop_flip | rrc_flip
+    c.data.allow_download = False  # TFDS: fail fast on unprepared datasets unless True
+    c.data.in_memory = True  # TFDS: load splits into memory (exact resume); False streams them
+    c.data.train_split = "train"
+    c.data.test_split = ""  # '' = 'test' if the dataset has it, else 'validation'
+    c.data.image_size = 0  # streaming TFDS only: model input size (0 = 224)
+    c.data.mean = ml_collections.config_dict.placeholder(tuple)  # None = from train data
+    c.data.std = ml_collections.config_dict.placeholder(tuple)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.arch = "resnet18"
+    c.model.width = 1.0  # multiplier on the stage widths (64, 128, 256, 512)
+    c.model.stem = "auto"  # auto (cifar below 128 px, imagenet above) | cifar | imagenet
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 200
+    c.train.batch_size = 128  # global batch, split over replicas
+    c.train.eval_batch_size = 256
+    c.train.optimizer = "sgd"  # sgd | adam
+    c.train.learning_rate = 0.1  # for train.batch_size; scale it yourself if you change the batch
+    c.train.momentum = 0.9
+    c.train.nesterov = False
+    c.train.weight_decay = 5e-4  # coupled (PyTorch-style) L2 on all trainable weights
+    c.train.lr_schedule = "step"  # step | cosine | constant
+    c.train.lr_boundaries = (80, 140)  # epochs, for 'step'
+    c.train.lr_decay = 0.1
+    c.train.select_metric = "val_final_accuracy"  # validation metric that picks the best checkpoint
+    c.train.keep_checkpoints = 2
+    c.train.mixed_precision = False
+    c.train.jit_compile = False
+    c.train.steps_per_execution = 1
+    c.train.verbose = 1  # Keras progress bar: 1 bar, 2 one line per epoch, 0 silent
+
+    c.export = ml_collections.ConfigDict()
+    c.export.enabled = True
+    c.export.top_k = 5
+
+    for name in METHODS.names():
+        c[name] = METHODS.get(name).default_config()
+    c.lock()
+    return c
+
+
+OUTPUT_METRICS = ("final", "ensemble", "exit_1", "exit_2", "exit_3")
+
+
+def validate(config):
+    """Checks values that the lock cannot (names, ranges); raises ConfigError naming the field."""
+    def fail(field, expected):
+        raise ConfigError(f"config.{field}={_get(config, field)!r}: expected {expected}")
+
+    if config.method not in METHODS:
+        fail("method", f"one of {METHODS.names()}")
+    if config.model.arch not in BACKBONES:
+        fail("model.arch", f"one of {BACKBONES.names()}")
+    if config.model.stem not in ("auto", "cifar", "imagenet"):
+        fail("model.stem", "'auto', 'cifar' or 'imagenet'")
+    if not config.model.width > 0:
+        fail("model.width", "a positive multiplier")
+    if not (isinstance(config.train.epochs, int) and config.train.epochs > 0):
+        fail("train.epochs", "a positive integer")
+    if not (isinstance(config.train.batch_size, int) and config.train.batch_size > 0):
+        fail("train.batch_size", "a positive integer")
+    if not config.train.learning_rate > 0:
+        fail("train.learning_rate", "a positive number")
+    if config.train.optimizer not in ("sgd", "adam"):
+        fail("train.optimizer", "'sgd' or 'adam'")
+    if config.train.lr_schedule not in ("step", "cosine", "constant"):
+        fail("train.lr_schedule", "'step', 'cosine' or 'constant'")
+    if config.train.weight_decay < 0:
+        fail("train.weight_decay", "a non-negative number")
+    if list(config.train.lr_boundaries) != sorted(config.train.lr_boundaries):
+        fail("train.lr_boundaries", "increasing epochs")
+    metric = config.train.select_metric
+    if not (metric.startswith("val_") and metric.endswith("_accuracy")
+            and metric[4:-9] in OUTPUT_METRICS):
+        fail("train.select_metric", f"val_<head>_accuracy with head in {OUTPUT_METRICS} (validation only)")
+    if not 0.0 <= config.data.val_fraction < 1.0:
+        fail("data.val_fraction", "a fraction in [0, 1)")
+    if config.data.val_fraction == 0.0:
+        fail("data.val_fraction", "> 0: model selection needs a validation split carved from train")
+    if config.data.max_train_examples < 0 or config.data.max_eval_examples < 0:
+        fail("data.max_train_examples", "0 (all) or a positive count")
+    if (config.data.mean is None) != (config.data.std is None):
+        fail("data.mean", "data.mean and data.std set together")
+    if config.export.top_k < 1:
+        fail("export.top_k", "a positive integer")
+    if config.train.keep_checkpoints < 1:
+        fail("train.keep_checkpoints", "at least 1")
+
+
+def _get(config, dotted):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node

@@ -1,0 +1,13 @@
+"""Datasets by name (local files and TFDS) and deterministic, resumable tf.data pipelines."""
+from tfkd.data.sources import ArraySplit, ClassificationData, load_dataset, StreamSplit
+from tfkd.data.pipeline import eval_dataset, train_dataset, resolve_augment
+
+__all__ = [
+    "ArraySplit",
+    "StreamSplit",
+    "ClassificationData",
+    "load_dataset",
+    "train_dataset",
+    "eval_dataset",
+    "resolve_augment",
+]

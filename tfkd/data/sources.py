@@ -1,0 +1,342 @@
+"""Image-classification data sources, by name.
+
+Local sources (registered in ``DATASETS``) read files directly; any other name is treated as a
+TFDS dataset. Every source returns a :class:`ClassificationData` with train / val / test splits.
+The validation split is always carved from the training data, deterministically (``split_seed``),
+so model selection never looks at test data.
+"""
+import dataclasses
+import gzip
+import os
+import zlib
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+from tfkd.errors import DataError
+from tfkd.registry import DATASETS
+
+
+@dataclasses.dataclass
+class ArraySplit:
+    """An in-memory split: uint8 images (N, H, W, C) and int32 labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclasses.dataclass
+class StreamSplit:
+    """A split too large for memory: a tf.data.Dataset of (uint8 image of any size, label)."""
+
+    dataset: object
+    num_examples: int
+
+    def __len__(self):
+        return self.num_examples
+
+
+Split = Union[ArraySplit, StreamSplit]
+
+
+@dataclasses.dataclass
+class ClassificationData:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    image_shape: Tuple[int, int, int]  # model input (H, W, C)
+    mean: Tuple[float, ...]  # per channel, on the 0..255 scale
+    std: Tuple[float, ...]
+    class_names: Optional[Tuple[str, ...]] = None
+    flip_ok: bool = True  # horizontal flips keep the label (False for glyphs: letters)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def stratified_holdout(labels, fraction, seed):
+    """Indices (keep, holdout): ``fraction`` of every class held out, chosen by ``seed``."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"config.data.val_fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    keep, hold = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_hold = int(round(fraction * len(idx)))
+        if fraction > 0 and len(idx) > 1:
+            n_hold = max(1, min(n_hold, len(idx) - 1))
+        hold.append(idx[:n_hold])
+        keep.append(idx[n_hold:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(hold))
+
+
+def subsample(split: ArraySplit, max_examples, seed):
+    """A deterministic, roughly class-balanced subset (for tests and quick runs)."""
+    if not max_examples or max_examples >= len(split):
+        return split
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(split))
+    # Round-robin over classes so small subsets still contain every class.
+    labels = split.labels[order]
+    rank = np.zeros(len(order), np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    chosen = np.sort(order[np.lexsort((labels, rank))[:max_examples]])
+    return ArraySplit(split.images[chosen], split.labels[chosen])
+
+
+def channel_stats(images):
+    x = images.astype(np.float64)
+    mean = x.mean(axis=(0, 1, 2))
+    std = x.std(axis=(0, 1, 2))
+    return tuple(float(v) for v in mean), tuple(float(max(v, 1e-3)) for v in std)
+
+
+def _as_nhwc(images, where):
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise DataError(f"{where}: expected images of shape (N, H, W) or (N, H, W, C), got {images.shape}")
+    if images.dtype != np.uint8:
+        raise DataError(f"{where}: expected uint8 images, got dtype {images.dtype}")
+    return images
+
+
+def _finish(name, train_full, test, num_classes, cfg, flip_ok=True, class_names=None, mean=None, std=None):
+    """Carve validation from train, apply subset limits, compute normalisation from train."""
+    keep, hold = stratified_holdout(train_full.labels, cfg.val_fraction, cfg.split_seed)
+    train = ArraySplit(train_full.images[keep], train_full.labels[keep])
+    val = ArraySplit(train_full.images[hold], train_full.labels[hold])
+    if mean is None:
+        mean, std = channel_stats(train.images)  # before subsetting: stable statistics
+    train = subsample(train, cfg.max_train_examples, cfg.split_seed)
+    val = subsample(val, cfg.max_eval_examples, cfg.split_seed + 1)
+    test = subsample(test, cfg.max_eval_examples, cfg.split_seed + 2)
+    return ClassificationData(
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        num_classes=int(num_classes),
+        image_shape=tuple(int(s) for s in train.images.shape[1:]),
+        mean=tuple(mean),
+        std=tuple(std),
+        class_names=tuple(class_names) if class_names is not None else None,
+        flip_ok=flip_ok,
+    )
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (IDX files)
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+def read_idx(path):
+    """Reads an IDX file (optionally gzipped): magic 0x0801 (labels) or 0x0803 (images)."""
+    if not os.path.exists(path):
+        raise DataError(
+            f"missing data file {path}; for Fashion-MNIST run `apt-get install -y dataset-fashion-mnist` "
+            f"or set --config.data.data_dir to a folder with the four IDX .gz files"
+        )
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of uint8 data (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(dims)) if dims else 0
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: header says shape {dims} ({expected} bytes) but holds {len(raw) - header}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+@DATASETS.register("fashion_mnist")
+def load_fashion_mnist(cfg):
+    root = cfg.data_dir or FASHION_MNIST_DIR
+    def pair(prefix):
+        images = read_idx(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"))
+        labels = read_idx(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz")).astype(np.int32)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{root}/{prefix}-*: expected (N, 28, 28) images and N labels, "
+                            f"got {images.shape} and {labels.shape}")
+        return ArraySplit(_as_nhwc(images, root), labels)
+    train, test = pair("train"), pair("t10k")
+    return _finish("fashion_mnist", train, test, 10, cfg, flip_ok=True, class_names=FASHION_MNIST_CLASSES)
+
+
+# ---------------------------------------------------------------- glyphs (.npz)
+
+GLYPHS_DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "glyphs_background.npz")
+
+
+def read_npz(path, required):
+    if not os.path.exists(path):
+        raise DataError(f"missing data file {path} (set --config.data.data_dir to the .npz file)")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:  # zipfile/pickle errors carry no path
+        raise DataError(f"cannot read {path} as an .npz archive: {e}") from None
+    missing = [k for k in required if k not in data.files]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {missing}; expected {list(required)} (found {data.files})")
+    return data
+
+
+def font_family_split(labels, groups, test_fraction=0.2):
+    """Per class, sends whole font families (``groups``) to test so test fonts are unseen designs.
+
+    Families are ordered by a stable hash, so the split does not depend on file order or on
+    Python's hash seed. Every class with at least two families keeps one in train and one in test.
+    """
+    is_test = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        families = sorted(set(groups[idx]), key=lambda g: (zlib.crc32(str(g).encode()), str(g)))
+        if len(families) < 2:
+            continue
+        n_test = min(len(families) - 1, max(1, int(round(test_fraction * len(families)))))
+        test_families = set(families[:n_test])
+        is_test[idx] = np.isin(groups[idx], list(test_families))
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+@DATASETS.register("glyphs")
+def load_glyphs(cfg):
+    path = os.path.abspath(cfg.data_dir or GLYPHS_DEFAULT)
+    data = read_npz(path, ("images", "labels"))
+    images = _as_nhwc(data["images"], f"{path}['images']")
+    labels = data["labels"]
+    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}['labels']: expected {len(images)} integer labels, got {labels.shape} {labels.dtype}")
+    labels = labels.astype(np.int32)
+    groups = data["font_families"] if "font_families" in data.files else np.arange(len(labels)).astype(str)
+    train_idx, test_idx = font_family_split(labels, groups)
+    num_classes = int(labels.max()) + 1
+    names = data["class_names"] if "class_names" in data.files else None
+    return _finish(
+        "glyphs",
+        ArraySplit(images[train_idx], labels[train_idx]),
+        ArraySplit(images[test_idx], labels[test_idx]),
+        num_classes,
+        cfg,
+        flip_ok=False,
+        class_names=names,
+    )
+
+
+# ---------------------------------------------------------------- TFDS
+
+# Normalisation for streamed datasets, where statistics cannot be computed up front.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def _tfds_builder(cfg):
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
+    except Exception as e:  # DatasetNotFoundError and friends
+        raise DataError(f"config.data.name={cfg.name!r} is neither a local dataset "
+                        f"({', '.join(DATASETS.names())}) nor a TFDS dataset: {e}") from None
+    if not builder.is_prepared():
+        if not cfg.allow_download:
+            raise DataError(
+                f"TFDS dataset {cfg.name!r} is not prepared in {builder.data_dir}. Prepare it first "
+                f"(`tfds build {cfg.name} --data_dir=DIR`, or place the files there) or pass "
+                f"--config.data.allow_download=True (needs internet; imagenet2012 needs its manual files)."
+            )
+        builder.download_and_prepare()
+    return builder
+
+
+def _tfds_keys(builder, name):
+    features = builder.info.features
+    image_key = "image" if "image" in features else None
+    label_key = "label" if "label" in features else None
+    if image_key is None or label_key is None:
+        raise DataError(f"TFDS dataset {name!r} has features {list(features)}; expected 'image' and 'label'")
+    return image_key, label_key
+
+
+@DATASETS.register("tfds")
+def load_tfds(cfg):
+    """Any TFDS image-classification dataset with 'image' and 'label' features."""
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder(cfg)
+    image_key, label_key = _tfds_keys(builder, cfg.name)
+    label_feature = builder.info.features[label_key]
+    num_classes = label_feature.num_classes
+    names = tuple(label_feature.names) if getattr(label_feature, "names", None) else None
+    test_split = cfg.test_split or ("test" if "test" in builder.info.splits else "validation")
+    flip_ok = cfg.name not in ("mnist", "emnist", "omniglot", "kmnist")
+
+    if cfg.in_memory:
+        def arrays(split):
+            ds = builder.as_dataset(split=split, batch_size=-1)
+            ex = tfds.as_numpy(ds)
+            return ArraySplit(_as_nhwc(np.asarray(ex[image_key]), f"tfds:{cfg.name}/{split}"),
+                              np.asarray(ex[label_key]).astype(np.int32))
+        return _finish(cfg.name, arrays(cfg.train_split), arrays(test_split), num_classes, cfg,
+                       flip_ok=flip_ok, class_names=names)
+
+    # Streaming (e.g. imagenet2012): validation is the tail of the train split, by TFDS slicing,
+    # which is deterministic.
+    pct = int(round(100 * cfg.val_fraction))
+    def stream(split):
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+        ds = ds.map(lambda ex: (ex[image_key], tf_cast_int32(ex[label_key])))
+        n = builder.info.splits[split].num_examples
+        return StreamSplit(ds, int(n))
+    train_name = cfg.train_split if pct == 0 else f"{cfg.train_split}[:{100 - pct}%]"
+    val_name = f"{cfg.train_split}[{100 - pct}%:]" if pct else test_split
+    size = cfg.image_size or 224
+    channels = builder.info.features[image_key].shape[-1] or 3
+    mean = tuple(cfg.mean) if cfg.mean else IMAGENET_MEAN[:channels]
+    std = tuple(cfg.std) if cfg.std else IMAGENET_STD[:channels]
+    return ClassificationData(
+        name=cfg.name, train=stream(train_name), val=stream(val_name), test=stream(test_split),
+        num_classes=int(num_classes), image_shape=(size, size, int(channels)), mean=mean, std=std,
+        class_names=names, flip_ok=flip_ok,
+    )
+
+
+def tf_cast_int32(x):
+    import tensorflow as tf
+
+    return tf.cast(x, tf.int32)
+
+
+def load_dataset(cfg) -> ClassificationData:
+    """Loads ``cfg.name`` (a ConfigDict like ``config.data``)."""
+    loader = DATASETS.get(cfg.name) if cfg.name in DATASETS and cfg.name != "tfds" else load_tfds
+    data = loader(cfg)
+    if cfg.mean and isinstance(data.train, ArraySplit):
+        data.mean, data.std = tuple(cfg.mean), tuple(cfg.std)
+    for split_name in ("train", "val", "test"):
+        split = getattr(data, split_name)
+        if len(split) == 0:
+            raise DataError(f"dataset {cfg.name!r}: the {split_name} split is empty "
+                            f"(check config.data.val_fraction / max_*_examples)")
+        if isinstance(split, ArraySplit):
+            bad = (split.labels < 0) | (split.labels >= data.num_classes)
+            if bad.any():
+                raise DataError(f"dataset {cfg.name!r}: {split_name} labels outside [0, {data.num_classes})")
+    return data

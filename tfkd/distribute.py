@@ -1,0 +1,41 @@
+"""tf.distribute strategies by name, and who writes files under multi-worker training."""
+import json
+import os
+
+import tensorflow as tf
+
+from tfkd.errors import ConfigError
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+
+
+def get_strategy(name="default"):
+    """``default``: no distribution; ``one_device``: the first GPU (else CPU); ``mirrored``: all
+    local GPUs (or all logical CPU devices when there is no GPU); ``multi_worker``:
+    MultiWorkerMirroredStrategy configured by the TF_CONFIG environment variable."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ConfigError(f"--strategy={name!r}: expected one of {STRATEGIES}")
+
+
+def is_chief():
+    """True unless TF_CONFIG names this process as a non-chief worker (only the chief writes)."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = tf_config.get("task", {})
+    cluster = tf_config.get("cluster", {})
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster

@@ -1,0 +1,114 @@
+"""Base class of the multi-exit training methods.
+
+A method is a ``keras.Model`` wrapping a multi-exit network. Following mdistiller's contract, a
+subclass only says how its losses are computed (``compute_losses`` returns a dict of named,
+already-weighted loss terms); this class sums them, adds coupled weight decay, handles replica
+scaling under ``tf.distribute`` and mixed-precision loss scaling, and keeps the metrics:
+
+* training: every named loss term, the total ``loss``, and ``final_accuracy``;
+* evaluation: ``loss``, accuracy of every exit and of the final head, and ``ensemble_accuracy``
+  (the mean of all heads' softmax outputs).
+"""
+import keras
+import ml_collections
+import tensorflow as tf
+
+from tfkd import losses
+from tfkd.errors import ConfigError
+
+
+class MultiExitMethod(keras.Model):
+    """Subclasses set ``loss_names`` and implement ``compute_losses``."""
+
+    loss_names = ()
+
+    @classmethod
+    def default_config(cls):
+        """Method-specific knobs and their defaults (``config.<method name>`` overrides them)."""
+        return ml_collections.ConfigDict()
+
+    def __init__(self, network, weight_decay=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.weight_decay = float(weight_decay)
+        self.output_names_ordered = list(network.output_names_ordered)
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + tuple(self.loss_names)}
+        self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="final_accuracy")
+        self.eval_loss = keras.metrics.Mean(name="loss")
+        self.eval_accuracy = {name: keras.metrics.SparseCategoricalAccuracy(name=f"{name}_accuracy")
+                              for name in self.output_names_ordered + ["ensemble"]}
+
+    @property
+    def metrics(self):
+        return (list(self.loss_trackers.values()) + [self.train_accuracy, self.eval_loss]
+                + list(self.eval_accuracy.values()))
+
+    def call(self, images, training=None):
+        return self.network(images, training=training)
+
+    # ------------------------------------------------------------------ to override
+
+    def compute_losses(self, images, labels, training):
+        """Returns (dict of named loss terms, dict of logits)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared machinery
+
+    def regularized_total(self, loss_terms):
+        total = tf.add_n(list(loss_terms.values()))
+        if self.weight_decay:
+            total = total + self.weight_decay * losses.l2_penalty(self.network.trainable_variables)
+        return total
+
+    @staticmethod
+    def replica_scale(loss):
+        # Gradients are summed over replicas by the optimizer, so each replica's mean loss is
+        # divided by the number of replicas: the update then equals one device's on the global batch.
+        return loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+
+    def loss_for_gradients(self, loss):
+        """Replica-scaled and (under mixed precision) loss-scaled; call inside the tape."""
+        scaled = self.replica_scale(loss)
+        if hasattr(self.optimizer, "scale_loss"):
+            scaled = self.optimizer.scale_loss(scaled)
+        return scaled
+
+    def train_step(self, data):
+        images, labels = data
+        variables = self.network.trainable_variables
+        with tf.GradientTape() as tape:
+            terms, logits = self.compute_losses(images, labels, training=True)
+            scaled = self.loss_for_gradients(self.regularized_total(terms))
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        self.loss_trackers["loss"].update_state(tf.add_n(list(terms.values())))
+        for name, value in terms.items():
+            self.loss_trackers[name].update_state(value)
+        self.train_accuracy.update_state(labels, logits["final"])
+        return {m.name: m.result() for m in list(self.loss_trackers.values()) + [self.train_accuracy]}
+
+    def test_step(self, data):
+        images, labels = data
+        terms, logits = self.compute_losses(images, labels, training=False)
+        self.eval_loss.update_state(tf.add_n(list(terms.values())))
+        probs = []
+        for name in self.output_names_ordered:
+            self.eval_accuracy[name].update_state(labels, logits[name])
+            probs.append(tf.nn.softmax(tf.cast(logits[name], tf.float32)))
+        self.eval_accuracy["ensemble"].update_state(labels, tf.add_n(probs) / len(probs))
+        return {m.name: m.result() for m in [self.eval_loss] + list(self.eval_accuracy.values())}
+
+    def get_config(self):
+        return {"weight_decay": self.weight_decay}
+
+
+def resolve_method_config(method_cls, overrides, method_name):
+    """Method defaults updated by ``config.<method_name>``; unknown fields are an error."""
+    cfg = method_cls.default_config()
+    if overrides is None:
+        return cfg
+    for key, value in overrides.items():
+        if key not in cfg:
+            raise ConfigError(f"config.{method_name}.{key} is not a field of method {method_name!r}; "
+                              f"its fields are: {', '.join(sorted(cfg.keys())) or '(none)'}")
+        cfg[key] = value
+    return cfg
