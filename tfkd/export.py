@@ -53,3 +53,78 @@ def export_saved_model(network, path, metadata=None, top_k=5):
 def load_metadata(path):
     with open(os.path.join(path, METADATA_FILE)) as f:
         return json.load(f)
+
+
+def restore_network(workdir, checkpoint="best"):
+    """Rebuilds a run's network from its workdir (no data needed) and loads a checkpoint:
+    'best', 'latest', or the path of a checkpoint folder."""
+    import ml_collections
+
+    from tfkd.errors import WorkdirError
+    from tfkd.methods import build_method
+    from tfkd.models import build_backbone
+    from tfkd import train
+
+    for name in ("config.json", "network.json"):
+        if not os.path.exists(os.path.join(workdir, name)):
+            raise WorkdirError(f"--workdir={workdir} has no {name}: not a tfkd run folder")
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    with open(os.path.join(workdir, "network.json")) as f:
+        net = json.load(f)
+    if checkpoint == "best":
+        ckpt = os.path.join(workdir, train.CHECKPOINTS, "best")
+    elif checkpoint == "latest":
+        ckpt = train.latest_checkpoint(workdir)
+    else:
+        ckpt = checkpoint
+    if not ckpt or not os.path.exists(os.path.join(ckpt, train.WEIGHTS)):
+        raise WorkdirError(f"--checkpoint={checkpoint}: no {train.WEIGHTS} found in {ckpt or workdir}")
+    kwargs = dict(net["kwargs"])
+    kwargs["input_shape"] = tuple(kwargs["input_shape"])
+    network = build_backbone(net["arch"], **kwargs)
+    network.ensure_built()
+    method = build_method(config.method, network, config[config.method], weight_decay=0.0)
+    method(tf.zeros((1,) + tuple(network.image_shape)), training=False)
+    method.compile(optimizer=train.build_optimizer(config.train, steps=1))
+    method.optimizer.build(network.trainable_variables)
+    method.load_weights(os.path.join(ckpt, train.WEIGHTS))
+    return network, config, net.get("class_names"), ckpt
+
+
+CHECK_SCRIPT = r"""
+import json, sys
+import numpy as np, tensorflow as tf
+path, images_file = sys.argv[1], sys.argv[2]
+images = np.load(images_file)
+loaded = tf.saved_model.load(path)
+out = loaded.signatures["serving_default"](images=tf.constant(images))
+np.save(images_file + ".out.npy", out["probabilities"].numpy())
+"""
+
+
+def check_export(network, path, num_images=8, seed=0, atol=1e-5):
+    """Reloads the SavedModel in a fresh process and compares its probabilities with the in-memory
+    network's on random uint8 images. Returns the max absolute difference; raises if > atol."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(num_images,) + tuple(network.image_shape), dtype=np.uint8)
+    expected = tf.nn.softmax(network.predict_final(tf.cast(images, tf.float32))).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        images_file = os.path.join(tmp, "images.npy")
+        np.save(images_file, images)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        proc = subprocess.run([sys.executable, "-c", CHECK_SCRIPT, path, images_file], capture_output=True,
+                              text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"reloading {path} in a fresh process failed:\n{proc.stderr[-2000:]}")
+        got = np.load(images_file + ".out.npy")
+    diff = float(np.max(np.abs(got - expected)))
+    if not diff <= atol:
+        raise RuntimeError(f"export {path} disagrees with the checkpoint: max |diff| = {diff:.3g} > {atol}")
+    return diff
