@@ -26,7 +26,7 @@ def base_config():
     c.data.split_seed = 0
     c.data.max_train_examples = 0  # 0 = all; >0 = a deterministic class-balanced subset
     c.data.max_eval_examples = 0
-    c.data.augment = "auto"  # auto | none | crop | crop_flip | rrc_flip
+    c.data.augment = "auto"  # auto | none | crop | crop_flip | rrc | rrc_flip
     c.data.allow_download = False  # TFDS: fail fast on unprepared datasets unless True
     c.data.in_memory = True  # TFDS: load splits into memory (exact resume); False streams them
     c.data.train_split = "train"

@@ -166,6 +166,8 @@ def test_resolve_augment():
     assert resolve_augment("auto", make_data(n=4, flip_ok=True)) == "crop_flip"
     big = make_data(n=2, shape=(224, 224, 3))
     assert resolve_augment("auto", big) == "rrc_flip"
+    # Large images whose labels do not survive flips (letters) get crops only.
+    assert resolve_augment("auto", make_data(n=2, shape=(224, 224, 3), flip_ok=False)) == "rrc"
     for name in AUGMENTATIONS:
         assert resolve_augment(name, big) == name
     with pytest.raises(ConfigError) as e:

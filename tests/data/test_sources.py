@@ -15,7 +15,7 @@ from tfkd.data.sources import ArraySplit, font_family_split, load_dataset, read_
 from tfkd.errors import DataError  # noqa: E402
 
 FMNIST_DIR = sources.FASHION_MNIST_DIR
-GLYPHS_CANDIDATES = (os.path.abspath(sources.GLYPHS_DEFAULT), "/work/shared/data/glyphs_background.npz")
+GLYPHS_CANDIDATES = (sources.default_glyphs_path(), "/work/shared/data/glyphs_background.npz")
 GLYPHS_PATH = next((p for p in GLYPHS_CANDIDATES if os.path.exists(p)), None)
 
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tfkd.data.sources import ArraySplit, ClassificationData, StreamSplit
 from tfkd.errors import ConfigError
 
-AUGMENTATIONS = ("none", "crop", "crop_flip", "rrc_flip")
+AUGMENTATIONS = ("none", "crop", "crop_flip", "rrc", "rrc_flip")
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -19,7 +19,7 @@ def resolve_augment(name, data: ClassificationData):
     """'auto' -> the standard augmentation for the image size (and flips only where they keep labels)."""
     if name == "auto":
         if data.image_shape[0] >= 128:
-            return "rrc_flip"
+            return "rrc_flip" if data.flip_ok else "rrc"
         return "crop_flip" if data.flip_ok else "crop"
     if name not in AUGMENTATIONS:
         raise ConfigError(f"config.data.augment={name!r}; expected 'auto' or one of {AUGMENTATIONS}")
@@ -67,7 +67,7 @@ def augment_one(image, seed, augment, image_shape):
     """One example: uint8 image -> float32 (H, W, C) on the 0..255 scale, randomness from ``seed``."""
     size, channels = image_shape[0], image_shape[2]
     seeds = tf.random.experimental.stateless_split(seed, num=2)
-    if augment == "rrc_flip":
+    if augment in ("rrc", "rrc_flip"):
         image = _random_resized_crop(image, seeds[0], size, channels)
     else:
         image = tf.cast(image, tf.float32)

@@ -182,7 +182,19 @@ def load_fashion_mnist(cfg):
 
 # ---------------------------------------------------------------- glyphs (.npz)
 
-GLYPHS_DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "glyphs_background.npz")
+GLYPHS_FILE = "glyphs_background.npz"
+
+
+def default_glyphs_path():
+    """$TFKD_GLYPHS, else shared/data/ inside or beside the checkout, else the current folder."""
+    if os.environ.get("TFKD_GLYPHS"):
+        return os.environ["TFKD_GLYPHS"]
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for candidate in (os.path.join(repo, "shared", "data", GLYPHS_FILE),
+                      os.path.join(repo, "..", "shared", "data", GLYPHS_FILE)):
+        if os.path.exists(candidate):
+            return os.path.abspath(candidate)
+    return os.path.abspath(GLYPHS_FILE)
 
 
 def read_npz(path, required):
@@ -218,7 +230,7 @@ def font_family_split(labels, groups, test_fraction=0.2):
 
 @DATASETS.register("glyphs")
 def load_glyphs(cfg):
-    path = os.path.abspath(cfg.data_dir or GLYPHS_DEFAULT)
+    path = os.path.abspath(cfg.data_dir or default_glyphs_path())
     data = read_npz(path, ("images", "labels"))
     images = _as_nhwc(data["images"], f"{path}['images']")
     labels = data["labels"]
@@ -253,8 +265,9 @@ def _tfds_builder(cfg):
     try:
         builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
     except Exception as e:  # DatasetNotFoundError and friends
+        local = [n for n in DATASETS.names() if n != "tfds"]
         raise DataError(f"config.data.name={cfg.name!r} is neither a local dataset "
-                        f"({', '.join(DATASETS.names())}) nor a TFDS dataset: {e}") from None
+                        f"({', '.join(local)}) nor a TFDS dataset: {e}") from None
     if not builder.is_prepared():
         if not cfg.allow_download:
             raise DataError(
@@ -289,11 +302,20 @@ def load_tfds(cfg):
     flip_ok = cfg.name not in ("mnist", "emnist", "omniglot", "kmnist")
 
     if cfg.in_memory:
+        if None in builder.info.features[image_key].shape[:2]:
+            raise DataError(f"TFDS dataset {cfg.name!r} has images of varying size and cannot be held in "
+                            f"memory as one array; set --config.data.in_memory=False (streams them, "
+                            f"center-cropped/resized to config.data.image_size)")
+
         def arrays(split):
-            ds = builder.as_dataset(split=split, batch_size=-1)
-            ex = tfds.as_numpy(ds)
-            return ArraySplit(_as_nhwc(np.asarray(ex[image_key]), f"tfds:{cfg.name}/{split}"),
-                              np.asarray(ex[label_key]).astype(np.int32))
+            # Batched reads, not batch_size=-1: the latter needs split sizes in the metadata and
+            # aborts the process without them.
+            chunks = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False).batch(4096)))
+            if not chunks:
+                raise DataError(f"TFDS dataset {cfg.name!r}: split {split!r} is empty")
+            images = np.concatenate([c[image_key] for c in chunks])
+            labels = np.concatenate([c[label_key] for c in chunks]).astype(np.int32)
+            return ArraySplit(_as_nhwc(images, f"tfds:{cfg.name}/{split}"), labels)
         return _finish(cfg.name, arrays(cfg.train_split), arrays(test_split), num_classes, cfg,
                        flip_ok=flip_ok, class_names=names)
 
