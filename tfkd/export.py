@@ -20,22 +20,37 @@ METADATA_FILE = os.path.join("assets.extra", "tfkd.json")
 
 
 class InferenceModule(tf.Module):
+    """Tracks only the inference path's variables, so exits (and any generator) are not saved."""
+
     def __init__(self, network, top_k=5):
         super().__init__(name="tfkd_inference")
-        self.network = network
-        self.top_k = int(min(top_k, network.num_classes))
+        # The network itself is deliberately not an attribute: tracking it would save every
+        # variable it owns, exit heads included.
+        self.inference_variables = list(network.inference_variables())
+        self.top_k = top_k = int(min(top_k, network.num_classes))
         spec = tf.TensorSpec((None,) + tuple(network.image_shape), tf.uint8, name="images")
-        self.serve = tf.function(self._serve, input_signature=[spec])
-        self.logits = tf.function(self._logits, input_signature=[spec])
 
-    def _logits(self, images):
-        return {"logits": tf.cast(self.network.predict_final(tf.cast(images, tf.float32)), tf.float32)}
+        expected = tf.constant(network.image_shape, tf.int32)
+        message = f"images must be uint8 of shape [batch, {', '.join(map(str, network.image_shape))}]"
 
-    def _serve(self, images):
-        probabilities = tf.nn.softmax(self._logits(images)["logits"], axis=-1)
-        top = tf.math.top_k(probabilities, k=self.top_k)
-        return {"probabilities": probabilities, "top_k_classes": top.indices,
-                "top_k_probabilities": top.values}
+        def logits(images):
+            # Signature callers are not held to the static shape: check it in the graph.
+            shape = tf.shape(images)
+            ok = tf.logical_and(tf.equal(tf.size(shape), 4),
+                                tf.reduce_all(tf.equal(tf.pad(shape, [[0, 4]])[1:4], expected)))
+            check = tf.debugging.Assert(ok, [message, "got shape", shape])
+            with tf.control_dependencies([check]):  # before any kernel sees a malformed tensor
+                images = tf.identity(images)
+            return {"logits": tf.cast(network.predict_final(tf.cast(images, tf.float32)), tf.float32)}
+
+        def serve(images):
+            probabilities = tf.nn.softmax(logits(images)["logits"], axis=-1)
+            top = tf.math.top_k(probabilities, k=top_k)
+            return {"probabilities": probabilities, "top_k_classes": top.indices,
+                    "top_k_probabilities": top.values}
+
+        self.serve = tf.function(serve, input_signature=[spec])
+        self.logits = tf.function(logits, input_signature=[spec])
 
 
 def export_saved_model(network, path, metadata=None, top_k=5):

@@ -200,6 +200,11 @@ class MultiExitResNet(keras.Model):
         """Inference path only (no exits): logits of the final head."""
         return self.classifier(self.pool(self.backbone(images, training=False)[-1]))
 
+    def inference_variables(self):
+        """Variables of the inference path (stem, stages, final head): what an export keeps."""
+        exit_ids = {id(v) for head in self.exit_heads for v in head.variables}
+        return [v for v in self.variables if id(v) not in exit_ids]
+
     def ensure_built(self):
         """Creates the variables (a subclassed model builds on its first call)."""
         if not self.built:

@@ -1,0 +1,115 @@
+"""SavedModel export: fresh-process reload gives the in-memory outputs; bad requests are rejected."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO
+from tfkd import export, train
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from tests.conftest import tiny_config
+
+    workdir = str(tmp_path_factory.mktemp("export") / "run")
+    train.run(tiny_config(method="self_distill", epochs=1, train_examples=600, eval_examples=200), workdir)
+    return workdir
+
+
+def test_export_reloads_in_fresh_process_with_same_outputs(finished_run):
+    network, config, class_names, _ = export.restore_network(finished_run, "best")
+    path = os.path.join(finished_run, "export")
+    diff = export.check_export(network, path, num_images=6)
+    assert diff < 1e-5
+    meta = export.load_metadata(path)
+    assert meta["method"] == "self_distill" and meta["num_classes"] == 10 and meta["input_shape"] == [28, 28, 1]
+    assert meta["class_names"][0] == "T-shirt/top" and meta["git_revision"]
+
+
+def test_export_has_no_exit_heads_and_serves_dynamic_batches(finished_run):
+    path = os.path.join(finished_run, "export")
+    loaded = tf.saved_model.load(path)
+    serve = loaded.signatures["serving_default"]
+    network, *_ = export.restore_network(finished_run, "best")
+    # Exactly the inference path's parameters are saved: no exit heads.
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    saved = sum(int(np.prod(shape)) for name, shape in reader.get_variable_to_shape_map().items()
+                if name.endswith("VARIABLE_VALUE"))
+    inference = sum(int(np.prod(v.shape)) for v in network.inference_variables())
+    exits = sum(int(np.prod(v.shape)) for h in network.exit_heads for v in h.variables)
+    assert saved == inference and exits > 0
+    rng = np.random.default_rng(1)
+    for batch in (1, 5):
+        images = rng.integers(0, 256, (batch, 28, 28, 1), dtype=np.uint8)
+        out = serve(images=tf.constant(images))
+        want = tf.nn.softmax(network.predict_final(tf.cast(images, tf.float32))).numpy()
+        np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-5)
+        np.testing.assert_array_equal(out["top_k_classes"].numpy()[:, 0], want.argmax(-1))
+        assert out["top_k_classes"].shape == (batch, 5)
+    logits = loaded.signatures["logits"](images=tf.constant(images))["logits"]
+    np.testing.assert_allclose(tf.nn.softmax(logits).numpy(), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((2, 28, 28, 3), np.uint8),   # wrong channels
+    np.zeros((2, 32, 32, 1), np.uint8),   # wrong size
+    np.zeros((28, 28, 1), np.uint8),      # wrong rank
+    np.zeros((2, 28, 28, 1), np.float32),  # wrong dtype
+])
+def test_bad_requests_are_rejected(finished_run, bad):
+    serve = tf.saved_model.load(os.path.join(finished_run, "export")).signatures["serving_default"]
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)) as e:
+        serve(images=tf.constant(bad))
+    assert "images must be uint8 of shape [batch, 28, 28, 1]" in str(e.value) or "uint8" in str(e.value)
+
+
+def test_bin_export_check_and_atomic_replace(finished_run, tmp_path):
+    out_dir = tmp_path / "exported"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, os.path.join(REPO, "bin", "export"), f"--workdir={finished_run}",
+           f"--output={out_dir}", "--check"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "check passed" in proc.stdout
+    # Re-exporting replaces the folder whole; no temp folders are left beside it.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0
+    assert sorted(os.listdir(tmp_path)) == ["exported"]
+    # A folder that is not a run gives a clear error and writes nothing.
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bin", "export"), f"--workdir={tmp_path}/nope"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "config.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_check_export_catches_a_tampered_export(finished_run, tmp_path):
+    network, *_ = export.restore_network(finished_run, "best")
+    path = str(tmp_path / "tampered")
+    export.export_saved_model(network, path)
+    # Overwrite the final classifier bias in the SavedModel's variables with different values.
+    other, *_ = export.restore_network(finished_run, "best")
+    other.classifier.bias.assign(other.classifier.bias + 1.0 + tf.range(10, dtype=tf.float32))
+    export.export_saved_model(other, path)
+    with pytest.raises(RuntimeError, match="disagrees"):
+        export.check_export(network, path)
+
+
+def test_failed_export_leaves_previous_export_intact(finished_run, tmp_path, monkeypatch):
+    network, *_ = export.restore_network(finished_run, "best")
+    path = str(tmp_path / "export")
+    export.export_saved_model(network, path)
+    before = sorted(os.listdir(path))
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", boom)
+    with pytest.raises(OSError):
+        export.export_saved_model(network, path)
+    assert sorted(os.listdir(path)) == before
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    assert json.load(open(os.path.join(path, export.METADATA_FILE)))["num_classes"] == 10
