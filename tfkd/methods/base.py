@@ -21,6 +21,7 @@ class MultiExitMethod(keras.Model):
     """Subclasses set ``loss_names`` and implement ``compute_losses``."""
 
     loss_names = ()
+    uses_exits = True  # False: only the final head is computed, trained and evaluated
 
     @classmethod
     def default_config(cls):
@@ -31,7 +32,7 @@ class MultiExitMethod(keras.Model):
         super().__init__(**kwargs)
         self.network = network
         self.weight_decay = float(weight_decay)
-        self.output_names_ordered = list(network.output_names_ordered)
+        self.output_names_ordered = list(network.output_names_ordered) if self.uses_exits else ["final"]
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + tuple(self.loss_names)}
         self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="final_accuracy")
         self.eval_loss = keras.metrics.Mean(name="loss")
@@ -44,6 +45,8 @@ class MultiExitMethod(keras.Model):
                 + list(self.eval_accuracy.values()))
 
     def call(self, images, training=None):
+        if not self.uses_exits:
+            return {"final": self.network.final_logits(images, training=training)}
         return self.network(images, training=training)
 
     # ------------------------------------------------------------------ to override

@@ -10,12 +10,13 @@ from tfkd.registry import METHODS
 
 @METHODS.register("baseline")
 class Baseline(MultiExitMethod):
-    """Cross-entropy on the final output only; the exits are carried but receive no gradient."""
+    """Cross-entropy on the final output only; the exits are neither computed nor trained."""
 
     loss_names = ("ce_final",)
+    uses_exits = False
 
     def compute_losses(self, images, labels, training):
-        logits = self.network(images, training=training)
+        logits = self(images, training=training)
         return {"ce_final": losses.cross_entropy(labels, logits["final"])}, logits
 
 

@@ -196,9 +196,13 @@ class MultiExitResNet(keras.Model):
         logits["final"] = self.classifier(self.pool(stage_maps[-1]))
         return (logits, features) if return_features else logits
 
+    def final_logits(self, images, training=None):
+        """The final head only, skipping the exits' compute (baseline training, inference)."""
+        return self.classifier(self.pool(self.backbone(images, training=training)[-1]))
+
     def predict_final(self, images):
         """Inference path only (no exits): logits of the final head."""
-        return self.classifier(self.pool(self.backbone(images, training=False)[-1]))
+        return self.final_logits(images, training=False)
 
     def inference_variables(self):
         """Variables of the inference path (stem, stages, final head): what an export keeps."""

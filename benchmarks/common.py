@@ -1,0 +1,48 @@
+"""Shared helpers for benchmarks: machine description and result files with provenance."""
+import datetime
+import json
+import os
+import platform
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+sys.path.insert(0, REPO)
+
+
+def machine():
+    import tensorflow as tf
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpus": gpus, "platform": platform.platform(),
+            "python": platform.python_version(), "tensorflow": tf.__version__}
+
+
+def write_result(name, payload):
+    """Writes benchmarks/results/<name>.json with command, date, machine and git revision."""
+    from tfkd import io
+
+    payload = dict(payload)
+    payload.setdefault("command", " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
+    payload.setdefault("date_utc", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    payload.setdefault("machine", machine())
+    payload.setdefault("git_revision", io.git_revision())
+    path = os.path.join(RESULTS, f"{name}.json")
+    io.write_json_atomic(path, payload)
+    print(f"wrote {os.path.relpath(path, REPO)}")
+    return path
+
+
+def read_result(name):
+    with open(os.path.join(RESULTS, f"{name}.json")) as f:
+        return json.load(f)

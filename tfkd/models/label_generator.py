@@ -1,0 +1,64 @@
+"""MetaDistiller's top-down label generator (Liu et al. 2020, Eq. 5).
+
+    F^_K = conv1x1(F_K)
+    F^_k = conv3x3(Upsample(F^_{k+1}) + conv1x1(F_k)),   k = K-1 .. 1
+
+Upsampling is bilinear to the exact spatial size of F_k (not a blind x2), so odd sizes (7 -> 4
+at 28 px input, VGG's 5 pooling levels, ...) work. Each early stage k then gets a bottleneck head
+(the same BYOT-style module as the main model's exits) producing logits; the method turns them
+into soft targets T_k = softmax(logits_k / tau). The generator works on any backbone that exposes
+its stage feature maps; it is used only during training and never exported.
+"""
+import keras
+from keras import layers, ops
+
+from tfkd.models.resnet import BN_MOMENTUM, ExitHead, _bn, _conv
+
+
+@keras.saving.register_keras_serializable("tfkd")
+class LabelGenerator(keras.Model):
+    """Args:
+      stage_channels: channels of the main model's stage outputs F_1..F_K.
+      num_classes: classes of the soft targets.
+      fusion_channels: width of the fused maps F^_k (the 1x1 convs match channels to it).
+      bn_momentum: BatchNorm momentum of the fusion and head layers.
+    """
+
+    def __init__(self, stage_channels, num_classes, fusion_channels=64, bn_momentum=BN_MOMENTUM, **kwargs):
+        super().__init__(**kwargs)
+        self.stage_channels = tuple(int(c) for c in stage_channels)
+        if len(self.stage_channels) < 2:
+            raise ValueError("the label generator needs at least two stages")
+        self.num_classes, self.fusion_channels, self.bn_momentum = num_classes, int(fusion_channels), bn_momentum
+        k_stages = len(self.stage_channels)
+        self.lateral = [_conv(self.fusion_channels, 1, 1, f"lateral_{k + 1}") for k in range(k_stages)]
+        self.smooth = [_conv(self.fusion_channels, 3, 1, f"smooth_{k + 1}") for k in range(k_stages - 1)]
+        self.smooth_bn = [_bn(f"smooth_bn_{k + 1}", bn_momentum) for k in range(k_stages - 1)]
+        # Head for stage k: (K - k) stride-2 bottleneck blocks, pooling, dense -> logits.
+        self.heads = [ExitHead((self.fusion_channels,) * (k_stages - 1 - k), num_classes, bn_momentum,
+                               name=f"target_{k + 1}") for k in range(k_stages - 1)]
+
+    @property
+    def target_names(self):
+        return [f"exit_{k + 1}" for k in range(len(self.stage_channels) - 1)]
+
+    def fuse(self, features, training=None):
+        """[F_1..F_K] -> [F^_1..F^_{K-1}] (top-down)."""
+        k_stages = len(self.stage_channels)
+        fused = self.lateral[-1](features[-1])
+        out = [None] * (k_stages - 1)
+        for k in range(k_stages - 2, -1, -1):
+            h, w = features[k].shape[1], features[k].shape[2]
+            up = ops.image.resize(fused, (h, w), interpolation="bilinear")
+            fused = ops.relu(self.smooth_bn[k](self.smooth[k](up + self.lateral[k](features[k])), training=training))
+            out[k] = fused
+        return out
+
+    def call(self, features, training=None):
+        """``features``: list [F_1..F_K]. Returns {exit_k: logits of T_k} for k = 1..K-1."""
+        fused = self.fuse(list(features), training=training)
+        return {name: head(f, training=training) for name, head, f in zip(self.target_names, self.heads, fused)}
+
+    def get_config(self):
+        return {**super().get_config(), "stage_channels": self.stage_channels, "num_classes": self.num_classes,
+                "fusion_channels": self.fusion_channels, "bn_momentum": self.bn_momentum}
