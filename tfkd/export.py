@@ -102,7 +102,7 @@ def restore_network(workdir, checkpoint="best"):
     method = build_method(config.method, network, config[config.method], weight_decay=0.0)
     method(tf.zeros((1,) + tuple(network.image_shape)), training=False)
     method.compile(optimizer=train.build_optimizer(config.train, steps=1))
-    method.optimizer.build(network.trainable_variables)
+    method.build_state()
     method.load_weights(os.path.join(ckpt, train.WEIGHTS))
     return network, config, net.get("class_names"), ckpt
 

@@ -8,8 +8,8 @@ import tensorflow as tf
 
 
 def cross_entropy(labels, logits):
-    """Mean sparse categorical cross-entropy from logits."""
-    logits = tf.cast(logits, tf.float32)
+    """Mean sparse categorical cross-entropy from logits (float32, or float64 for float64 logits)."""
+    logits = tf.cast(logits, tf.float64 if logits.dtype == tf.float64 else tf.float32)
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
                                                                          logits=logits))
 
@@ -21,18 +21,21 @@ def kl_divergence(teacher_probs, student_log_probs):
     return tf.reduce_mean(per_example)
 
 
-def kd_loss(teacher_logits, student_logits, tau=1.0, teacher_is_probs=False):
-    """tau^2 * KL(softmax(t / tau) || softmax(s / tau)); no gradient flows into the teacher.
+def kd_loss(teacher_logits, student_logits, tau=1.0, teacher_is_probs=False, stop_teacher_gradient=True):
+    """tau^2 * KL(softmax(t / tau) || softmax(s / tau)); by default no gradient flows into the teacher.
 
     With ``teacher_is_probs`` the teacher is already a distribution (e.g. the MetaDistiller label
-    generator's T_k) and tau only softens the student.
+    generator's T_k) and tau only softens the student. ``stop_teacher_gradient=False`` is for the
+    MetaDistiller lookahead, where d(loss)/d(teacher) carries the meta-gradient to the generator.
     """
-    tau = tf.cast(tau, tf.float32)
-    student = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / tau, axis=-1)
-    if teacher_is_probs:
-        teacher = tf.stop_gradient(tf.cast(teacher_logits, tf.float32))
-    else:
-        teacher = tf.nn.softmax(tf.stop_gradient(tf.cast(teacher_logits, tf.float32)) / tau, axis=-1)
+    dtype = tf.float64 if student_logits.dtype == tf.float64 else tf.float32
+    tau = tf.cast(tau, dtype)
+    student = tf.nn.log_softmax(tf.cast(student_logits, dtype) / tau, axis=-1)
+    teacher = tf.cast(teacher_logits, dtype)
+    if stop_teacher_gradient:
+        teacher = tf.stop_gradient(teacher)
+    if not teacher_is_probs:
+        teacher = tf.nn.softmax(teacher / tau, axis=-1)
     return tau * tau * kl_divergence(teacher, student)
 
 
@@ -46,4 +49,5 @@ def l2_penalty(variables):
     """0.5 * sum ||w||^2: its gradient is w, i.e. PyTorch-style (coupled) weight decay."""
     if not variables:
         return tf.constant(0.0)
-    return 0.5 * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
+    dtype = tf.float64 if variables[0].dtype == tf.float64 else tf.float32
+    return 0.5 * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, dtype))) for v in variables])

@@ -217,11 +217,23 @@ def build_all(config, data, strategy):
         method(keras.ops.zeros((1,) + tuple(data.image_shape)), training=False)  # builds the wrapper
         method.compile(optimizer=build_optimizer(config.train, steps), jit_compile=config.train.jit_compile,
                        steps_per_execution=config.train.steps_per_execution)
-        method.optimizer.build(method.network.trainable_variables)
+        method.build_state()
     return method, net_kwargs, steps
 
 
 # ---------------------------------------------------------------------- run
+
+
+def phase_segments(method, start, end):
+    """[(first, last + 1, phase)] for runs of consecutive epochs with the same phase."""
+    segments = []
+    for epoch in range(start, end):
+        phase = method.epoch_phase(epoch)
+        if segments and segments[-1][2] == phase:
+            segments[-1][1] = epoch + 1
+        else:
+            segments.append([epoch, epoch + 1, phase])
+    return [tuple(s) for s in segments]
 
 
 def run(config, workdir, *, strategy="default", overwrite=False):
@@ -272,8 +284,6 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
         print(f"Resuming from {latest} (epoch {initial_epoch} of {config.train.epochs})", flush=True)
 
     if initial_epoch < config.train.epochs:
-        train_ds = data_lib.train_dataset(data, batch_size=config.train.batch_size, seed=config.seed,
-                                          augment=config.data.augment, initial_epoch=initial_epoch)
         val_ds = data_lib.eval_dataset(data, "val", batch_size=config.train.eval_batch_size)
         callbacks = [
             LearningRateLogger(),
@@ -281,9 +291,18 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
         ]
         if chief:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq="epoch"))
-        method.fit(train_ds, epochs=config.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                   validation_data=val_ds, callbacks=callbacks, verbose=config.train.verbose,
-                   shuffle=False)  # order comes from the stateless pipeline
+        for start, end, phase in phase_segments(method, initial_epoch, config.train.epochs):
+            method.set_phase(phase)
+            meta_split = method.phase_needs_meta_split(phase)
+            if meta_split:
+                print(f"Meta phase, epochs {start + 1}-{end}: D_train/D_test halves drawn with seed "
+                      f"({config.seed}, epoch)", flush=True)
+            train_ds = data_lib.train_dataset(data, batch_size=config.train.batch_size, seed=config.seed,
+                                              augment=config.data.augment, initial_epoch=start, end_epoch=end,
+                                              meta_split=meta_split)
+            method.fit(train_ds, epochs=end, initial_epoch=start, steps_per_epoch=steps,
+                       validation_data=val_ds, callbacks=callbacks, verbose=config.train.verbose,
+                       shuffle=False)  # order comes from the stateless pipeline
         state = read_state(latest_checkpoint(workdir)) if chief else state
 
     # Model selection on validation only: the best epoch's weights are evaluated on test.

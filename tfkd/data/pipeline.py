@@ -81,46 +81,80 @@ def augment_one(image, seed, augment, image_shape):
 
 
 def train_dataset(data: ClassificationData, *, batch_size, seed, augment="auto", initial_epoch=0,
-                  shuffle_buffer=10_000):
-    """Infinite stream of augmented training batches starting at ``initial_epoch``.
+                  end_epoch=None, meta_split=False, shuffle_buffer=10_000):
+    """Stream of augmented training batches for epochs ``initial_epoch .. end_epoch - 1``
+    (``end_epoch=None``: endless).
 
     Use with ``fit(steps_per_epoch=steps_per_epoch(...))``; incomplete last batches are dropped so
     shapes are static (needed by XLA and for equal per-replica batches).
+
+    With ``meta_split`` (MetaDistiller, Algorithm 1) each epoch also splits the training set in two
+    random halves D_train / D_test (keyed by ``(seed, epoch)``) and every element becomes
+    ``{"main": (x, y), "meta_train": (x, y), "meta_test": (x, y)}``: a batch of the full data for the
+    main update plus one batch from each half for the meta step.
     """
     augment = resolve_augment(augment, data)
     split = data.train
     shape = data.image_shape
     steps = steps_per_epoch(data, batch_size)
     seed = tf.constant(int(seed), tf.int64)
+    last = 2**62 if end_epoch is None else int(end_epoch)
 
     if isinstance(split, ArraySplit):
         images = tf.constant(split.images)
         labels = tf.constant(split.labels)
         n = len(split)
+        count = steps * batch_size
 
-        def one_epoch(epoch):
-            order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([seed, epoch]))
-            order = order[: steps * batch_size]
-
+        def stream(order, epoch, stream_id):
             def example(position, index):
-                key = tf.stack([seed, epoch * n + position])
+                key = tf.stack([seed + 1_000_003 * stream_id, epoch * n + position])
                 return augment_one(tf.gather(images, index), key, augment, shape), tf.gather(labels, index)
 
             return tf.data.Dataset.from_tensor_slices(order).enumerate().map(
                 example, num_parallel_calls=AUTOTUNE, deterministic=True)
 
-        ds = tf.data.Dataset.range(initial_epoch, 2**62).flat_map(one_epoch)
+        def shuffled(indices, epoch, salt):
+            key = tf.stack([seed + salt, epoch])
+            return tf.random.experimental.stateless_shuffle(indices, seed=key)
+
+        def one_epoch(epoch):
+            order = shuffled(tf.range(n, dtype=tf.int64), epoch, 0)[:count]
+            main = stream(order, epoch, 0)
+            if not meta_split:
+                return main
+            halves = shuffled(tf.range(n, dtype=tf.int64), epoch, 1)
+            d_train, d_test = halves[: n // 2], halves[n // 2:]
+
+            def cycle(half, salt):  # each half holds n/2 examples but must fill a whole epoch
+                reps = -(-count // (n // 2)) + 1
+                return tf.concat([shuffled(half, epoch, salt + r) for r in range(reps)], 0)[:count]
+
+            meta_train = stream(cycle(d_train, 100), epoch, 1)
+            meta_test = stream(cycle(d_test, 200), epoch, 2)
+            return tf.data.Dataset.zip(main, meta_train, meta_test)
+
+        ds = tf.data.Dataset.range(initial_epoch, last).flat_map(one_epoch)
+        if meta_split:
+            ds = ds.batch(batch_size, drop_remainder=True).map(
+                lambda main, a, b: {"main": main, "meta_train": a, "meta_test": b})
+            return ds.prefetch(AUTOTUNE)
     elif isinstance(split, StreamSplit):
+        if meta_split:
+            raise ConfigError("MetaDistiller's D_train/D_test split needs an in-memory dataset "
+                              "(config.data.in_memory=True)")
         # Streams cannot be indexed: shuffle with a buffer, seeded by the starting epoch. Resume
         # is exact only for in-memory data (documented in the README).
-        stream = split.dataset.shuffle(shuffle_buffer, seed=int(seed) + 7919 * initial_epoch,
-                                       reshuffle_each_iteration=True).repeat()
+        stream_ds = split.dataset.shuffle(shuffle_buffer, seed=int(seed) + 7919 * initial_epoch,
+                                          reshuffle_each_iteration=True).repeat()
 
         def example(position, ex):
             image, label = ex
             return augment_one(image, tf.stack([seed, position + initial_epoch * 2**32]), augment, shape), label
 
-        ds = stream.enumerate().map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = stream_ds.enumerate().map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if end_epoch is not None:
+            ds = ds.take((int(end_epoch) - initial_epoch) * steps * batch_size)
     else:
         raise TypeError(f"unsupported split type {type(split)}")
     return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)

@@ -33,6 +33,7 @@ class MultiExitMethod(keras.Model):
         self.network = network
         self.weight_decay = float(weight_decay)
         self.output_names_ordered = list(network.output_names_ordered) if self.uses_exits else ["final"]
+        self._phase = None
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + tuple(self.loss_names)}
         self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="final_accuracy")
         self.eval_loss = keras.metrics.Mean(name="loss")
@@ -43,6 +44,31 @@ class MultiExitMethod(keras.Model):
     def metrics(self):
         return (list(self.loss_trackers.values()) + [self.train_accuracy, self.eval_loss]
                 + list(self.eval_accuracy.values()))
+
+    def build(self, input_shape=None):
+        self.network.ensure_built()
+        self.built = True
+
+    def build_state(self):
+        """Creates every variable a checkpoint holds (call after compile, before load_weights)."""
+        self.optimizer.build(self.network.trainable_variables)
+
+    # ------------------------------------------------------------------ training phases
+    # Epochs with the same phase key share one compiled train step; bin/train runs one `fit` per
+    # run of equal phases, so a method can switch procedures between epochs (MetaDistiller's
+    # meta epochs) without a tf.cond around optimizer updates.
+
+    def epoch_phase(self, epoch):
+        return None
+
+    def phase_needs_meta_split(self, phase):
+        """True if this phase's batches must carry MetaDistiller's D_train / D_test halves."""
+        return False
+
+    def set_phase(self, phase):
+        if self._phase != phase:
+            self._phase = phase
+            self.train_function = None  # retrace train_step for the new phase
 
     def call(self, images, training=None):
         if not self.uses_exits:
@@ -77,7 +103,10 @@ class MultiExitMethod(keras.Model):
         return scaled
 
     def train_step(self, data):
-        images, labels = data
+        return self.main_step(*data)
+
+    def main_step(self, images, labels):
+        """One update of the main network on a batch; returns the training metrics."""
         variables = self.network.trainable_variables
         with tf.GradientTape() as tape:
             terms, logits = self.compute_losses(images, labels, training=True)

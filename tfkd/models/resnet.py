@@ -27,6 +27,11 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
+def logits_dtype():
+    """float32 logits under mixed precision (softmax/KL are fragile in fp16); else the global dtype."""
+    return "float32" if keras.mixed_precision.global_policy().name.startswith("mixed") else None
+
+
 def _bn(name, momentum):
     return layers.BatchNormalization(momentum=momentum, epsilon=BN_EPSILON, name=name)
 
@@ -98,8 +103,7 @@ class ExitHead(layers.Layer):
         self.blocks = [Bottleneck(max(1, c // 4), stride=2, bn_momentum=bn_momentum, name=f"block{i}")
                        for i, c in enumerate(self.out_channels)]
         self.pool = layers.GlobalAveragePooling2D(name="pool")
-        # Logits in float32 even under mixed precision: softmax/KL are sensitive to fp16.
-        self.classifier = layers.Dense(num_classes, dtype="float32", name="classifier")
+        self.classifier = layers.Dense(num_classes, dtype=logits_dtype(), name="classifier")
 
     def call(self, x, training=None, return_features=False):
         for block in self.blocks:
@@ -161,7 +165,7 @@ class MultiExitResNet(keras.Model):
                                 name=f"stage{s + 1}_block{b}") for b in range(n)]
             self.stages.append(blocks)
         self.pool = layers.GlobalAveragePooling2D(name="pool")
-        self.classifier = layers.Dense(num_classes, dtype="float32", name="classifier")
+        self.classifier = layers.Dense(num_classes, dtype=logits_dtype(), name="classifier")
         self.exit_heads = [ExitHead(self.stage_channels[k:], num_classes, bn_momentum, name=f"exit_{k}")
                            for k in self.exits]
 

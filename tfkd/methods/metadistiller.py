@@ -1,0 +1,208 @@
+"""MetaDistiller (Liu et al., ECCV 2020): top-down soft targets from a meta-learned label generator.
+
+Main update (every step), Eq. 3-4 with the generator's targets T_k (a stop-gradient: the main
+loss trains neither the generator nor, through the targets, the backbone):
+
+    L_S = CE(y, S_K) + sum_k [alpha CE(y, S_k) + (1 - alpha) tau^2 KL(T_k || S_k)]
+
+Generator update (Algorithm 1), in "meta epochs" (epoch % M == 0, 0-based, i.e. the 1st, (M+1)-th,
+... epoch): the training set is split in random halves D_train / D_test (seeded by
+(seed, epoch)), and after each main update (or every ``meta_every_steps``-th one):
+
+    theta+ = theta - zeta * grad_theta L_S(x_a, y_a; theta, T(theta_g))     x_a from D_train
+    theta_g <- Adam step on grad_theta_g CE(y_b, S(x_b; theta+))            x_b from D_test
+
+zeta is the main optimizer's current learning rate. theta+ is built functionally with
+``stateless_call`` inside nested GradientTapes, so the lookahead never touches the real weights,
+their BatchNorm moving statistics or the main optimizer's state.
+
+Readings of the ambiguous parts (all config fields of ``config.metadistiller``):
+* How many meta steps per meta phase: Algorithm 1 shows one mini-batch pair; a single generator
+  step every M epochs cannot train a network, so we take one meta step per training step of a
+  meta epoch (``meta_every_steps=1``), thinned by ``meta_every_steps``.
+* Which outputs enter the outer CE: ``outer_outputs='all'`` sums the CE of every exit and the
+  final output of theta+ (the generator's targets act on the exits, so their generalisation is
+  the signal); ``'final'`` uses the final output only.
+* The inner step includes the coupled weight decay of the real update (it does not depend on
+  theta_g, so it only shifts theta+ as the real step would).
+* Generator learning rate: the paper's Adam lr 0.1 diverges here (see README); default 1e-3.
+* Within the lookahead, BatchNorm uses batch statistics (training mode, as in the real step);
+  the moving statistics produced by stateless_call are discarded.
+"""
+import keras
+import ml_collections
+import tensorflow as tf
+
+from tfkd import losses
+from tfkd.errors import ConfigError
+from tfkd.methods.base import MultiExitMethod
+from tfkd.models.label_generator import LabelGenerator
+from tfkd.registry import METHODS
+
+
+def _values(variables):
+    return [tf.convert_to_tensor(v) for v in variables]
+
+
+@METHODS.register("metadistiller")
+class MetaDistiller(MultiExitMethod):
+    loss_names = ("ce_final", "ce_exits", "kd_exits")
+
+    @classmethod
+    def default_config(cls):
+        return ml_collections.ConfigDict({
+            "alpha": 0.5,
+            "tau": 1.0,
+            "meta_every_epochs": 5,  # M
+            "meta_every_steps": 1,  # within a meta epoch: a meta step after every n-th main step
+            "generator_lr": 1e-3,  # Adam
+            "fusion_channels": 0,  # 0 = the main model's first-stage width
+            "outer_outputs": "all",  # all | final
+        })
+
+    def __init__(self, network, alpha=0.5, tau=1.0, meta_every_epochs=5, meta_every_steps=1, generator_lr=1e-3,
+                 fusion_channels=0, outer_outputs="all", **kwargs):
+        checks = [(0.0 <= alpha <= 1.0, "alpha", "in [0, 1]"), (tau > 0, "tau", "> 0"),
+                  (meta_every_epochs >= 1, "meta_every_epochs", ">= 1"),
+                  (meta_every_steps >= 1, "meta_every_steps", ">= 1"),
+                  (generator_lr > 0, "generator_lr", "> 0"), (fusion_channels >= 0, "fusion_channels", ">= 0"),
+                  (outer_outputs in ("all", "final"), "outer_outputs", "'all' or 'final'")]
+        for ok, field, expected in checks:
+            if not ok:
+                raise ConfigError(f"config.metadistiller.{field}={locals()[field]!r}: expected {expected}")
+        super().__init__(network, **kwargs)
+        self.alpha, self.tau = float(alpha), float(tau)
+        self.meta_every_epochs, self.meta_every_steps = int(meta_every_epochs), int(meta_every_steps)
+        self.generator_lr, self.outer_outputs = float(generator_lr), outer_outputs
+        channels = network.stage_channels
+        self.generator = LabelGenerator(channels, network.num_classes, fusion_channels or channels[0],
+                                        dtype=network.dtype_policy, name="label_generator")
+        self.meta_loss_tracker = keras.metrics.Mean(name="meta_loss")
+        self.meta_step_counter = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
+                                                 name="meta_step_counter")
+
+    @property
+    def metrics(self):
+        return super().metrics + [self.meta_loss_tracker]
+
+    def compile(self, optimizer="sgd", generator_optimizer=None, **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        self.generator_optimizer = generator_optimizer or keras.optimizers.Adam(self.generator_lr)
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        if not self.generator.built:
+            _, features = self.network(tf.zeros((1,) + tuple(self.network.image_shape), self.network.compute_dtype),
+                                       training=False, return_features=True)
+            self.generator(self.stage_features(features), training=False)
+
+    def build_state(self):
+        """Creates the generator optimizer's variables too, so checkpoints can be restored."""
+        super().build_state()
+        self.generator_optimizer.build(self.generator.trainable_variables)
+
+    def stage_features(self, features):
+        return [features[f"stage_{k + 1}"] for k in range(len(self.network.stage_channels))]
+
+    # ------------------------------------------------------------------ phases
+
+    def epoch_phase(self, epoch):
+        return "meta" if epoch % self.meta_every_epochs == 0 else "main"
+
+    def phase_needs_meta_split(self, phase):
+        return phase == "meta"
+
+    # ------------------------------------------------------------------ losses
+
+    def student_terms(self, labels, logits, targets, stop_target_gradient=True):
+        """Eq. 3-4 given the generator's target logits (T_k = softmax(target / tau))."""
+        exit_names = self.output_names_ordered[:-1]
+        soft = {n: tf.nn.softmax(tf.cast(targets[n], logits[n].dtype) / self.tau) for n in exit_names}
+        return {
+            "ce_final": losses.cross_entropy(labels, logits["final"]),
+            "ce_exits": self.alpha * tf.add_n([losses.cross_entropy(labels, logits[n]) for n in exit_names]),
+            "kd_exits": (1.0 - self.alpha) * tf.add_n([
+                losses.kd_loss(soft[n], logits[n], self.tau, teacher_is_probs=True,
+                               stop_teacher_gradient=stop_target_gradient) for n in exit_names]),
+        }
+
+    def compute_losses(self, images, labels, training):
+        logits, features = self.network(images, training=training, return_features=True)
+        targets = self.generator([tf.stop_gradient(f) for f in self.stage_features(features)], training=training)
+        return self.student_terms(labels, logits, targets), logits
+
+    def outer_loss(self, labels, logits):
+        names = self.output_names_ordered if self.outer_outputs == "all" else ["final"]
+        return tf.add_n([losses.cross_entropy(labels, logits[n]) for n in names])
+
+    # ------------------------------------------------------------------ meta step
+
+    def lookahead_loss(self, generator_values, theta, non_trainable, generator_non_trainable, meta_train,
+                       meta_test, zeta):
+        """CE on ``meta_test`` of theta+ = theta - zeta * grad L_S(meta_train; theta, T(generator_values)).
+
+        A pure function of its tensor arguments (no variable is read or written), so it can be
+        differentiated w.r.t. ``generator_values`` and checked by finite differences.
+        """
+        (x_a, y_a), (x_b, y_b) = meta_train, meta_test
+        with tf.GradientTape() as inner:
+            inner.watch(theta)
+            (logits, features), _ = self.network.stateless_call(theta, non_trainable, x_a, training=True,
+                                                                return_features=True)
+            targets, _ = self.generator.stateless_call(
+                generator_values, generator_non_trainable,
+                [tf.stop_gradient(f) for f in self.stage_features(features)], training=True)
+            terms = self.student_terms(y_a, logits, targets, stop_target_gradient=False)
+            inner_loss = tf.add_n(list(terms.values()))
+            if self.weight_decay:
+                inner_loss += self.weight_decay * losses.l2_penalty(theta)
+            inner_loss = self.replica_scale(inner_loss)
+        grads = inner.gradient(inner_loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = _all_reduce_sum(grads)
+        theta_plus = [t - tf.cast(zeta, t.dtype) * g for t, g in zip(theta, grads)]
+        test_logits, _ = self.network.stateless_call(theta_plus, non_trainable, x_b, training=True)
+        return self.outer_loss(y_b, test_logits)
+
+    def meta_gradient(self, meta_train, meta_test, zeta):
+        """(outer loss, d outer / d generator trainable variables) for the current weights."""
+        phi = _values(self.generator.trainable_variables)
+        theta = _values(self.network.trainable_variables)
+        with tf.GradientTape() as outer:
+            outer.watch(phi)
+            loss = self.lookahead_loss(phi, theta, _values(self.network.non_trainable_variables),
+                                       _values(self.generator.non_trainable_variables), meta_train, meta_test, zeta)
+            scaled = self.replica_scale(loss)
+        return loss, outer.gradient(scaled, phi, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    def meta_step(self, meta_train, meta_test):
+        zeta = self.optimizer.learning_rate
+        loss, grads = self.meta_gradient(meta_train, meta_test, zeta)
+        self.generator_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
+        self.meta_loss_tracker.update_state(loss)
+        self.meta_step_counter.assign_add(1)
+
+    def train_step(self, data):
+        if self._phase != "meta":
+            return self.main_step(*data)
+        logs = self.main_step(*data["main"])
+        if self.meta_every_steps == 1:
+            self.meta_step(data["meta_train"], data["meta_test"])
+        else:
+            due = tf.equal(self.optimizer.iterations % self.meta_every_steps, 0)
+            tf.cond(due, lambda: self.meta_step(data["meta_train"], data["meta_test"]) or tf.constant(0),
+                    lambda: tf.constant(0))
+        logs["meta_loss"] = self.meta_loss_tracker.result()
+        return logs
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "tau": self.tau,
+                "meta_every_epochs": self.meta_every_epochs, "meta_every_steps": self.meta_every_steps,
+                "generator_lr": self.generator_lr, "outer_outputs": self.outer_outputs}
+
+
+def _all_reduce_sum(tensors):
+    """Sum over replicas of per-replica gradients of replica-scaled losses; differentiable."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return tensors
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tensors)
