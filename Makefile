@@ -1,16 +1,16 @@
 # The two commands of the README. Both install what they need first (scripts/setup.sh).
 PYTHON ?= python3
-WORKDIR ?= runs/fashion_mnist_self_distill
+WORKDIR ?= runs/fashion_mnist_metadistiller
 
 .PHONY: setup train test bench
 
 setup:
 	PYTHON=$(PYTHON) scripts/setup.sh
 
-# Trains the default experiment (multi-exit ResNet18, self-distillation, Fashion-MNIST offline).
+# Trains the default experiment (multi-exit ResNet18, MetaDistiller, Fashion-MNIST offline).
 # Re-running resumes an interrupted run; a finished one is reported and left untouched.
 train: setup
-	$(PYTHON) bin/train --method=self_distill --config=configs/fashion_mnist_resnet18.py --workdir=$(WORKDIR)
+	$(PYTHON) bin/train --method=metadistiller --config=configs/fashion_mnist_resnet18.py --workdir=$(WORKDIR)
 
 test: setup
 	$(PYTHON) -m pytest -n 2 --durations=15 tests

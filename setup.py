@@ -8,11 +8,9 @@ setup(
     "MetaDistiller, progressive few-shot distillation.",
     packages=find_packages(include=["tfkd", "tfkd.*"]),
     python_requires=">=3.10",
+    # TensorFlow itself comes from an extra: `.[cpu]` (tensorflow-cpu, CI and laptops) or `.[gpu]`
+    # (tensorflow[and-cuda]); the two wheels provide the same module and must not be mixed.
     install_requires=[
-        # CPU wheels are enough for CI and laptops; GPU users install tensorflow[and-cuda]
-        # (see README) which satisfies the same import.
-        "tensorflow-cpu>=2.20; platform_machine=='x86_64'",
-        "tensorflow>=2.20; platform_machine!='x86_64'",
         "keras>=3.10",
         "tensorflow-datasets>=4.9",
         # Not pulled in by TF 2.21 any more, but needed: Keras Tuner imports tensorboard,
@@ -26,6 +24,8 @@ setup(
         "keras-tuner>=1.4",
     ],
     extras_require={
+        "cpu": ["tensorflow-cpu>=2.20; platform_machine=='x86_64'", "tensorflow>=2.20; platform_machine!='x86_64'"],
+        "gpu": ["tensorflow[and-cuda]>=2.20"],
         "test": ["pytest>=8", "pytest-xdist>=3", "scikit-learn>=1.3"],
     },
     scripts=["bin/train", "bin/export"],

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Training throughput (images/s) of each method on one fixed config, measured in one run, plus
-the throughput of the tf.data input pipeline alone (to show input is not the bottleneck).
+the throughput of the tf.data input pipeline alone (to show input is not the bottleneck), and
+MetaDistiller's wall-clock cost relative to self_distill over one M-epoch cycle (one meta epoch,
+M - 1 main epochs; epochs have equal step counts, so the cycle cost is a weighted step time).
 
     python benchmarks/step_cost.py [--methods=baseline,dsn,self_distill] [--steps=30]
 
-Each method: a fresh model, ``--warmup`` steps (tracing), then ``--steps`` timed steps through
-``fit`` (the same train_step users run), repeated ``--repeats`` times; the median is reported,
-with the ratio to ``baseline`` from the same run.
+Each method and training phase: a fresh model, ``--warmup`` steps (tracing), then ``--steps``
+timed steps through ``fit`` (the same train_step users run), repeated ``--repeats`` times; the
+median is reported, with ratios from the same run.
 """
 import os
 import statistics
@@ -21,7 +23,7 @@ from absl import app, flags  # noqa: E402
 import common  # noqa: E402
 
 flags.DEFINE_string("config", os.path.join(common.REPO, "configs", "fashion_mnist_resnet18.py"), "Config file.")
-flags.DEFINE_list("methods", ["baseline", "dsn", "self_distill"], "Methods to time.")
+flags.DEFINE_list("methods", ["baseline", "dsn", "self_distill", "metadistiller"], "Methods to time.")
 flags.DEFINE_integer("steps", 30, "Timed steps per repeat.")
 flags.DEFINE_integer("warmup", 5, "Untimed steps first.")
 flags.DEFINE_integer("repeats", 3, "Repeats; the median is reported.")
@@ -64,20 +66,45 @@ def main(argv):
     results = {}
     pipe = data_lib.train_dataset(data, batch_size=FLAGS.batch_size, seed=FLAGS.seed, augment=base.data.augment)
     pipeline_rates = [time_pipeline(pipe, 100, FLAGS.batch_size) for _ in range(FLAGS.repeats)]
+    def timed(method, phase):
+        """Median images/s of `fit` in one training phase (MetaDistiller: 'meta' or 'main')."""
+        method.set_phase(phase)
+        ds = data_lib.train_dataset(data, batch_size=FLAGS.batch_size, seed=FLAGS.seed, augment=base.data.augment,
+                                    meta_split=method.phase_needs_meta_split(phase))
+        method.fit(ds, epochs=1, steps_per_epoch=FLAGS.warmup, verbose=0, shuffle=False)
+        rates = []
+        for _ in range(FLAGS.repeats):
+            start = time.perf_counter()
+            method.fit(ds, epochs=1, steps_per_epoch=FLAGS.steps, verbose=0, shuffle=False)
+            rates.append(FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - start))
+        return statistics.median(rates), rates
+
+    phases = {}
     for name in FLAGS.methods:
         config = train.resolve(base, method=name, seed=FLAGS.seed)
         keras.utils.set_random_seed(FLAGS.seed)
         method, _, _ = train.build_all(config, data, tf.distribute.get_strategy())
-        ds = data_lib.train_dataset(data, batch_size=FLAGS.batch_size, seed=FLAGS.seed, augment=base.data.augment)
-        method.fit(ds, epochs=1, steps_per_epoch=FLAGS.warmup, verbose=0)
-        rates = []
-        for _ in range(FLAGS.repeats):
-            start = time.perf_counter()
-            method.fit(ds, epochs=1, steps_per_epoch=FLAGS.steps, verbose=0)
-            rates.append(FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - start))
-        results[name] = {"images_per_s": statistics.median(rates), "runs": rates}
-        print(f"{name:>14}: {results[name]['images_per_s']:8.1f} images/s  (runs {[round(r) for r in rates]})",
-              flush=True)
+        for phase in sorted({method.epoch_phase(e) for e in range(config.train.epochs)}, key=str):
+            phases[(name, phase)] = timed(method, phase)
+            print(f"{name:>14} [{phase}]: {phases[(name, phase)][0]:8.1f} images/s", flush=True)
+        if name == "metadistiller":
+            m_epochs = config.metadistiller.meta_every_epochs
+        # A method's rate over a run: phases weighted by their share of epochs.
+        seconds = [FLAGS.batch_size / phases[(name, method.epoch_phase(e))][0] for e in range(config.train.epochs)]
+        rate = FLAGS.batch_size / statistics.mean(seconds)
+        results[name] = {"images_per_s": rate, "phases": {str(p): {"images_per_s": v[0], "runs": v[1]}
+                                                          for (n, p), v in phases.items() if n == name}}
+    if "metadistiller" in results and "self_distill" in results:
+        step = lambda key: FLAGS.batch_size / phases[key][0]  # noqa: E731
+        cycle = step(("metadistiller", "meta")) + (m_epochs - 1) * step(("metadistiller", "main"))
+        results_cycle = {
+            "M": m_epochs, "meta_step_s": step(("metadistiller", "meta")),
+            "main_step_s": step(("metadistiller", "main")), "self_distill_step_s": step(("self_distill", None)),
+            "cycle_ratio_vs_self_distill": cycle / (m_epochs * step(("self_distill", None))),
+        }
+        print(f"MetaDistiller M-epoch cycle: {results_cycle['cycle_ratio_vs_self_distill']:.2f}x self_distill")
+    else:
+        results_cycle = None
     ref = results.get("baseline", {}).get("images_per_s")
     for r in results.values():
         r["relative_to_baseline"] = r["images_per_s"] / ref if ref else None
@@ -90,6 +117,7 @@ def main(argv):
                    "batch_size": FLAGS.batch_size, "image_shape": list(data.image_shape)},
         "seed": FLAGS.seed, "steps": FLAGS.steps, "warmup": FLAGS.warmup, "repeats": FLAGS.repeats,
         "methods": results,
+        "metadistiller_cycle": results_cycle,
         "pipeline_images_per_s": pipeline, "pipeline_runs": pipeline_rates,
     })
 

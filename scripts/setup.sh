@@ -10,4 +10,5 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   $SUDO apt-get install -y dataset-fashion-mnist || { $SUDO apt-get update && $SUDO apt-get install -y dataset-fashion-mnist; }
 fi
 PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# TFKD_TF_EXTRA=gpu installs tensorflow[and-cuda] instead of tensorflow-cpu.
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[${TFKD_TF_EXTRA:-cpu},test]"

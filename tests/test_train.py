@@ -97,12 +97,13 @@ def test_run_writes_provenance_and_logs(tmp_path):
 
 
 @pytest.mark.parametrize("flags,expected", [
-    (["--method=nope"], "config.method='nope': expected one of ['baseline', 'dsn', 'self_distill'"),
+    (["--method=nope"], "config.method='nope': expected one of ['baseline', 'dsn', 'metadistiller', 'self_distill']"),
     (["--config.data.data_dir=/nonexistent/fmnist"], "/nonexistent/fmnist"),
     (["--config.train.select_metric=test_final_accuracy"], "config.train.select_metric"),
     (["--config.train.epochs=0"], "config.train.epochs"),
     (["--config.model.arch=resnet7"], "config.model.arch"),
-    (["--config.self_distill.alpha=1.5"], "config.self_distill.alpha"),
+    (["--method=self_distill", "--config.self_distill.alpha=1.5"], "config.self_distill.alpha"),
+    (["--config.metadistiller.outer_outputs=exits"], "config.metadistiller.outer_outputs"),
     (["--config.data.name=glyphz"], "glyphz"),
 ])
 def test_bad_input_fails_fast_with_clear_error(tmp_path, flags, expected):

@@ -178,7 +178,7 @@ def build_network(config, data):
     if stem == "auto":
         stem = "imagenet" if data.image_shape[0] >= 128 else "cifar"
     kwargs = {"num_classes": data.num_classes, "width": config.model.width, "input_shape": data.image_shape,
-              "mean": data.mean, "std": data.std, "stem": stem}
+              "mean": data.mean, "std": data.std, "stem": stem, "sync_bn": config.model.sync_bn}
     return build_backbone(config.model.arch, **kwargs), kwargs
 
 
@@ -247,9 +247,10 @@ def run(config, workdir, *, strategy="default", overwrite=False):
         raise ConfigError(f"config.train.batch_size={config.train.batch_size} must be divisible by the "
                           f"{strategy_obj.num_replicas_in_sync} replicas of --strategy={strategy}")
 
+    if not config.train.mixed_precision:
+        return _run(config, workdir, data, strategy_obj, strategy, resuming)
     policy = keras.mixed_precision.global_policy()
-    if config.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         return _run(config, workdir, data, strategy_obj, strategy, resuming)
     finally:

@@ -30,9 +30,12 @@ def _batches(dtype, seed=0):
 
 @pytest.fixture
 def float64():
+    policy = keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")  # an explicitly set policy would shadow floatx
     yield
     keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy(policy)
 
 
 def test_meta_gradient_matches_finite_differences(float64):

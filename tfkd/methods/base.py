@@ -28,6 +28,10 @@ class MultiExitMethod(keras.Model):
         """Method-specific knobs and their defaults (``config.<method name>`` overrides them)."""
         return ml_collections.ConfigDict()
 
+    @classmethod
+    def check_config(cls, cfg):
+        """Raises ConfigError for out-of-range knobs (called before any data is loaded)."""
+
     def __init__(self, network, weight_decay=0.0, **kwargs):
         super().__init__(**kwargs)
         self.network = network
@@ -142,5 +146,9 @@ def resolve_method_config(method_cls, overrides, method_name):
         if key not in cfg:
             raise ConfigError(f"config.{method_name}.{key} is not a field of method {method_name!r}; "
                               f"its fields are: {', '.join(sorted(cfg.keys())) or '(none)'}")
-        cfg[key] = value
+        try:
+            cfg[key] = value
+        except TypeError as e:
+            raise ConfigError(f"config.{method_name}.{key}={value!r}: {e}") from None
+    method_cls.check_config(cfg)
     return cfg

@@ -60,23 +60,33 @@ class MetaDistiller(MultiExitMethod):
             "outer_outputs": "all",  # all | final
         })
 
-    def __init__(self, network, alpha=0.5, tau=1.0, meta_every_epochs=5, meta_every_steps=1, generator_lr=1e-3,
-                 fusion_channels=0, outer_outputs="all", **kwargs):
-        checks = [(0.0 <= alpha <= 1.0, "alpha", "in [0, 1]"), (tau > 0, "tau", "> 0"),
-                  (meta_every_epochs >= 1, "meta_every_epochs", ">= 1"),
-                  (meta_every_steps >= 1, "meta_every_steps", ">= 1"),
-                  (generator_lr > 0, "generator_lr", "> 0"), (fusion_channels >= 0, "fusion_channels", ">= 0"),
-                  (outer_outputs in ("all", "final"), "outer_outputs", "'all' or 'final'")]
+    @classmethod
+    def check_config(cls, cfg):
+        checks = [(0.0 <= cfg.alpha <= 1.0, "alpha", "in [0, 1]"), (cfg.tau > 0, "tau", "> 0"),
+                  (cfg.meta_every_epochs >= 1, "meta_every_epochs", ">= 1"),
+                  (cfg.meta_every_steps >= 1, "meta_every_steps", ">= 1"),
+                  (cfg.generator_lr > 0, "generator_lr", "> 0"),
+                  (cfg.fusion_channels >= 0, "fusion_channels", ">= 0"),
+                  (cfg.outer_outputs in ("all", "final"), "outer_outputs", "'all' or 'final'")]
         for ok, field, expected in checks:
             if not ok:
-                raise ConfigError(f"config.metadistiller.{field}={locals()[field]!r}: expected {expected}")
+                raise ConfigError(f"config.metadistiller.{field}={cfg[field]!r}: expected {expected}")
+
+    def __init__(self, network, alpha=0.5, tau=1.0, meta_every_epochs=5, meta_every_steps=1, generator_lr=1e-3,
+                 fusion_channels=0, outer_outputs="all", **kwargs):
+        cfg = self.default_config()
+        cfg.update({"alpha": alpha, "tau": tau, "meta_every_epochs": meta_every_epochs,
+                    "meta_every_steps": meta_every_steps, "generator_lr": generator_lr,
+                    "fusion_channels": fusion_channels, "outer_outputs": outer_outputs})
+        self.check_config(cfg)
         super().__init__(network, **kwargs)
         self.alpha, self.tau = float(alpha), float(tau)
         self.meta_every_epochs, self.meta_every_steps = int(meta_every_epochs), int(meta_every_steps)
         self.generator_lr, self.outer_outputs = float(generator_lr), outer_outputs
         channels = network.stage_channels
         self.generator = LabelGenerator(channels, network.num_classes, fusion_channels or channels[0],
-                                        dtype=network.dtype_policy, name="label_generator")
+                                        sync_bn=getattr(network, "sync_bn", False), dtype=network.dtype_policy,
+                                        name="label_generator")
         self.meta_loss_tracker = keras.metrics.Mean(name="meta_loss")
         self.meta_step_counter = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
                                                  name="meta_step_counter")

@@ -48,13 +48,17 @@ class SelfDistillation(MultiExitMethod):
     def default_config(cls):
         return ml_collections.ConfigDict({"alpha": 0.5, "tau": 1.0, "hint_weight": 0.0})
 
+    @classmethod
+    def check_config(cls, cfg):
+        if not 0.0 <= cfg.alpha <= 1.0:
+            raise ConfigError(f"config.self_distill.alpha must be in [0, 1], got {cfg.alpha}")
+        if cfg.tau <= 0:
+            raise ConfigError(f"config.self_distill.tau must be > 0, got {cfg.tau}")
+        if cfg.hint_weight < 0:
+            raise ConfigError(f"config.self_distill.hint_weight must be >= 0, got {cfg.hint_weight}")
+
     def __init__(self, network, alpha=0.5, tau=1.0, hint_weight=0.0, **kwargs):
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"config.self_distill.alpha must be in [0, 1], got {alpha}")
-        if tau <= 0:
-            raise ConfigError(f"config.self_distill.tau must be > 0, got {tau}")
-        if hint_weight < 0:
-            raise ConfigError(f"config.self_distill.hint_weight must be >= 0, got {hint_weight}")
+        self.check_config(ml_collections.ConfigDict({"alpha": alpha, "tau": tau, "hint_weight": hint_weight}))
         self.alpha, self.tau, self.hint_weight = float(alpha), float(tau), float(hint_weight)
         if not self.hint_weight:
             self.loss_names = ("ce_final", "ce_exits", "kd_exits")

@@ -12,7 +12,7 @@ its stage feature maps; it is used only during training and never exported.
 import keras
 from keras import layers, ops
 
-from tfkd.models.resnet import BN_MOMENTUM, ExitHead, _bn, _conv
+from tfkd.models.resnet import BN_MOMENTUM, ExitHead, _bn, _conv, synchronized_batchnorm
 
 
 @keras.saving.register_keras_serializable("tfkd")
@@ -24,8 +24,14 @@ class LabelGenerator(keras.Model):
       bn_momentum: BatchNorm momentum of the fusion and head layers.
     """
 
-    def __init__(self, stage_channels, num_classes, fusion_channels=64, bn_momentum=BN_MOMENTUM, **kwargs):
+    def __init__(self, stage_channels, num_classes, fusion_channels=64, bn_momentum=BN_MOMENTUM, sync_bn=False,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.sync_bn = bool(sync_bn)
+        with synchronized_batchnorm(self.sync_bn):
+            self._create_layers(stage_channels, num_classes, fusion_channels, bn_momentum)
+
+    def _create_layers(self, stage_channels, num_classes, fusion_channels, bn_momentum):
         self.stage_channels = tuple(int(c) for c in stage_channels)
         if len(self.stage_channels) < 2:
             raise ValueError("the label generator needs at least two stages")
@@ -61,4 +67,4 @@ class LabelGenerator(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "stage_channels": self.stage_channels, "num_classes": self.num_classes,
-                "fusion_channels": self.fusion_channels, "bn_momentum": self.bn_momentum}
+                "fusion_channels": self.fusion_channels, "bn_momentum": self.bn_momentum, "sync_bn": self.sync_bn}

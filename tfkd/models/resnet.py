@@ -8,6 +8,8 @@ also returns the stage feature maps (consumed by the MetaDistiller label generat
 exits' pre-pooling features (BYOT's feature hint). ``predict_final`` runs only the inference path
 (backbone + final head), which is all that is exported.
 """
+import contextlib
+
 import keras
 from keras import layers, ops
 
@@ -32,8 +34,24 @@ def logits_dtype():
     return "float32" if keras.mixed_precision.global_policy().name.startswith("mixed") else None
 
 
+_SYNC_BN = [False]
+
+
+@contextlib.contextmanager
+def synchronized_batchnorm(enabled):
+    """BatchNorm layers created inside use cross-replica statistics when ``enabled``: under
+    tf.distribute a step then equals one device's step on the global batch (needed by the
+    MetaDistiller lookahead). Without distribution they behave as ordinary BatchNorm."""
+    previous = _SYNC_BN[0]
+    _SYNC_BN[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _SYNC_BN[0] = previous
+
+
 def _bn(name, momentum):
-    return layers.BatchNormalization(momentum=momentum, epsilon=BN_EPSILON, name=name)
+    return layers.BatchNormalization(momentum=momentum, epsilon=BN_EPSILON, synchronized=_SYNC_BN[0], name=name)
 
 
 def _conv(filters, kernel, stride, name):
@@ -41,46 +59,59 @@ def _conv(filters, kernel, stride, name):
                          kernel_initializer="he_normal", name=name)
 
 
-class BasicBlock(layers.Layer):
+class _ResidualBlock(layers.Layer):
+    """Shared shortcut logic: identity, or a strided 1x1 projection when the shape changes."""
+
     expansion = 1
 
     def __init__(self, filters, stride=1, bn_momentum=BN_MOMENTUM, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.stride, self.bn_momentum = filters, stride, bn_momentum
-        self.conv1 = _conv(filters, 3, stride, "conv1")
-        self.bn1 = _bn("bn1", bn_momentum)
-        self.conv2 = _conv(filters, 3, 1, "conv2")
-        self.bn2 = _bn("bn2", bn_momentum)
         self.shortcut_conv = self.shortcut_bn = None
+        self._sync_bn = _SYNC_BN[0]  # build() runs later, outside the constructor's context
 
     def build(self, input_shape):
         if self.stride != 1 or input_shape[-1] != self.filters * self.expansion:
-            self.shortcut_conv = _conv(self.filters * self.expansion, 1, self.stride, "shortcut_conv")
-            self.shortcut_bn = _bn("shortcut_bn", self.bn_momentum)
+            with synchronized_batchnorm(self._sync_bn):
+                self.shortcut_conv = _conv(self.filters * self.expansion, 1, self.stride, "shortcut_conv")
+                self.shortcut_bn = _bn("shortcut_bn", self.bn_momentum)
 
     def _shortcut(self, x, training):
         if self.shortcut_conv is None:
             return x
         return self.shortcut_bn(self.shortcut_conv(x), training=training)
 
-    def call(self, x, training=None):
-        y = ops.relu(self.bn1(self.conv1(x), training=training))
-        y = self.bn2(self.conv2(y), training=training)
-        return ops.relu(y + self._shortcut(x, training))
-
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "stride": self.stride,
                 "bn_momentum": self.bn_momentum}
 
 
-class Bottleneck(BasicBlock):
+class BasicBlock(_ResidualBlock):
+    expansion = 1
+
+    def __init__(self, filters, stride=1, bn_momentum=BN_MOMENTUM, **kwargs):
+        super().__init__(filters, stride, bn_momentum, **kwargs)
+        self.conv1 = _conv(filters, 3, stride, "conv1")
+        self.bn1 = _bn("bn1", bn_momentum)
+        self.conv2 = _conv(filters, 3, 1, "conv2")
+        self.bn2 = _bn("bn2", bn_momentum)
+
+    def call(self, x, training=None):
+        y = ops.relu(self.bn1(self.conv1(x), training=training))
+        y = self.bn2(self.conv2(y), training=training)
+        return ops.relu(y + self._shortcut(x, training))
+
+
+class Bottleneck(_ResidualBlock):
     expansion = 4
 
     def __init__(self, filters, stride=1, bn_momentum=BN_MOMENTUM, **kwargs):
         super().__init__(filters, stride, bn_momentum, **kwargs)
         # Torchvision's ResNet v1.5: the stride sits on the 3x3 convolution.
         self.conv1 = _conv(filters, 1, 1, "conv1")
+        self.bn1 = _bn("bn1", bn_momentum)
         self.conv2 = _conv(filters, 3, stride, "conv2")
+        self.bn2 = _bn("bn2", bn_momentum)
         self.conv3 = _conv(filters * self.expansion, 1, 1, "conv3")
         self.bn3 = _bn("bn3", bn_momentum)
 
@@ -128,13 +159,19 @@ class MultiExitResNet(keras.Model):
       mean, std: per-channel normalisation on the 0..255 scale, applied inside the model.
       stem: 'cifar' (3x3 conv, no pooling) or 'imagenet' (7x7/2 conv + 3x3/2 max-pool).
       exits: the stages (1..3) that get an exit head.
+      sync_bn: cross-replica BatchNorm statistics under tf.distribute (see synchronized_batchnorm).
     """
 
     num_stages = 4
 
     def __init__(self, depth=18, num_classes=10, width=1.0, input_shape=(32, 32, 3), mean=None, std=None,
-                 stem="cifar", exits=(1, 2, 3), bn_momentum=BN_MOMENTUM, **kwargs):
+                 stem="cifar", exits=(1, 2, 3), bn_momentum=BN_MOMENTUM, sync_bn=False, **kwargs):
         super().__init__(**kwargs)
+        self.sync_bn = bool(sync_bn)
+        with synchronized_batchnorm(self.sync_bn):
+            self._create_layers(depth, num_classes, width, input_shape, mean, std, stem, exits, bn_momentum)
+
+    def _create_layers(self, depth, num_classes, width, input_shape, mean, std, stem, exits, bn_momentum):
         if depth not in RESNET_SPECS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
         if stem not in ("cifar", "imagenet"):
@@ -222,7 +259,8 @@ class MultiExitResNet(keras.Model):
     def get_config(self):
         return {**super().get_config(), "depth": self.depth, "num_classes": self.num_classes,
                 "width": self.width, "input_shape": self.image_shape, "mean": self.mean, "std": self.std,
-                "stem": self.stem_type, "exits": self.exits, "bn_momentum": self.bn_momentum}
+                "stem": self.stem_type, "exits": self.exits, "bn_momentum": self.bn_momentum,
+                "sync_bn": self.sync_bn}
 
 
 for _depth in RESNET_SPECS:

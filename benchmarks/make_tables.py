@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Regenerates the README's result tables from benchmarks/results/*.json.
+
+    python benchmarks/make_tables.py          # rewrites the marked blocks in README.md
+    python benchmarks/make_tables.py --check  # exit 1 if README.md is out of date
+
+A table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; missing result files
+leave a "not measured yet" line instead of numbers.
+"""
+import json
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+README = os.path.join(REPO, "README.md")
+
+METHOD_LABELS = {"baseline": "baseline", "dsn": "DSN (hard only)", "self_distill": "SD (hard + final soft)",
+                 "metadistiller": "MD (hard + generated soft)"}
+
+
+def load(name):
+    path = os.path.join(RESULTS, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def provenance(r):
+    m = r.get("machine", {})
+    return (f"Measured {r.get('date_utc', '?')} on {m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores, "
+            f"GPUs: {', '.join(m.get('gpus') or []) or 'none'}), TensorFlow {m.get('tensorflow', '?')}, "
+            f"git {r.get('git_revision', '?')[:12]}. Command: `{r.get('command', '?')}`.")
+
+
+def pct(s):
+    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" if s else "–"
+
+
+def self_boosting_table():
+    r = load("self_boosting_table")
+    if r is None:
+        return "_Not measured yet: run `python benchmarks/self_boosting_table.py`._"
+    lines = []
+    for dataset, d in r["datasets"].items():
+        methods = d["methods"]
+        if not methods:
+            continue
+        any_run = next(iter(methods.values()))["runs"][0]
+        lines.append(f"**{dataset}** (`{d['config_file']}`; {any_run['num_train_examples']} training images, "
+                     f"{any_run['num_test_examples']} test images; test accuracy %, mean ± std over seeds, "
+                     f"checkpoint chosen on validation)\n")
+        lines.append("| method | final exit | ensemble of exits | seeds |")
+        lines.append("| --- | --- | --- | --- |")
+        for name in ("baseline", "dsn", "self_distill", "metadistiller"):
+            if name in methods:
+                e = methods[name]
+                seeds = ", ".join(str(run["seed"]) for run in e["runs"])
+                lines.append(f"| {METHOD_LABELS[name]} | {pct(e.get('final'))} | "
+                             f"{pct(e.get('ensemble')) if name != 'baseline' else '– (no exits)'} | {seeds} |")
+        lines.append("")
+    lines.append(provenance(r))
+    return "\n".join(lines)
+
+
+def step_cost_table():
+    r = load("step_cost")
+    if r is None:
+        return "_Not measured yet: run `python benchmarks/step_cost.py`._"
+    c = r["config"]
+    lines = [f"`{r['config_file']}` ({c['arch']} width {c['width']}, {c['dataset']} {c['image_shape']}, "
+             f"global batch {c['batch_size']}); median of {r['repeats']} repeats of {r['steps']} steps.\n",
+             "| method | training images/s | relative to baseline | relative to self_distill |",
+             "| --- | --- | --- | --- |"]
+    sd = r["methods"].get("self_distill", {}).get("images_per_s")
+    for name, m in r["methods"].items():
+        rel_sd = f"{sd / m['images_per_s']:.2f}× the time" if sd else "–"
+        lines.append(f"| {name} | {m['images_per_s']:.0f} | {m['relative_to_baseline']:.2f} | {rel_sd} |")
+    cycle = r.get("metadistiller_cycle")
+    if cycle:
+        lines.append("")
+        lines.append(f"MetaDistiller over one M-epoch cycle (M = {cycle['M']}, one meta epoch then "
+                     f"{cycle['M'] - 1} main epochs): meta-epoch step {cycle['meta_step_s'] * 1e3:.1f} ms, main "
+                     f"step {cycle['main_step_s'] * 1e3:.1f} ms, self_distill step "
+                     f"{cycle['self_distill_step_s'] * 1e3:.1f} ms → cycle cost "
+                     f"**{cycle['cycle_ratio_vs_self_distill']:.2f}× self_distill** "
+                     f"(target ≤ 1.3×).")
+    lines.append("")
+    lines.append(f"Input pipeline alone (tf.data, same augmentation): **{r['pipeline_images_per_s']:.0f} images/s**.")
+    lines.append("")
+    lines.append(provenance(r))
+    return "\n".join(lines)
+
+
+TABLES = {"self_boosting": self_boosting_table, "step_cost": step_cost_table}
+
+
+def render(text):
+    for name, fn in TABLES.items():
+        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(\n<!-- /table:{name} -->)", re.S)
+        text = pattern.sub(lambda m: m.group(1) + fn() + m.group(2), text)
+    return text
+
+
+def main():
+    with open(README) as f:
+        old = f.read()
+    new = render(old)
+    if "--check" in sys.argv:
+        if new != old:
+            print("README.md tables are out of date: run python benchmarks/make_tables.py")
+            sys.exit(1)
+        return
+    if new != old:
+        with open(README, "w") as f:
+            f.write(new)
+    print("README.md tables up to date")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Run as a script (tests/methods/test_distributed.py does): two logical CPU devices must be
+configured before TensorFlow starts. Trains each method for two steps under MirroredStrategy
+(2 replicas) and on one device with the same global batches and initial weights, and prints the
+largest weight difference per method as JSON."""
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import tensorflow as tf  # noqa: E402
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tfkd.distribute import get_strategy  # noqa: E402
+from tfkd.methods import build_method  # noqa: E402
+from tfkd.models import MultiExitResNet  # noqa: E402
+
+CONFIGS = {
+    "baseline": {},
+    "dsn": {},
+    "self_distill": {"alpha": 0.5, "tau": 2.0, "hint_weight": 0.0},
+    "metadistiller": {"alpha": 0.5, "tau": 2.0, "fusion_channels": 4},
+}
+
+
+def make(name, strategy):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        net = MultiExitResNet(depth=18, num_classes=4, width=0.0625, input_shape=(12, 12, 1), sync_bn=True)
+        net.ensure_built()
+        method = build_method(name, net, CONFIGS[name], weight_decay=5e-4)
+        method.build()
+        method.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        method.build_state()
+    return method
+
+
+def batches(meta):
+    rng = np.random.default_rng(0)
+    def batch():
+        return (rng.uniform(0, 255, (8, 12, 12, 1)).astype(np.float32), rng.integers(0, 4, 8).astype(np.int32))
+    elements = []
+    for _ in range(2):
+        main = batch()
+        elements.append({"main": main, "meta_train": batch(), "meta_test": batch()} if meta else main)
+    return elements
+
+
+def dataset(elements):
+    ds = tf.data.Dataset.from_tensors(elements[0])
+    for e in elements[1:]:
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(e))
+    return ds
+
+
+def main():
+    mirrored = get_strategy("mirrored")
+    assert mirrored.num_replicas_in_sync == 2, mirrored.num_replicas_in_sync
+    out = {}
+    for name in CONFIGS:
+        multi = make(name, mirrored)
+        single = make(name, tf.distribute.get_strategy())
+        single.set_weights(multi.get_weights())
+        phase = "meta" if name == "metadistiller" else None
+        elements = batches(meta=phase == "meta")
+        initial = [w.copy() for w in single.get_weights()]
+        for model in (multi, single):
+            model.set_phase(phase)
+            model.fit(dataset(elements), epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
+        diffs = [float(np.max(np.abs(a - b))) for a, b in zip(multi.get_weights(), single.get_weights())]
+        moved = [float(np.max(np.abs(a - b))) for a, b in zip(initial, single.get_weights())]
+        out[name] = {"max_diff": max(diffs), "max_update": max(moved)}
+        if name == "metadistiller":
+            gen = [float(np.max(np.abs(a.numpy() - b.numpy())))
+                   for a, b in zip(multi.generator.trainable_variables, single.generator.trainable_variables)]
+            out[name]["generator_max_diff"] = max(gen)
+            out[name]["meta_steps"] = int(single.meta_step_counter.numpy())
+    print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
