@@ -95,7 +95,41 @@ def step_cost_table():
     return "\n".join(lines)
 
 
-TABLES = {"self_boosting": self_boosting_table, "step_cost": step_cost_table}
+def generator_lr_table():
+    """MetaDistiller with other generator learning rates (self_boosting_table.py runs with
+    --override=metadistiller.generator_lr=X --name=metadistiller_generator_lr_X) next to the
+    default (1e-3) runs of the main table, same seeds."""
+    import glob
+
+    main = load("self_boosting_table")
+    files = sorted(glob.glob(os.path.join(RESULTS, "metadistiller_generator_lr_*.json")))
+    if main is None or not files:
+        return "_Not measured yet._"
+    lines = ["| dataset | generator lr | seeds | final exit | ensemble | meta loss, first → last meta epoch |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for path in files:
+        with open(path) as f:
+            other = json.load(f)
+        lr = os.path.basename(path)[len("metadistiller_generator_lr_"):-len(".json")]
+        for dataset, d in other["datasets"].items():
+            seeds = {run["seed"] for run in d["methods"].get("metadistiller", {}).get("runs", [])}
+            base_runs = [r for r in main["datasets"].get(dataset, {}).get("methods", {})
+                         .get("metadistiller", {}).get("runs", []) if r["seed"] in seeds]
+            for label, runs in (("1e-3 (default)", base_runs), (lr, d["methods"]["metadistiller"]["runs"])):
+                if not runs:
+                    continue
+                final = sum(r["test"]["final_accuracy"] for r in runs) / len(runs)
+                ens = sum(r["test"]["ensemble_accuracy"] for r in runs) / len(runs)
+                meta = "; ".join(f"{a:.2f} → {b:.2f}" for a, b in
+                                 (r["meta_loss_first_last"] for r in runs if "meta_loss_first_last" in r)) or "–"
+                lines.append(f"| {dataset} | {label} | {', '.join(str(r['seed']) for r in runs)} | "
+                             f"{100 * final:.2f} | {100 * ens:.2f} | {meta} |")
+        lines.append("")
+        lines.append(provenance(other))
+    return "\n".join(lines)
+
+
+TABLES = {"self_boosting": self_boosting_table, "step_cost": step_cost_table, "generator_lr": generator_lr_table}
 
 
 def render(text):

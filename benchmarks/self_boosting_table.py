@@ -10,6 +10,7 @@ read back, unfinished ones resume from their last epoch). The checkpoint is chos
 the table reports test accuracy of the final exit and of the exit ensemble, mean +- std over
 seeds. Results go to benchmarks/results/self_boosting_table.json after every run.
 """
+import csv
 import json
 import os
 import statistics
@@ -54,7 +55,13 @@ def run_one(dataset, method, seed):
     with open(metrics_path) as f:
         metrics = json.load(f)
     with open(os.path.join(workdir, "history.csv")) as f:
-        epochs = len(f.read().strip().splitlines()) - 1
+        history = list(csv.DictReader(f))
+    epochs = len(history)
+    # MetaDistiller's outer (meta) loss at its first and last meta epoch: a diverging or flat
+    # curve flags a generator learning rate problem.
+    meta = [float(h["meta_loss"]) for h in history if h.get("meta_loss")]
+    if meta:
+        metrics["meta_loss_first_last"] = [meta[0], meta[-1]]
     metrics["command"] = " ".join(os.path.relpath(c, common.REPO) if c.startswith(common.REPO) else c for c in cmd)
     metrics["epochs_in_history"] = epochs
     return metrics
@@ -78,8 +85,9 @@ def main(argv):
             for method in FLAGS.methods:
                 m = run_one(dataset, method, int(seed))
                 entry = results["datasets"][dataset]["methods"].setdefault(method, {"runs": []})
-                entry["runs"].append({k: m[k] for k in ("seed", "best_epoch", "test", "val", "command",
-                                                        "num_train_examples", "num_test_examples")})
+                keys = ("seed", "best_epoch", "test", "val", "command", "num_train_examples", "num_test_examples",
+                        "meta_loss_first_last")
+                entry["runs"].append({k: m[k] for k in keys if k in m})
                 for key, field in (("final", "final_accuracy"), ("ensemble", "ensemble_accuracy")):
                     entry[key] = summarize([r["test"][field] for r in entry["runs"]])
                 common.write_result(FLAGS.name, results)
