@@ -134,3 +134,15 @@ def test_metadistiller_learns_and_exports_without_generator(tiny, tmp_path):
     saved = sum(int(np.prod(s)) for n, s in reader.get_variable_to_shape_map().items() if n.endswith("VARIABLE_VALUE"))
     assert saved == sum(int(np.prod(v.shape)) for v in network.inference_variables())
     assert export.check_export(network, path) < 1e-5
+
+
+def test_meta_every_steps_thins_meta_steps():
+    method = _tiny_method(meta_every_steps=2)
+    (xa, ya), (xb, yb) = _batches(tf.float32)
+    element = {"main": (xa, ya), "meta_train": (xa, ya), "meta_test": (xb, yb)}
+    ds = tf.data.Dataset.from_tensors(element).repeat()
+    method.set_phase("meta")
+    method.fit(ds, epochs=1, steps_per_epoch=4, verbose=0, shuffle=False)
+    # Meta steps follow the main update whose optimizer step count is even: steps 2 and 4.
+    assert int(method.meta_step_counter.numpy()) == 2
+    assert int(method.optimizer.iterations.numpy()) == 4
