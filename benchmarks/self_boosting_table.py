@@ -62,6 +62,8 @@ def run_one(dataset, method, seed):
     meta = [float(h["meta_loss"]) for h in history if h.get("meta_loss")]
     if meta:
         metrics["meta_loss_first_last"] = [meta[0], meta[-1]]
+    with open(os.path.join(workdir, "run_info.json")) as f:
+        metrics["git_revision"] = json.load(f)[0]["git_revision"]  # the code that trained this run
     metrics["command"] = " ".join(os.path.relpath(c, common.REPO) if c.startswith(common.REPO) else c for c in cmd)
     metrics["epochs_in_history"] = epochs
     return metrics
@@ -86,7 +88,7 @@ def main(argv):
                 m = run_one(dataset, method, int(seed))
                 entry = results["datasets"][dataset]["methods"].setdefault(method, {"runs": []})
                 keys = ("seed", "best_epoch", "test", "val", "command", "num_train_examples", "num_test_examples",
-                        "meta_loss_first_last")
+                        "meta_loss_first_last", "git_revision")
                 entry["runs"].append({k: m[k] for k in keys if k in m})
                 for key, field in (("final", "final_accuracy"), ("ensemble", "ensemble_accuracy")):
                     entry[key] = summarize([r["test"][field] for r in entry["runs"]])
