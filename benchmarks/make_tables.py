@@ -33,12 +33,17 @@ def provenance(r):
     m = r.get("machine", {})
     return (f"Measured {r.get('date_utc', '?')} on {m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores, "
             f"GPUs: {', '.join(m.get('gpus') or []) or 'none'}), TensorFlow {m.get('tensorflow', '?')}, "
-            f"git {r.get('git_revision', '?')[:12]}. Command: `{r.get('command', '?')}`.")
+            f"git {short_rev(r.get('git_revision', '?'))}. Command: `{r.get('command', '?')}`.")
+
+
+def short_rev(rev):
+    sha, _, dirty = rev.partition("+")
+    return sha[:12] + ("+" + dirty if dirty else "")
 
 
 def run_revisions(r):
     """The code each training run used (aggregation may happen at a later revision)."""
-    revisions = sorted({run.get("git_revision", "?")[:12] for d in r["datasets"].values()
+    revisions = sorted({short_rev(run.get("git_revision", "?")) for d in r["datasets"].values()
                         for e in d["methods"].values() for run in e["runs"]})
     return f" Runs trained at git {', '.join(revisions)} (per-run commands in the JSON)."
 
