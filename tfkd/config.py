@@ -32,6 +32,9 @@ def base_config():
     c.data.train_split = "train"
     c.data.test_split = ""  # '' = 'test' if the dataset has it, else 'validation'
     c.data.image_size = 0  # streaming TFDS only: model input size (0 = 224)
+    # Few-shot backbones: train on one class split only (glyphs: configs/splits/glyphs_alphabets.json).
+    c.data.class_split = ""  # '' = all classes; base | validation | novel
+    c.data.class_split_file = ""  # '' = the dataset's default split file
     c.data.mean = ml_collections.config_dict.placeholder(tuple)  # None = from train data
     c.data.std = ml_collections.config_dict.placeholder(tuple)
 

@@ -372,3 +372,14 @@ def test_tfds_streaming_split_feeds_training_and_eval(mock_cifar10):
     assert len(data.val) == round(0.1 * TFDS_EXAMPLES)
     for images, _ in eval_dataset(data, "test", batch_size=16).take(1):
         assert images.shape[1:] == (24, 24, 3)
+
+
+def test_glyphs_class_split_keeps_one_split_relabelled():
+    if not any(os.path.exists(p) for p in GLYPHS_CANDIDATES):
+        pytest.skip("glyphs file not found")
+    path = next(p for p in GLYPHS_CANDIDATES if os.path.exists(p))
+    data = load_dataset(data_config(name="glyphs", data_dir=path, class_split="novel"))
+    assert data.num_classes == 165  # Tamil, Sinhala, Myanmar, Canadian Syllabics
+    assert set(np.unique(data.train.labels)) == set(range(165))
+    with pytest.raises(DataError, match="config.data.class_split='nope'"):
+        load_dataset(data_config(name="glyphs", data_dir=path, class_split="nope"))

@@ -228,6 +228,11 @@ def font_family_split(labels, groups, test_fraction=0.2):
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
+def default_glyphs_split_file():
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(repo, "configs", "splits", "glyphs_alphabets.json")
+
+
 @DATASETS.register("glyphs")
 def load_glyphs(cfg):
     path = os.path.abspath(cfg.data_dir or default_glyphs_path())
@@ -237,10 +242,27 @@ def load_glyphs(cfg):
     if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}['labels']: expected {len(images)} integer labels, got {labels.shape} {labels.dtype}")
     labels = labels.astype(np.int32)
-    groups = data["font_families"] if "font_families" in data.files else np.arange(len(labels)).astype(str)
+    names = data["class_names"] if "class_names" in data.files else None
+    if cfg.class_split:  # few-shot: keep one split's classes (e.g. base), relabelled 0..n-1
+        if "alphabets" not in data.files:
+            raise DataError(f"{path}: config.data.class_split needs an 'alphabets' array (class -> group)")
+        from tfkd.data.episodes import load_class_split
+
+        split = load_class_split(cfg.class_split_file or default_glyphs_split_file(), data["alphabets"])
+        if cfg.class_split not in split:
+            raise DataError(f"config.data.class_split={cfg.class_split!r}: expected one of {sorted(split)}")
+        keep = split[cfg.class_split]
+        relabel = -np.ones(int(labels.max()) + 1, np.int32)
+        relabel[keep] = np.arange(len(keep))
+        chosen = relabel[labels] >= 0
+        images, labels = images[chosen], relabel[labels[chosen]]
+        names = names[keep] if names is not None else None
+        groups_all = data["font_families"][chosen] if "font_families" in data.files else None
+    else:
+        groups_all = data["font_families"] if "font_families" in data.files else None
+    groups = groups_all if groups_all is not None else np.arange(len(labels)).astype(str)
     train_idx, test_idx = font_family_split(labels, groups)
     num_classes = int(labels.max()) + 1
-    names = data["class_names"] if "class_names" in data.files else None
     return _finish(
         "glyphs",
         ArraySplit(images[train_idx], labels[train_idx]),

@@ -241,6 +241,10 @@ class MultiExitResNet(keras.Model):
         """The final head only, skipping the exits' compute (baseline training, inference)."""
         return self.classifier(self.pool(self.backbone(images, training=training)[-1]))
 
+    def embed(self, images):
+        """Globally pooled final-stage features (inference mode): the few-shot feature space."""
+        return self.pool(self.backbone(images, training=False)[-1])
+
     def predict_final(self, images):
         """Inference path only (no exits): logits of the final head."""
         return self.final_logits(images, training=False)

@@ -1,0 +1,53 @@
+"""Few-shot feature extraction: a backbone trained on base classes embeds every split."""
+import os
+
+import numpy as np
+import pytest
+
+from tfkd import train
+from tfkd.data.features import read_features
+from tfkd.data.sources import default_glyphs_path
+from tfkd.errors import WorkdirError
+
+
+@pytest.fixture(scope="module")
+def glyphs_base_run(tmp_path_factory):
+    if not os.path.exists(default_glyphs_path()):
+        pytest.skip(f"glyphs file not found at {default_glyphs_path()}")
+    from tests.conftest import tiny_config
+
+    config = tiny_config(method="baseline", epochs=1, train_examples=1500, eval_examples=300)
+    config.data.name = "glyphs"
+    config.data.class_split = "base"
+    config.model.width = 0.0625
+    workdir = str(tmp_path_factory.mktemp("fewshot") / "backbone")
+    metrics = train.run(config, workdir)
+    return workdir, metrics
+
+
+def test_backbone_trains_on_base_classes_only(glyphs_base_run):
+    workdir, metrics = glyphs_base_run
+    import json
+
+    with open(os.path.join(workdir, "network.json")) as f:
+        assert json.load(f)["kwargs"]["num_classes"] == 449  # the base alphabets' letters
+
+
+def test_extract_writes_every_split_and_refuses_overwrite(glyphs_base_run, tmp_path):
+    from tfkd.extract import extract_features
+
+    workdir, _ = glyphs_base_run
+    out = str(tmp_path / "features")
+    paths = extract_features(workdir, out, verbose=0)
+    data = np.load(default_glyphs_path())
+    sizes = {}
+    for name, path in paths.items():
+        feats, labels = read_features(path)
+        assert feats.shape[1] == 32 and np.isfinite(feats).all()  # width 0.0625 -> 512/16 channels
+        sizes[name] = len(labels)
+        alphabets = set(data["alphabets"][np.unique(labels)].tolist())
+        assert len(alphabets) >= 3
+    assert sum(sizes.values()) == len(data["labels"])  # every image, once
+    assert set(sizes) == {"base", "validation", "novel"}
+    with pytest.raises(WorkdirError, match="overwrite"):
+        extract_features(workdir, out, verbose=0)
