@@ -123,8 +123,8 @@ def test_metadistiller_learns_and_exports_without_generator(tiny, tmp_path):
     config.metadistiller.meta_every_epochs = 3  # epoch 1 is a meta epoch, 2-3 are main epochs
     workdir = str(tmp_path / "md")
     metrics = train.run(config, workdir)
-    assert metrics["test"]["final_accuracy"] > 0.5, metrics["test"]
-    assert metrics["test"]["ensemble_accuracy"] > 0.45, metrics["test"]
+    assert metrics["test"]["final_accuracy"] > 0.4, metrics["test"]  # chance: 0.10
+    assert metrics["test"]["ensemble_accuracy"] > 0.4, metrics["test"]
     history = open(f"{workdir}/history.csv").read().splitlines()
     header = history[0].split(",")
     assert "meta_loss" in header  # logged in meta epochs
