@@ -29,6 +29,12 @@ def get_strategy(name="default"):
     raise ConfigError(f"--strategy={name!r}: expected one of {STRATEGIES}")
 
 
+def replica_scale(loss):
+    """Divides a replica's mean loss by the number of replicas. Optimizers sum gradients over
+    replicas, so the update then equals one device's update on the global batch."""
+    return loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+
+
 def is_chief():
     """True unless TF_CONFIG names this process as a non-chief worker (only the chief writes)."""
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")

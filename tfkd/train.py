@@ -141,13 +141,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if not is_chief():
             return
         root = os.path.join(self.workdir, CHECKPOINTS)
-        if improved:  # best first: if killed before the epoch folder lands, the epoch re-runs
-            with io.atomic_directory(os.path.join(root, "best")) as tmp:
-                self.model.save_weights(os.path.join(tmp, WEIGHTS))
-                io.write_json_atomic(os.path.join(tmp, "state.json"), state)
-        with io.atomic_directory(os.path.join(root, f"epoch_{done:04d}")) as tmp:
-            self.model.save_weights(os.path.join(tmp, WEIGHTS))
-            io.write_json_atomic(os.path.join(tmp, "state.json"), state)
+        with io.atomic_directory(os.path.join(root, f"epoch_{done:04d}")) as epoch_tmp:
+            self.model.save_weights(os.path.join(epoch_tmp, WEIGHTS))
+            io.write_json_atomic(os.path.join(epoch_tmp, "state.json"), state)
+            if improved:  # best lands first: if killed before the epoch folder, the epoch re-runs
+                with io.atomic_directory(os.path.join(root, "best")) as best_tmp:
+                    shutil.copy2(os.path.join(epoch_tmp, WEIGHTS), os.path.join(best_tmp, WEIGHTS))
+                    io.write_json_atomic(os.path.join(best_tmp, "state.json"), state)
         self._write_history()
         old = sorted(d for d in os.listdir(root) if d.startswith("epoch_"))[:-self.keep]
         for d in old:

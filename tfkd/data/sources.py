@@ -243,6 +243,8 @@ def load_glyphs(cfg):
         raise DataError(f"{path}['labels']: expected {len(images)} integer labels, got {labels.shape} {labels.dtype}")
     labels = labels.astype(np.int32)
     names = data["class_names"] if "class_names" in data.files else None
+    # Font families group the images for the train/test split (each image alone if absent).
+    groups = data["font_families"] if "font_families" in data.files else np.arange(len(labels)).astype(str)
     if cfg.class_split:  # few-shot: keep one split's classes (e.g. base), relabelled 0..n-1
         if "alphabets" not in data.files:
             raise DataError(f"{path}: config.data.class_split needs an 'alphabets' array (class -> group)")
@@ -255,12 +257,8 @@ def load_glyphs(cfg):
         relabel = -np.ones(int(labels.max()) + 1, np.int32)
         relabel[keep] = np.arange(len(keep))
         chosen = relabel[labels] >= 0
-        images, labels = images[chosen], relabel[labels[chosen]]
+        images, labels, groups = images[chosen], relabel[labels[chosen]], groups[chosen]
         names = names[keep] if names is not None else None
-        groups_all = data["font_families"][chosen] if "font_families" in data.files else None
-    else:
-        groups_all = data["font_families"] if "font_families" in data.files else None
-    groups = groups_all if groups_all is not None else np.arange(len(labels)).astype(str)
     train_idx, test_idx = font_family_split(labels, groups)
     num_classes = int(labels.max()) + 1
     return _finish(

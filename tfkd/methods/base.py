@@ -14,6 +14,7 @@ import ml_collections
 import tensorflow as tf
 
 from tfkd import losses
+from tfkd.distribute import replica_scale
 from tfkd.errors import ConfigError
 
 
@@ -93,11 +94,7 @@ class MultiExitMethod(keras.Model):
             total = total + self.weight_decay * losses.l2_penalty(self.network.trainable_variables)
         return total
 
-    @staticmethod
-    def replica_scale(loss):
-        # Gradients are summed over replicas by the optimizer, so each replica's mean loss is
-        # divided by the number of replicas: the update then equals one device's on the global batch.
-        return loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+    replica_scale = staticmethod(replica_scale)
 
     def loss_for_gradients(self, loss):
         """Replica-scaled and (under mixed precision) loss-scaled; call inside the tape."""

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tfkd import losses
 from tfkd.data.episodes import EpisodeSampler, mean_confidence_interval
+from tfkd.distribute import replica_scale
 from tfkd.models.cosine_classifier import CosineClassifier
 from tfkd.models.feature_generator import FeatureGenerator
 from tfkd.registry import FEWSHOT_METHODS
@@ -86,7 +87,7 @@ class EpisodicMethod(keras.Model):
         with tf.GradientTape() as tape:
             logits = self(episode, training=True)
             loss = losses.cross_entropy(episode["query_labels"], logits)
-            scaled = loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+            scaled = replica_scale(loss)
         variables = self.trainable_variables
         if variables:
             self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
