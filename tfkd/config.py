@@ -45,6 +45,17 @@ def base_config():
     # Cross-replica BatchNorm under tf.distribute (no effect on one device): a multi-replica step
     # then equals a one-device step on the global batch. Turn off to save all-reduces.
     c.model.sync_bn = True
+    c.model.head = "linear"  # linear | cosine (few-shot "cosine" pre-trained features, Chen et al. 2019)
+
+    # Few-shot backbones (data.class_split=base): each epoch, the validation *classes* are embedded
+    # and scored on seeded N-way k-shot prototype episodes -> val_fewshot_accuracy, which
+    # train.select_metric can select on (the few-shot paper's "select on validation classes").
+    c.fewshot_val = ml_collections.ConfigDict()
+    c.fewshot_val.episodes = 0  # 0 = off
+    c.fewshot_val.n_way = 5
+    c.fewshot_val.k_shot = 1
+    c.fewshot_val.n_query = 5
+    c.fewshot_val.max_images = 3000  # validation-class images embedded per epoch (class-balanced)
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 200
@@ -64,6 +75,28 @@ def base_config():
     c.train.jit_compile = False
     c.train.steps_per_execution = 1
     c.train.verbose = 1  # Keras progress bar: 1 bar, 2 one line per epoch, 0 silent
+
+    # Episodic few-shot methods (cosine, gen, ...; tfkd/train_fewshot.py): meta-trained on base-class
+    # feature episodes, selected on validation-class episodes, tested on novel-class episodes.
+    # The train section's optimizer, learning_rate, lr_schedule and epochs apply to them too.
+    c.fewshot = ml_collections.ConfigDict()
+    c.fewshot.features_dir = ""  # folder with base / validation / novel .h5 or .npz (bin/extract_features)
+    c.fewshot.n_way = 5  # meta-training episodes
+    c.fewshot.k_shot = 1
+    c.fewshot.k_max = 0  # support examples drawn per class (0 = k_shot); the mask keeps k_shot
+    c.fewshot.n_query = 10
+    c.fewshot.episodes_per_epoch = 500
+    c.fewshot.episodes_per_batch = 1  # episodes per step (split over replicas under tf.distribute)
+    c.fewshot.val_episodes = 300  # validation-class episodes per epoch (model selection)
+    c.fewshot.eval_seed = 2020  # seed of the validation and test episodes: shared by every method
+    c.fewshot.test_episodes = 1000
+    c.fewshot.test_way = 5
+    c.fewshot.test_shots = (1, 5)
+    c.fewshot.test_queries = 10
+    c.fewshot.within_group_way = 20  # also N-way episodes within one group (alphabet); 0 = off
+    c.fewshot.all_way_shots = (1, 2, 5, 10, 20)  # () = skip the all-way protocol
+    c.fewshot.all_way_draws = 5
+    c.fewshot.all_way_queries = 5
 
     c.export = ml_collections.ConfigDict()
     c.export.enabled = True
@@ -87,6 +120,8 @@ def validate(config):
         fail("method", f"one of {METHODS.names()}")
     if config.model.arch not in BACKBONES:
         fail("model.arch", f"one of {BACKBONES.names()}")
+    if config.model.head not in ("linear", "cosine"):
+        fail("model.head", "'linear' or 'cosine'")
     if config.model.stem not in ("auto", "cifar", "imagenet"):
         fail("model.stem", "'auto', 'cifar' or 'imagenet'")
     if not config.model.width > 0:
@@ -106,9 +141,17 @@ def validate(config):
     if list(config.train.lr_boundaries) != sorted(config.train.lr_boundaries):
         fail("train.lr_boundaries", "increasing epochs")
     metric = config.train.select_metric
-    if not (metric.startswith("val_") and metric.endswith("_accuracy")
-            and metric[4:-9] in OUTPUT_METRICS):
-        fail("train.select_metric", f"val_<head>_accuracy with head in {OUTPUT_METRICS} (validation only)")
+    if metric == "val_fewshot_accuracy":
+        if not (config.data.class_split and config.fewshot_val.episodes > 0):
+            fail("train.select_metric", "a val_<head>_accuracy metric, or val_fewshot_accuracy together with "
+                 "data.class_split and fewshot_val.episodes > 0")
+    elif not (metric.startswith("val_") and metric.endswith("_accuracy") and metric[4:-9] in OUTPUT_METRICS):
+        fail("train.select_metric", f"val_<head>_accuracy with head in {OUTPUT_METRICS}, or "
+             f"val_fewshot_accuracy (validation only)")
+    if config.fewshot_val.episodes < 0:
+        fail("fewshot_val.episodes", "0 (off) or a positive number of episodes")
+    if config.fewshot_val.episodes and not config.data.class_split:
+        fail("fewshot_val.episodes", "0 unless data.class_split is set (validation classes must be held out)")
     if not 0.0 <= config.data.val_fraction < 1.0:
         fail("data.val_fraction", "a fraction in [0, 1)")
     if config.data.val_fraction == 0.0:
@@ -121,6 +164,30 @@ def validate(config):
         fail("export.top_k", "a positive integer")
     if config.train.keep_checkpoints < 1:
         fail("train.keep_checkpoints", "at least 1")
+    if METHODS.get(config.method).task == "fewshot":
+        validate_fewshot(config, fail)
+
+
+def validate_fewshot(config, fail):
+    f = config.fewshot
+    if not f.features_dir:
+        fail("fewshot.features_dir", "a folder with base / validation / novel feature files "
+             "(written by bin/extract_features)")
+    for field in ("n_way", "test_way"):
+        if f[field] < 2:
+            fail(f"fewshot.{field}", "at least 2 classes per episode")
+    for field in ("k_shot", "n_query", "episodes_per_epoch", "episodes_per_batch", "val_episodes",
+                  "test_episodes", "test_queries", "all_way_draws", "all_way_queries"):
+        if f[field] < 1:
+            fail(f"fewshot.{field}", "a positive integer")
+    if f.k_max and f.k_max < f.k_shot:
+        fail("fewshot.k_max", f"0 or >= fewshot.k_shot={f.k_shot}")
+    if not f.test_shots or min(f.test_shots) < 1:
+        fail("fewshot.test_shots", "a non-empty tuple of positive shot counts")
+    if f.all_way_shots and min(f.all_way_shots) < 1:
+        fail("fewshot.all_way_shots", "() or positive shot counts")
+    if f.within_group_way == 1 or f.within_group_way < 0:
+        fail("fewshot.within_group_way", "0 (off) or at least 2")
 
 
 def _get(config, dotted):

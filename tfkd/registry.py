@@ -35,6 +35,5 @@ class Registry:
 
 
 METHODS = Registry("method")
-FEWSHOT_METHODS = Registry("few-shot method")  # episodic methods on features (tfkd/methods/fewshot.py)
 BACKBONES = Registry("backbone")
 DATASETS = Registry("dataset")

@@ -178,7 +178,8 @@ def build_network(config, data):
     if stem == "auto":
         stem = "imagenet" if data.image_shape[0] >= 128 else "cifar"
     kwargs = {"num_classes": data.num_classes, "width": config.model.width, "input_shape": data.image_shape,
-              "mean": data.mean, "std": data.std, "stem": stem, "sync_bn": config.model.sync_bn}
+              "mean": data.mean, "std": data.std, "stem": stem, "sync_bn": config.model.sync_bn,
+              "head": config.model.head}
     return build_backbone(config.model.arch, **kwargs), kwargs
 
 
@@ -239,6 +240,10 @@ def phase_segments(method, start, end):
 def run(config, workdir, *, strategy="default", overwrite=False):
     """Trains (or resumes) the run in ``workdir``; returns the final metrics dict."""
     config = resolve(config)
+    if METHODS.get(config.method).task == "fewshot":  # episodic methods train on feature files
+        from tfkd import train_fewshot
+
+        return train_fewshot.run(config, workdir, strategy=strategy, overwrite=overwrite)
     resuming = prepare_workdir(workdir, config, overwrite)
     data = data_lib.load_dataset(config.data)  # data errors surface before any file is written
     data_lib.resolve_augment(config.data.augment, data)
@@ -286,8 +291,13 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
 
     if initial_epoch < config.train.epochs:
         val_ds = data_lib.eval_dataset(data, "val", batch_size=config.train.eval_batch_size)
-        callbacks = [
-            LearningRateLogger(),
+        callbacks = [LearningRateLogger()]
+        if config.fewshot_val.episodes:
+            from tfkd.evaluation import ValidationClassEpisodes, validation_class_images
+
+            images, labels = validation_class_images(data, config.fewshot_val.max_images, config.data.split_seed)
+            callbacks.append(ValidationClassEpisodes(images, labels, config.fewshot_val, seed=config.data.split_seed))
+        callbacks += [
             EpochCheckpoint(workdir, config.train.select_metric, config.train.keep_checkpoints, state),
         ]
         if chief:

@@ -12,6 +12,7 @@ import math
 import os
 
 import numpy as np
+import tensorflow as tf
 
 from tfkd.errors import ConfigError, DataError
 
@@ -19,9 +20,10 @@ SPLITS = ("base", "validation", "novel")
 
 
 def load_class_split(path, class_groups):
-    """{split: sorted class ids} from a JSON split file listing groups (e.g. alphabets) per split.
+    """{split: sorted class ids} from a JSON split file listing groups per split.
 
-    ``class_groups[c]`` is the group of class ``c``. Every group must appear in exactly one split,
+    ``class_groups[c]`` is the key of class ``c`` in the file: its group (glyphs: alphabet), its
+    class name or its id (see tfkd.data.sources.class_keys); numbers in the file match ids. Every group must appear in exactly one split,
     and every listed group must exist.
     """
     if not os.path.exists(path):
@@ -35,6 +37,7 @@ def load_class_split(path, class_groups):
     for split in SPLITS:
         if split not in spec:
             raise DataError(f"{path}: missing split {split!r}; expected keys {list(SPLITS)}")
+        spec[split] = [str(g) for g in spec[split]]
         for group in spec[split]:
             if group not in known:
                 raise DataError(f"{path}: {split} lists unknown group {group!r}; known: {sorted(known)}")
@@ -130,3 +133,45 @@ def mean_confidence_interval(accuracies, z=1.96):
     if acc.size == 1:
         return float(acc[0]), float("nan")
     return float(acc.mean()), float(z * acc.std() / math.sqrt(acc.size))
+
+
+# ---------------------------------------------------------------- tf.data episodes
+
+
+def episode_arrays(features, labels, episode):
+    """Gathers an Episode's indices into the static-shape dict the methods consume."""
+    n_way, n_query = episode.query.shape
+    return {
+        "support": features[episode.support].astype(np.float32),
+        "support_mask": episode.support_mask,
+        "query": features[episode.query.reshape(-1)].astype(np.float32),
+        "query_labels": np.repeat(np.arange(n_way), n_query).astype(np.int32),
+    }
+
+
+def episode_signature(sampler: EpisodeSampler, feature_dim, batch=None):
+    lead = () if batch is None else (batch,)
+    n_way, k_max, q = sampler.n_way, sampler.k_max, sampler.n_query
+    return {
+        "support": tf.TensorSpec(lead + (n_way, k_max, feature_dim), tf.float32),
+        "support_mask": tf.TensorSpec(lead + (n_way, k_max), tf.bool),
+        "query": tf.TensorSpec(lead + (n_way * q, feature_dim), tf.float32),
+        "query_labels": tf.TensorSpec(lead + (n_way * q,), tf.int32),
+    }
+
+
+def episode_dataset(features, labels, sampler: EpisodeSampler, first_episode=0, episodes_per_batch=None,
+                    num_episodes=None):
+    """tf.data stream of episodes ``first_episode, first_episode + 1, ...`` of ``sampler`` (endless,
+    or ``num_episodes`` long). With ``episodes_per_batch`` they come in batches with a leading
+    episode dimension, which tf.distribute splits over replicas."""
+    def generate():
+        index = first_episode
+        while num_episodes is None or index < first_episode + num_episodes:
+            yield episode_arrays(features, labels, sampler.episode(index))
+            index += 1
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=episode_signature(sampler, features.shape[1]))
+    if episodes_per_batch:
+        ds = ds.batch(episodes_per_batch, drop_remainder=True)
+    return ds.prefetch(2)

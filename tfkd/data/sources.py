@@ -54,6 +54,13 @@ class ClassificationData:
     std: Tuple[float, ...]
     class_names: Optional[Tuple[str, ...]] = None
     flip_ok: bool = True  # horizontal flips keep the label (False for glyphs: letters)
+    # Few-shot (config.data.class_split): the class ids (original numbering) of every split, and
+    # every image of the dataset with its original label (train and test files together), so
+    # validation / novel classes can be embedded by the same run.
+    class_split: Optional[dict] = None
+    all_images: Optional[ArraySplit] = None
+    class_groups: Optional[np.ndarray] = None  # (original classes,) e.g. the alphabet of each glyph
+    all_class_names: Optional[Tuple[str, ...]] = None  # (original classes,)
 
 
 # ---------------------------------------------------------------- helpers
@@ -109,8 +116,58 @@ def _as_nhwc(images, where):
     return images
 
 
-def _finish(name, train_full, test, num_classes, cfg, flip_ok=True, class_names=None, mean=None, std=None):
-    """Carve validation from train, apply subset limits, compute normalisation from train."""
+def default_split_file(dataset_name):
+    """configs/splits/<dataset>.json (glyphs: by alphabet; fashion_mnist: by class name)."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    name = "glyphs_alphabets" if dataset_name == "glyphs" else dataset_name
+    return os.path.join(repo, "configs", "splits", f"{name}.json")
+
+
+def class_keys(num_classes, class_names=None, class_groups=None):
+    """What a split file lists for each class: its group (glyphs: alphabet) when the dataset has
+    groups, else its class name, else its class id."""
+    if class_groups is not None:
+        return np.asarray(class_groups).astype(str)
+    if class_names is not None:
+        return np.asarray(class_names).astype(str)
+    return np.arange(num_classes).astype(str)
+
+
+def apply_class_split(train_full, test, num_classes, cfg, dataset_name, class_names=None, class_groups=None):
+    """Keeps the classes of split ``cfg.class_split``, relabelled 0..n-1 (original ids kept in
+    ClassificationData.class_split)."""
+    from tfkd.data.episodes import load_class_split
+
+    path = cfg.class_split_file or default_split_file(dataset_name)
+    if not os.path.exists(path):
+        raise DataError(f"config.data.class_split={cfg.class_split!r} needs a split file for {dataset_name!r}: "
+                        f"{path} does not exist (set config.data.class_split_file)")
+    split = load_class_split(path, class_keys(num_classes, class_names, class_groups))
+    if cfg.class_split not in split:
+        raise DataError(f"config.data.class_split={cfg.class_split!r}: expected one of {sorted(split)}")
+    keep = split[cfg.class_split]
+    relabel = -np.ones(int(num_classes), np.int32)
+    relabel[keep] = np.arange(len(keep))
+
+    def select(part):
+        chosen = relabel[part.labels] >= 0
+        return ArraySplit(part.images[chosen], relabel[part.labels[chosen]])
+
+    names = tuple(str(n) for n in np.asarray(class_names)[keep]) if class_names is not None else None
+    return select(train_full), select(test), len(keep), names, split
+
+
+def _finish(name, train_full, test, num_classes, cfg, flip_ok=True, class_names=None, mean=None, std=None,
+            class_groups=None):
+    """Apply the class split, carve validation from train, apply subset limits, compute
+    normalisation from train."""
+    split, all_images = None, None
+    all_names = tuple(str(n) for n in class_names) if class_names is not None else None
+    if cfg.class_split:
+        all_images = ArraySplit(np.concatenate([train_full.images, test.images]),
+                                np.concatenate([train_full.labels, test.labels]))
+        train_full, test, num_classes, class_names, split = apply_class_split(
+            train_full, test, num_classes, cfg, name, class_names, class_groups)
     keep, hold = stratified_holdout(train_full.labels, cfg.val_fraction, cfg.split_seed)
     train = ArraySplit(train_full.images[keep], train_full.labels[keep])
     val = ArraySplit(train_full.images[hold], train_full.labels[hold])
@@ -130,6 +187,10 @@ def _finish(name, train_full, test, num_classes, cfg, flip_ok=True, class_names=
         std=tuple(std),
         class_names=tuple(class_names) if class_names is not None else None,
         flip_ok=flip_ok,
+        class_split=split,
+        all_images=all_images,
+        class_groups=np.asarray(class_groups).astype(str) if class_groups is not None else None,
+        all_class_names=all_names,
     )
 
 
@@ -228,11 +289,6 @@ def font_family_split(labels, groups, test_fraction=0.2):
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
-def default_glyphs_split_file():
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(repo, "configs", "splits", "glyphs_alphabets.json")
-
-
 @DATASETS.register("glyphs")
 def load_glyphs(cfg):
     path = os.path.abspath(cfg.data_dir or default_glyphs_path())
@@ -245,20 +301,9 @@ def load_glyphs(cfg):
     names = data["class_names"] if "class_names" in data.files else None
     # Font families group the images for the train/test split (each image alone if absent).
     groups = data["font_families"] if "font_families" in data.files else np.arange(len(labels)).astype(str)
-    if cfg.class_split:  # few-shot: keep one split's classes (e.g. base), relabelled 0..n-1
-        if "alphabets" not in data.files:
-            raise DataError(f"{path}: config.data.class_split needs an 'alphabets' array (class -> group)")
-        from tfkd.data.episodes import load_class_split
-
-        split = load_class_split(cfg.class_split_file or default_glyphs_split_file(), data["alphabets"])
-        if cfg.class_split not in split:
-            raise DataError(f"config.data.class_split={cfg.class_split!r}: expected one of {sorted(split)}")
-        keep = split[cfg.class_split]
-        relabel = -np.ones(int(labels.max()) + 1, np.int32)
-        relabel[keep] = np.arange(len(keep))
-        chosen = relabel[labels] >= 0
-        images, labels, groups = images[chosen], relabel[labels[chosen]], groups[chosen]
-        names = names[keep] if names is not None else None
+    alphabets = data["alphabets"] if "alphabets" in data.files else None
+    if cfg.class_split and alphabets is None:
+        raise DataError(f"{path}: config.data.class_split needs an 'alphabets' array (class -> group)")
     train_idx, test_idx = font_family_split(labels, groups)
     num_classes = int(labels.max()) + 1
     return _finish(
@@ -269,6 +314,7 @@ def load_glyphs(cfg):
         cfg,
         flip_ok=False,
         class_names=names,
+        class_groups=alphabets,
     )
 
 
@@ -341,6 +387,9 @@ def load_tfds(cfg):
 
     # Streaming (e.g. imagenet2012): validation is the tail of the train split, by TFDS slicing,
     # which is deterministic.
+    if cfg.class_split:
+        raise DataError(f"config.data.class_split={cfg.class_split!r} needs config.data.in_memory=True "
+                        f"(streamed TFDS datasets are not class-split)")
     pct = int(round(100 * cfg.val_fraction))
     def stream(split):
         ds = builder.as_dataset(split=split, shuffle_files=False)

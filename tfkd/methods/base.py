@@ -19,6 +19,7 @@ from tfkd.errors import ConfigError
 
 
 class MultiExitMethod(keras.Model):
+    task = "classification"  # trained by tfkd.train on images (bin/train dispatches on it)
     """Subclasses set ``loss_names`` and implement ``compute_losses``."""
 
     loss_names = ()

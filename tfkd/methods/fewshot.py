@@ -16,53 +16,34 @@ import numpy as np
 import tensorflow as tf
 
 from tfkd import losses
-from tfkd.data.episodes import EpisodeSampler, mean_confidence_interval
+from tfkd.data.episodes import episode_arrays, episode_dataset  # noqa: F401  (re-exported)
 from tfkd.distribute import replica_scale
 from tfkd.models.cosine_classifier import CosineClassifier
 from tfkd.models.feature_generator import FeatureGenerator
-from tfkd.registry import FEWSHOT_METHODS
-
-
-def episode_arrays(features, labels, episode):
-    """Gathers an Episode's indices into the static-shape dict the methods consume."""
-    n_way, n_query = episode.query.shape
-    return {
-        "support": features[episode.support].astype(np.float32),
-        "support_mask": episode.support_mask,
-        "query": features[episode.query.reshape(-1)].astype(np.float32),
-        "query_labels": np.repeat(np.arange(n_way), n_query).astype(np.int32),
-    }
-
-
-def episode_dataset(features, labels, sampler: EpisodeSampler, first_episode=0):
-    """Endless tf.data stream of episodes ``first_episode, first_episode + 1, ...`` of ``sampler``."""
-    def generate():
-        index = first_episode
-        while True:
-            yield episode_arrays(features, labels, sampler.episode(index))
-            index += 1
-
-    d = features.shape[1]
-    n_way, k_max, q = sampler.n_way, sampler.k_max, sampler.n_query
-    signature = {
-        "support": tf.TensorSpec((n_way, k_max, d), tf.float32),
-        "support_mask": tf.TensorSpec((n_way, k_max), tf.bool),
-        "query": tf.TensorSpec((n_way * q, d), tf.float32),
-        "query_labels": tf.TensorSpec((n_way * q,), tf.int32),
-    }
-    return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
+from tfkd.errors import ConfigError
+from tfkd.registry import METHODS
 
 
 class EpisodicMethod(keras.Model):
-    """Shared episode loop: query cross-entropy, accuracy metrics, evaluation over episodes."""
+    """Shared episode loop: query cross-entropy, accuracy metrics, evaluation over episodes.
+
+    Episodes may carry a leading batch dimension (several episodes per step); the loss is the mean
+    query cross-entropy over all of them.
+    """
+
+    task = "fewshot"  # trained by tfkd.train_fewshot on feature files (bin/train dispatches on it)
 
     @classmethod
     def default_config(cls):
+        # Appendix A: no embedding, or a 2-layer FC; scale initialised at 75 (150 on ImageNet).
         return ml_collections.ConfigDict({"embedding_units": (), "scale_init": 75.0})
 
     @classmethod
     def check_config(cls, cfg):
-        pass
+        if any(int(u) <= 0 for u in cfg.embedding_units):
+            raise ConfigError(f"embedding_units={tuple(cfg.embedding_units)}: expected positive layer widths")
+        if not cfg.scale_init > 0:
+            raise ConfigError(f"scale_init={cfg.scale_init}: expected a positive scale")
 
     def __init__(self, feature_dim, embedding_units=(), scale_init=75.0, **kwargs):
         super().__init__(**kwargs)
@@ -83,6 +64,14 @@ class EpisodicMethod(keras.Model):
         support, mask = self.support_set(episode, training)
         return self.classifier((support, mask, episode["query"]))
 
+    def build_from_dim(self, batch=None):
+        """Creates the variables with one zero episode (subclassed models build on first call)."""
+        lead = () if batch is None else (batch,)
+        d = self.feature_dim
+        self({"support": tf.zeros(lead + (2, 1, d)), "support_mask": tf.ones(lead + (2, 1), tf.bool),
+              "query": tf.zeros(lead + (2, d)), "query_labels": tf.zeros(lead + (2,), tf.int32)})
+        return self
+
     def train_step(self, episode):
         with tf.GradientTape() as tape:
             logits = self(episode, training=True)
@@ -101,27 +90,30 @@ class EpisodicMethod(keras.Model):
         self.accuracy.update_state(episode["query_labels"], logits)
         return {m.name: m.result() for m in self.metrics}
 
-    def episode_accuracies(self, features, labels, sampler, num_episodes):
-        """Per-episode query accuracy on episodes 0 .. num_episodes - 1 of ``sampler``."""
-        predict = tf.function(lambda ep: tf.argmax(self(ep, training=False), -1, output_type=tf.int32))
-        out = []
-        for index in range(num_episodes):
-            ep = episode_arrays(features, labels, sampler.episode(index))
-            out.append(float(np.mean(predict(ep).numpy() == ep["query_labels"])))
-        return np.asarray(out)
+    def predictor(self):
+        """fn(support, mask, query) -> logits for one unbatched episode (any way / shot counts)."""
+        @tf.function(reduce_retracing=True)
+        def predict(support, mask, query):
+            episode = {"support": support[None], "support_mask": mask[None], "query": query[None]}
+            return self(episode, training=False)[0]
+        return predict
 
     def evaluate_episodes(self, features, labels, sampler, num_episodes):
-        accs = self.episode_accuracies(features, labels, sampler, num_episodes)
-        mean, half_width = mean_confidence_interval(accs)
-        return {"mean": mean, "ci95": half_width, "episodes": int(num_episodes), "accuracies": accs.tolist()}
+        """Mean +- 95% CI and per-episode accuracies on episodes 0 .. num_episodes - 1 of ``sampler``."""
+        from tfkd import evaluation
+
+        return evaluation.episode_protocol(self.predictor(), features, labels, sampler, num_episodes)
+
+    def get_config(self):
+        return {"feature_dim": self.feature_dim, "name": self.name}
 
 
-@FEWSHOT_METHODS.register("cosine")
+@METHODS.register("cosine")
 class CosinePrototypes(EpisodicMethod):
     """Baseline without generation."""
 
 
-@FEWSHOT_METHODS.register("gen")
+@METHODS.register("gen")
 class GeneratorAugmented(EpisodicMethod):
     """The student's support set is filled up with G(x, z, q) features, trained end to end."""
 
@@ -140,19 +132,36 @@ class GeneratorAugmented(EpisodicMethod):
         self.generator = FeatureGenerator(feature_dim, generator_hidden, noise_dim, seed=seed, name="generator")
         self.pick_seed = keras.random.SeedGenerator(seed + 1, name="pick_seed")
 
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        if cfg.num_generated < 1:
+            raise ConfigError(f"num_generated={cfg.num_generated}: expected at least 1 generated feature per class")
+        if any(int(u) <= 0 for u in cfg.generator_hidden):
+            raise ConfigError(f"generator_hidden={tuple(cfg.generator_hidden)}: expected positive layer widths")
+        if cfg.noise_dim < 0:
+            raise ConfigError(f"noise_dim={cfg.noise_dim}: expected 0 (= feature dimension) or a positive size")
+
+    def generate(self, support, mask):
+        """(..., n_way, k_max, d) support, (..., n_way, k_max) mask -> (..., n_way, num_generated, d):
+        G(x, z, q) with x drawn uniformly among each class's real (unmasked) shots, q the class mean."""
+        maskf = tf.cast(mask, support.dtype)
+        count = tf.reduce_sum(maskf, axis=-1, keepdims=True)  # real shots per class
+        class_mean = tf.reduce_sum(support * maskf[..., None], axis=-2) / tf.maximum(count, 1.0)
+        lead = tf.shape(support)[:-2]  # (..., n_way)
+        u = keras.random.uniform(tf.concat([lead, [self.num_generated]], 0), seed=self.pick_seed)
+        pick = tf.cast(tf.minimum(tf.floor(u * count), count - 1), tf.int32)
+        x = tf.gather(support, pick, batch_dims=len(support.shape) - 2)
+        q = tf.broadcast_to(class_mean[..., None, :], tf.shape(x))
+        d = support.shape[-1]
+        generated = self.generator((tf.reshape(x, (-1, d)), tf.reshape(q, (-1, d))))
+        return tf.reshape(generated, tf.shape(x))
+
     def support_set(self, episode, training):
         support, mask = episode["support"], episode["support_mask"]
-        n_way, k_max, d = support.shape
-        maskf = tf.cast(mask, support.dtype)
-        count = tf.reduce_sum(maskf, axis=1, keepdims=True)  # real shots per class
-        class_mean = tf.reduce_sum(support * maskf[..., None], axis=1) / count
-        # Seed examples x: uniformly among each class's real (unmasked) shots.
-        u = keras.random.uniform((n_way, self.num_generated), seed=self.pick_seed)
-        pick = tf.cast(tf.minimum(tf.floor(u * count), count - 1), tf.int32)
-        x = tf.gather(support, pick, batch_dims=1)
-        q = tf.repeat(class_mean[:, None], self.num_generated, axis=1)
-        generated = self.generator((tf.reshape(x, (-1, d)), tf.reshape(q, (-1, d))))
-        generated = tf.reshape(generated, (n_way, self.num_generated, d))
-        support = tf.concat([support, generated], axis=1)
-        mask = tf.concat([mask, tf.ones((n_way, self.num_generated), tf.bool)], axis=1)
-        return support, mask
+        generated = self.generate(support, mask)
+        extra = tf.ones(tf.shape(generated)[:-1], tf.bool)
+        return tf.concat([support, generated], axis=-2), tf.concat([mask, extra], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "num_generated": self.num_generated}

@@ -5,7 +5,8 @@ prototype_c = mean over the (masked) support examples of class c of f(x);
 logit(q, c) = scale * cos(f(q), prototype_c), with a learnable scale (paper init 75 or 150) and
 an optional embedding f (a 2-layer MLP, or the identity when ``embedding_units`` is empty).
 Support comes as (n_way, k_max, d) with a (n_way, k_max) mask, so shapes stay static while the
-number of shots changes.
+number of shots changes. Any leading dimensions (a batch of episodes) are carried through:
+support (..., n_way, k_max, d), mask (..., n_way, k_max), query (..., n_q, d) -> (..., n_q, n_way).
 """
 import keras
 from keras import layers, ops
@@ -28,21 +29,21 @@ class CosineClassifier(keras.Model):
         return x
 
     def prototypes(self, support, support_mask):
-        """(n_way, k_max, d), (n_way, k_max) -> (n_way, d'): masked means of embedded support."""
-        n_way, k_max = support.shape[0], support.shape[1]
-        embedded = self.embed(ops.reshape(support, (-1, support.shape[-1])))
-        embedded = ops.reshape(embedded, (n_way, k_max, -1))
+        """(..., n_way, k_max, d), (..., n_way, k_max) -> (..., n_way, d'): masked means of the
+        embedded support."""
+        embedded = self.embed(support)
         mask = ops.cast(support_mask, embedded.dtype)[..., None]
-        return ops.sum(embedded * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
+        return ops.sum(embedded * mask, axis=-2) / ops.maximum(ops.sum(mask, axis=-2), 1.0)
 
     def call(self, inputs):
-        """inputs = (support (n_way, k_max, d), support_mask (n_way, k_max), query (n_q, d)) -> logits."""
+        """inputs = (support (..., n_way, k_max, d), support_mask (..., n_way, k_max),
+        query (..., n_q, d)) -> logits (..., n_q, n_way)."""
         support, support_mask, query = inputs
         protos = self.prototypes(support, support_mask)
         q = self.embed(query)
         q = q / ops.maximum(ops.norm(q, axis=-1, keepdims=True), 1e-12)
         protos = protos / ops.maximum(ops.norm(protos, axis=-1, keepdims=True), 1e-12)
-        return self.scale * ops.matmul(q, ops.transpose(protos))
+        return self.scale * ops.einsum("...qd,...nd->...qn", q, protos)
 
     def get_config(self):
         return {**super().get_config(), "embedding_units": self.embedding_units, "scale_init": self.scale_init}

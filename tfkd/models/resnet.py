@@ -13,6 +13,7 @@ import contextlib
 import keras
 from keras import layers, ops
 
+from tfkd.models.heads import classifier_head
 from tfkd.registry import BACKBONES
 
 # depth -> (block type, blocks per stage)
@@ -160,14 +161,16 @@ class MultiExitResNet(keras.Model):
       stem: 'cifar' (3x3 conv, no pooling) or 'imagenet' (7x7/2 conv + 3x3/2 max-pool).
       exits: the stages (1..3) that get an exit head.
       sync_bn: cross-replica BatchNorm statistics under tf.distribute (see synchronized_batchnorm).
+      head: final classifier, 'linear' or 'cosine' (few-shot "cosine" pre-trained features).
     """
 
     num_stages = 4
 
     def __init__(self, depth=18, num_classes=10, width=1.0, input_shape=(32, 32, 3), mean=None, std=None,
-                 stem="cifar", exits=(1, 2, 3), bn_momentum=BN_MOMENTUM, sync_bn=False, **kwargs):
+                 stem="cifar", exits=(1, 2, 3), bn_momentum=BN_MOMENTUM, sync_bn=False, head="linear", **kwargs):
         super().__init__(**kwargs)
         self.sync_bn = bool(sync_bn)
+        self.head = head
         with synchronized_batchnorm(self.sync_bn):
             self._create_layers(depth, num_classes, width, input_shape, mean, std, stem, exits, bn_momentum)
 
@@ -202,7 +205,7 @@ class MultiExitResNet(keras.Model):
                                 name=f"stage{s + 1}_block{b}") for b in range(n)]
             self.stages.append(blocks)
         self.pool = layers.GlobalAveragePooling2D(name="pool")
-        self.classifier = layers.Dense(num_classes, dtype=logits_dtype(), name="classifier")
+        self.classifier = classifier_head(self.head, num_classes, dtype=logits_dtype())
         self.exit_heads = [ExitHead(self.stage_channels[k:], num_classes, bn_momentum, name=f"exit_{k}")
                            for k in self.exits]
 
@@ -264,7 +267,7 @@ class MultiExitResNet(keras.Model):
         return {**super().get_config(), "depth": self.depth, "num_classes": self.num_classes,
                 "width": self.width, "input_shape": self.image_shape, "mean": self.mean, "std": self.std,
                 "stem": self.stem_type, "exits": self.exits, "bn_momentum": self.bn_momentum,
-                "sync_bn": self.sync_bn}
+                "sync_bn": self.sync_bn, "head": self.head}
 
 
 for _depth in RESNET_SPECS:

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Few-shot table (progressive-distillation paper, Tables 1-2 protocols) on real data.
+
+    python benchmarks/fewshot_table.py [--dataset=glyphs] [--methods=cosine,gen] [--seeds=0,1,2]
+        [--runs_dir=/tmp/tfkd_fewshot] [--threads=0] [--backbone_override=train.epochs=2]
+
+Pipeline, every step a real command in its own resumable workdir under --runs_dir:
+  1. backbone: bin/train --config=configs/<dataset>_fewshot_backbone.py (base classes only,
+     checkpoint selected on validation-class episodes);
+  2. features: bin/extract_features (base / validation / novel);
+  3. every (method, seed): bin/train --method=M --config=configs/<dataset>_fewshot.py (episodic
+     meta-training on base features, selection on validation episodes, novel-class evaluation).
+Floors on the same seeded novel episodes: 1-NN on raw pixels, and cosine prototypes on the
+backbone features with nothing meta-trained. Paired differences (method - cosine) are computed
+episode by episode, since every method sees the same episodes. Results:
+benchmarks/results/fewshot_table_<dataset>.json (rewritten after every step).
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app, flags  # noqa: E402
+
+import common  # noqa: E402
+
+flags.DEFINE_string("dataset", "glyphs", "configs/<dataset>_fewshot_backbone.py and configs/<dataset>_fewshot.py.")
+flags.DEFINE_list("methods", ["cosine", "gen"], "Few-shot methods.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Meta-training seeds (the backbone and the test episodes are shared).")
+flags.DEFINE_string("runs_dir", "/tmp/tfkd_fewshot", "Where the runs' workdirs go (not committed).")
+flags.DEFINE_integer("threads", 0, "TF intra/inter-op threads per run (0 = TensorFlow's default).")
+flags.DEFINE_multi_string("backbone_override", [], "Extra --config.* flags for the backbone run.")
+flags.DEFINE_multi_string("override", [], "Extra --config.* flags for every few-shot run.")
+flags.DEFINE_string("name", "", "Result file name under benchmarks/results/ (default fewshot_table_<dataset>).")
+FLAGS = flags.FLAGS
+
+
+def rel(path):
+    return os.path.relpath(path, common.REPO) if path.startswith(common.REPO) else path
+
+
+def run_command(cmd, done_marker, log_path):
+    """Runs ``cmd`` unless ``done_marker`` exists; returns (seconds, command string)."""
+    pretty = " ".join(rel(c) for c in cmd)
+    if os.path.exists(done_marker):
+        return None, pretty
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if FLAGS.threads:
+        env.update(TF_NUM_INTRAOP_THREADS=str(FLAGS.threads), TF_NUM_INTEROP_THREADS=str(FLAGS.threads))
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    start = time.time()
+    with open(log_path, "a") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"failed ({proc.returncode}): {pretty}; see {log_path}")
+    seconds = time.time() - start
+    print(f"{seconds:7.0f}s  {pretty}", flush=True)
+    return seconds, pretty
+
+
+def summarize(values):
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": values}
+
+
+def floors(backbone_dir, features_dir, fewshot_cfg):
+    """1-NN on raw pixels and untrained cosine prototypes on the features, same episodes."""
+    import numpy as np
+
+    from tfkd import data as data_lib
+    from tfkd import evaluation
+    from tfkd.train_fewshot import FeatureSplits
+
+    import ml_collections
+
+    with open(os.path.join(backbone_dir, "config.json")) as f:
+        data_cfg = ml_collections.ConfigDict(json.load(f)["data"])
+    data = data_lib.load_dataset(data_cfg)
+    novel = np.isin(data.all_images.labels, data.class_split["novel"])
+    pixels = data.all_images.images[novel].reshape(int(novel.sum()), -1).astype(np.float32) / 255.0
+    pixel_labels = data.all_images.labels[novel]
+    feats = FeatureSplits(features_dir)
+    novel_f, novel_l = feats["novel"]
+    classes = feats.classes("novel")
+    groups = feats.class_groups
+    out = {}
+    # The same protocols, and so the same episodes, as the methods; raw pixels only for the
+    # episode protocols (the all-way 1-NN over thousands of pixel vectors is the slow part).
+    pixel_cfg = ml_collections.ConfigDict(fewshot_cfg.to_dict())
+    pixel_cfg.all_way_shots = ()
+    out["pixels_1nn"] = evaluation.protocol_suite(evaluation.nearest_neighbour_predictor, pixels, pixel_labels,
+                                                  classes, pixel_cfg, class_groups=groups)
+    out["features_prototypes"] = evaluation.protocol_suite(evaluation.cosine_prototype_predictor, novel_f, novel_l,
+                                                           classes, fewshot_cfg, class_groups=groups)
+    return out
+
+
+def paired(a, b):
+    """Mean +- 95% CI of the per-episode difference a - b (same episodes)."""
+    import numpy as np
+
+    from tfkd.data.episodes import mean_confidence_interval
+
+    diff = np.asarray(a) - np.asarray(b)
+    mean, ci = mean_confidence_interval(diff)
+    return {"mean": mean, "ci95": ci}
+
+
+def main(argv):
+    del argv
+    dataset = FLAGS.dataset
+    name = FLAGS.name or f"fewshot_table_{dataset}"
+    root = os.path.join(FLAGS.runs_dir, dataset)
+    backbone_cfg = os.path.join(common.REPO, "configs", f"{dataset}_fewshot_backbone.py")
+    fewshot_cfg_file = os.path.join(common.REPO, "configs", f"{dataset}_fewshot.py")
+    bin_dir = os.path.join(common.REPO, "bin")
+    backbone_dir, features_dir = os.path.join(root, "backbone"), os.path.join(root, "features")
+    results = {"benchmark": "fewshot_table", "dataset": dataset, "seeds": [int(s) for s in FLAGS.seeds],
+               "backbone_config": rel(backbone_cfg), "fewshot_config": rel(fewshot_cfg_file),
+               "backbone_overrides": FLAGS.backbone_override, "overrides": FLAGS.override,
+               "threads": FLAGS.threads, "steps": {}, "methods": {}}
+
+    cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={backbone_cfg}", f"--workdir={backbone_dir}"]
+    cmd += [f"--config.{o}" for o in FLAGS.backbone_override]
+    seconds, pretty = run_command(cmd, os.path.join(backbone_dir, "metrics.json"), backbone_dir + ".log")
+    results["steps"]["backbone"] = {"command": pretty, "seconds": seconds}
+    with open(os.path.join(backbone_dir, "metrics.json")) as f:
+        bb = json.load(f)
+    results["backbone"] = {"best_epoch": bb["best_epoch"], "select_metric": bb["select_metric"],
+                           "epochs": bb["epochs"], "test_base_class_accuracy": bb["test"]["final_accuracy"]}
+
+    cmd = [sys.executable, os.path.join(bin_dir, "extract_features"), f"--workdir={backbone_dir}",
+           f"--output={features_dir}"]
+    seconds, pretty = run_command(cmd, os.path.join(features_dir, "features.json"), features_dir + ".log")
+    results["steps"]["features"] = {"command": pretty, "seconds": seconds}
+    common.write_result(name, results)
+
+    per_episode = {}  # method -> protocol -> [per-seed accuracy lists]
+    for seed in FLAGS.seeds:
+        for method in FLAGS.methods:
+            workdir = os.path.join(root, method, f"seed{seed}")
+            cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={fewshot_cfg_file}",
+                   f"--method={method}", f"--seed={seed}", f"--workdir={workdir}",
+                   f"--config.fewshot.features_dir={features_dir}"] + [f"--config.{o}" for o in FLAGS.override]
+            seconds, pretty = run_command(cmd, os.path.join(workdir, "metrics.json"), workdir + ".log")
+            with open(os.path.join(workdir, "evaluation.json")) as f:
+                evaluation_results = json.load(f)
+            with open(os.path.join(workdir, "metrics.json")) as f:
+                metrics = json.load(f)
+            with open(os.path.join(workdir, "run_info.json")) as f:
+                revision = json.load(f)[0]["git_revision"]
+            entry = results["methods"].setdefault(method, {"runs": []})
+            entry["runs"] = [r for r in entry["runs"] if r["seed"] != int(seed)]
+            entry["runs"].append({"seed": int(seed), "command": pretty, "seconds": seconds,
+                                  "best_epoch": metrics["best_epoch"], "val_accuracy": metrics["val_accuracy"],
+                                  "test": metrics["test"], "git_revision": revision})
+            entry["test"] = {p: summarize([r["test"][p] for r in entry["runs"]]) for p in metrics["test"]}
+            entry["ci95_first_seed"] = {p: r["ci95"] for p, r in evaluation_results.items() if "ci95" in r}
+            for p, r in evaluation_results.items():
+                if "accuracies" in r:
+                    per_episode.setdefault(method, {}).setdefault(p, []).append(r["accuracies"])
+            common.write_result(name, results)
+
+    # Paired differences against cosine, per protocol, on the seed-averaged per-episode accuracy.
+    import numpy as np
+
+    if "cosine" in per_episode:
+        results["paired_vs_cosine"] = {}
+        for method, protocols in per_episode.items():
+            if method == "cosine":
+                continue
+            results["paired_vs_cosine"][method] = {
+                p: paired(np.mean(accs, 0), np.mean(per_episode["cosine"][p], 0)) for p, accs in protocols.items()}
+
+    # The floors use the protocols of the first few-shot run's resolved config.
+    import ml_collections
+
+    with open(os.path.join(root, FLAGS.methods[0], f"seed{FLAGS.seeds[0]}", "config.json")) as f:
+        fewshot_cfg = ml_collections.ConfigDict(json.load(f)["fewshot"])
+    start = time.time()
+    floor_results = floors(backbone_dir, features_dir, fewshot_cfg)
+    results["floors"] = {k: {p: ({"mean": r["mean"], "ci95": r["ci95"]} if "mean" in r else
+                                 {k2: {"top1": v["top1"]["mean"], "top5": v["top5"]["mean"]}
+                                  for k2, v in r["shots"].items()})
+                             for p, r in v.items()} for k, v in floor_results.items()}
+    results["steps"]["floors"] = {"seconds": time.time() - start}
+    results["total_seconds_this_invocation_excluding_reused_steps"] = sum(
+        s.get("seconds") or 0 for s in results["steps"].values()) + sum(
+        r.get("seconds") or 0 for m in results["methods"].values() for r in m["runs"])
+    common.write_result(name, results)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,200 @@
+"""Training driver for the episodic few-shot methods (``task = "fewshot"``; bin/train dispatches
+here): meta-training on base-class feature episodes, model selection on validation-class
+episodes, and the evaluation protocols of tfkd.evaluation on novel-class features.
+
+The workdir layout, atomic epoch / best checkpoints, resume, TensorBoard and history.csv are those
+of tfkd.train. Episode ``i`` of training is a function of (seed, i), so a resumed run sees exactly
+the episodes an uninterrupted one would. Validation and test episodes come from
+``config.fewshot.eval_seed``: the same for every method, so results are paired.
+
+Extra outputs: ``evaluation.json`` (every protocol, with per-episode accuracies), and
+``metrics.json`` (summary; marks the run finished).
+"""
+import json
+import os
+
+import keras
+import numpy as np
+
+from tfkd import evaluation
+from tfkd import io
+from tfkd.data.episodes import SPLITS, EpisodeSampler, episode_dataset
+from tfkd.data.features import read_features
+from tfkd.distribute import get_strategy, is_chief
+from tfkd.errors import ConfigError, DataError
+from tfkd.registry import METHODS
+
+FEATURE_EXTENSIONS = (".h5", ".hdf5", ".npz")
+
+
+def find_feature_file(features_dir, split):
+    candidates = [os.path.join(features_dir, split + ext) for ext in FEATURE_EXTENSIONS]
+    found = [p for p in candidates if os.path.exists(p)]
+    if not found:
+        raise DataError(f"config.fewshot.features_dir={features_dir!r}: no {split} features "
+                        f"(expected one of {', '.join(os.path.basename(p) for p in candidates)}; "
+                        f"bin/extract_features writes them)")
+    if len(found) > 1:
+        raise DataError(f"config.fewshot.features_dir={features_dir!r}: several {split} files {found}; keep one")
+    return found[0]
+
+
+class FeatureSplits:
+    """Base / validation / novel features of one feature space, checked for consistency."""
+
+    def __init__(self, features_dir):
+        if not os.path.isdir(features_dir):
+            raise DataError(f"config.fewshot.features_dir={features_dir!r} is not a folder")
+        self.features_dir = features_dir
+        self.paths = {s: find_feature_file(features_dir, s) for s in SPLITS}
+        self.splits = {s: read_features(p) for s, p in self.paths.items()}
+        dims = {s: f.shape[1] for s, (f, _) in self.splits.items()}
+        if len(set(dims.values())) != 1:
+            raise DataError(f"{features_dir}: feature dimensions differ between splits {dims}; all splits "
+                            f"must come from the same feature extractor")
+        self.feature_dim = dims["base"]
+        classes = {s: set(np.unique(l).tolist()) for s, (_, l) in self.splits.items()}
+        for a, b in (("base", "validation"), ("base", "novel"), ("validation", "novel")):
+            shared = classes[a] & classes[b]
+            if shared:
+                raise DataError(f"{features_dir}: classes {sorted(shared)[:5]} are in both {a} and {b}; "
+                                f"few-shot splits must have disjoint classes")
+        self.class_groups = None
+        meta_path = os.path.join(features_dir, "features.json")
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                groups = json.load(f).get("class_groups")
+            self.class_groups = np.asarray(groups) if groups else None
+
+    def __getitem__(self, split):
+        return self.splits[split]
+
+    def classes(self, split):
+        return np.unique(self.splits[split][1])
+
+    def check_dim(self, feature_dim, where):
+        if feature_dim != self.feature_dim:
+            raise DataError(f"{where} expects {feature_dim}-d features but {self.features_dir} holds "
+                            f"{self.feature_dim}-d features")
+
+
+def samplers(config, feats):
+    f = config.fewshot
+    base_f, base_l = feats["base"]
+    val_f, val_l = feats["validation"]
+    try:
+        train = EpisodeSampler(base_l, feats.classes("base"), f.n_way, f.k_shot, f.n_query, seed=config.seed,
+                               k_max=f.k_max or f.k_shot)
+        val = EpisodeSampler(val_l, feats.classes("validation"), min(f.n_way, len(feats.classes("validation"))),
+                             f.k_shot, f.n_query, seed=f.eval_seed, k_max=f.k_max or f.k_shot)
+    except (ConfigError, DataError) as e:
+        raise type(e)(f"config.fewshot (n_way={f.n_way}, k_shot={f.k_shot}, k_max={f.k_max}, "
+                      f"n_query={f.n_query}): {e}") from None
+    return train, val
+
+
+def build_fewshot_method(config, feature_dim, strategy, steps):
+    from tfkd.train import build_optimizer
+
+    cls = METHODS.get(config.method)
+    with strategy.scope():
+        method = cls(feature_dim, **dict(config[config.method]), name=config.method)
+        method.build_from_dim(batch=config.fewshot.episodes_per_batch)
+        method.compile(optimizer=build_optimizer(config.train, steps), jit_compile=config.train.jit_compile)
+        method.optimizer.build(method.trainable_variables)
+    return method
+
+
+def run(config, workdir, *, strategy="default", overwrite=False):
+    from tfkd import train as train_lib
+
+    config = train_lib.resolve(config)
+    resuming = train_lib.prepare_workdir(workdir, config, overwrite)
+    f = config.fewshot
+    feats = FeatureSplits(f.features_dir)  # data errors surface before any file is written
+    train_sampler, val_sampler = samplers(config, feats)
+    novel_classes = feats.classes("novel")
+    if len(novel_classes) < f.test_way:
+        raise ConfigError(f"config.fewshot.test_way={f.test_way} but the novel split has {len(novel_classes)} classes")
+    strategy_obj = get_strategy(strategy)
+    if f.episodes_per_batch % strategy_obj.num_replicas_in_sync:
+        raise ConfigError(f"config.fewshot.episodes_per_batch={f.episodes_per_batch} must be divisible by the "
+                          f"{strategy_obj.num_replicas_in_sync} replicas of --strategy={strategy}")
+    steps = f.episodes_per_epoch // f.episodes_per_batch
+    if steps < 1:
+        raise ConfigError(f"config.fewshot.episodes_per_epoch={f.episodes_per_epoch} is smaller than "
+                          f"episodes_per_batch={f.episodes_per_batch}")
+
+    keras.utils.set_random_seed(config.seed)
+    method = build_fewshot_method(config, feats.feature_dim, strategy_obj, steps)
+    chief = is_chief()
+    if chief:
+        os.makedirs(workdir, exist_ok=True)
+        io.write_json_atomic(os.path.join(workdir, "config.json"), train_lib.config_json(config))
+        io.write_json_atomic(os.path.join(workdir, "network.json"),
+                             {"task": "fewshot", "method": config.method, "feature_dim": feats.feature_dim,
+                              "features": {s: os.path.abspath(p) for s, p in feats.paths.items()}})
+        info_path = os.path.join(workdir, "run_info.json")
+        starts = json.load(open(info_path)) if os.path.exists(info_path) else []
+        starts.append(io.run_info(config.seed, {"strategy": strategy, "resumed": resuming,
+                                                "replicas": strategy_obj.num_replicas_in_sync}))
+        io.write_json_atomic(info_path, starts)
+
+    state, initial_epoch = {}, 0
+    latest = train_lib.latest_checkpoint(workdir)
+    if latest:
+        state = train_lib.read_state(latest)
+        method.load_weights(os.path.join(latest, train_lib.WEIGHTS))
+        initial_epoch = state["epoch"]
+        print(f"Resuming from {latest} (epoch {initial_epoch} of {config.train.epochs})", flush=True)
+
+    base_f, base_l = feats["base"]
+    val_f, val_l = feats["validation"]
+    if initial_epoch < config.train.epochs:
+        per_batch = f.episodes_per_batch
+        train_ds = episode_dataset(base_f, base_l, train_sampler, first_episode=initial_epoch * steps * per_batch,
+                                  episodes_per_batch=per_batch)
+        val_steps = max(1, f.val_episodes // per_batch)
+        val_ds = episode_dataset(val_f, val_l, val_sampler, episodes_per_batch=per_batch,
+                                 num_episodes=val_steps * per_batch).repeat()
+        callbacks = [train_lib.LearningRateLogger(),
+                     train_lib.EpochCheckpoint(workdir, "val_accuracy", config.train.keep_checkpoints, state)]
+        if chief:
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq="epoch"))
+        method.fit(train_ds, epochs=config.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                   validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks,
+                   verbose=config.train.verbose, shuffle=False)  # episode order comes from the sampler
+
+    best_dir = os.path.join(workdir, train_lib.CHECKPOINTS, "best")
+    method.load_weights(os.path.join(best_dir, train_lib.WEIGHTS))
+    best_state = train_lib.read_state(best_dir)
+    results = evaluate_method(method, feats, f, verbose=config.train.verbose)
+    metrics = {
+        "method": config.method,
+        "task": "fewshot",
+        "features_dir": os.path.abspath(f.features_dir),
+        "seed": config.seed,
+        "epochs": config.train.epochs,
+        "best_epoch": best_state["best_epoch"],
+        "val_accuracy": best_state["best_value"],
+        "test": {name: value for name, value in evaluation.summary_values(results).items()},
+    }
+    if chief:
+        io.write_json_atomic(os.path.join(workdir, "evaluation.json"), results)
+        io.write_json_atomic(os.path.join(workdir, "metrics.json"), metrics)  # last: marks the run finished
+    print(f"\n{config.method} few-shot (best epoch {best_state['best_epoch']} by validation-class episode "
+          f"accuracy {best_state['best_value']:.4f}); novel classes:")
+    for name, value in evaluation.summary_rows(results):
+        print(f"  {name:<48} {value}")
+    return metrics
+
+
+def evaluate_method(method, feats, fewshot_cfg, verbose=1):
+    """Every protocol of ``fewshot_cfg`` on the novel split, with ``method``'s predictor."""
+    novel_f, novel_l = feats["novel"]
+    n = len(fewshot_cfg.test_shots) * fewshot_cfg.test_episodes
+    if fewshot_cfg.within_group_way and feats.class_groups is not None:
+        n *= 2
+    bar = keras.utils.Progbar(n, verbose=1 if verbose else 0, unit_name="episode")
+    return evaluation.protocol_suite(method.predictor(), novel_f, novel_l, feats.classes("novel"), fewshot_cfg,
+                                     class_groups=feats.class_groups, progress=bar)
