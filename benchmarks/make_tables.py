@@ -145,7 +145,61 @@ def generator_lr_table():
     return "\n".join(lines)
 
 
-TABLES = {"self_boosting": self_boosting_table, "step_cost": step_cost_table, "generator_lr": generator_lr_table}
+FEWSHOT_LABELS = {"pixels_1nn": "1-NN on raw pixels (floor)",
+                  "features_prototypes": "backbone features, cosine prototypes, nothing meta-trained",
+                  "cosine": "`cosine` (meta-trained f and scale)", "gen": "`gen` (+ G(x, z, q))"}
+
+
+def fewshot_table(dataset):
+    r = load(f"fewshot_table_{dataset}")
+    if r is None:
+        return f"_Not measured yet: run `python benchmarks/fewshot_table.py --dataset={dataset}`._"
+    some = next(iter(r["methods"].values()))["test"]
+    episodic = [p for p in some if not p.startswith("all_way")]
+    shots = sorted({int(p.split("_")[2][:-4]) for p in some if p.startswith("all_way")})
+    head = "| | " + " | ".join(p.replace("_", " ") for p in episodic) + " |"
+    lines = [f"Novel classes, mean accuracy (%) over {len(r['seeds'])} "
+             f"meta-training seeds ± 95% CI over the episodes of seed {r['seeds'][0]} (the floors have no seed); "
+             f"every row sees the same seeded episodes.", "", head, "|---" * (len(episodic) + 1) + "|"]
+    rows = []
+    for name, values in r.get("floors", {}).items():
+        rows.append((FEWSHOT_LABELS.get(name, name), [f"{100 * values[p]['mean']:.2f} ± {100 * values[p]['ci95']:.2f}"
+                                                       if p in values else "–" for p in episodic]))
+    for method, e in r["methods"].items():
+        rows.append((FEWSHOT_LABELS.get(method, method),
+                     [f"{100 * e['test'][p]['mean']:.2f} ± {100 * e['ci95_first_seed'][p]:.2f}" for p in episodic]))
+    for method, diffs in r.get("paired_vs_cosine", {}).items():
+        rows.append((f"{method} − cosine, paired per episode (seed-averaged)",
+                     [f"{100 * diffs[p]['mean']:+.2f} ± {100 * diffs[p]['ci95']:.2f}" if p in diffs else "–"
+                      for p in episodic]))
+    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+    if shots:
+        lines += ["", f"All-way protocol (all novel classes at once), top-1 / top-5 (%), mean over seeds of the "
+                  f"average over support draws:", "",
+                  "| | " + " | ".join(f"k={k}" for k in shots) + " |", "|---" * (len(shots) + 1) + "|"]
+        feats = r.get("floors", {}).get("features_prototypes", {}).get("all_way")
+        if feats:
+            lines.append(f"| {FEWSHOT_LABELS['features_prototypes']} | " + " | ".join(
+                f"{100 * feats[str(k)]['top1']:.2f} / {100 * feats[str(k)]['top5']:.2f}" for k in shots) + " |")
+        for method, e in r["methods"].items():
+            t = e["test"]
+            lines.append(f"| {FEWSHOT_LABELS.get(method, method)} | " + " | ".join(
+                f"{100 * t[f'all_way_{k}shot_top1']['mean']:.2f} / {100 * t[f'all_way_{k}shot_top5']['mean']:.2f}"
+                for k in shots) + " |")
+    bb = r["backbone"]
+    steps = r["steps"]
+    fs_seconds = sum(run.get("seconds") or 0 for e in r["methods"].values() for run in e["runs"])
+    lines += ["", f"Backbone: `{r['backbone_config']}` (best epoch {bb['best_epoch']}/{bb['epochs']} by "
+              f"{bb['select_metric']}; base-class test accuracy {100 * bb['test_base_class_accuracy']:.1f}%). "
+              f"Wall-clock: backbone {steps['backbone'].get('seconds') or 0:.0f} s, features "
+              f"{steps['features'].get('seconds') or 0:.0f} s, all few-shot runs {fs_seconds:.0f} s. "
+              + provenance(r)]
+    return "\n".join(lines)
+
+
+TABLES = {"fewshot_glyphs": lambda: fewshot_table("glyphs"),
+          "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
+          "self_boosting": self_boosting_table, "step_cost": step_cost_table, "generator_lr": generator_lr_table}
 
 
 def render(text):

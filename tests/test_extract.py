@@ -1,8 +1,11 @@
 """Few-shot feature extraction: a backbone trained on base classes embeds every split."""
+import csv
 import os
 
 import numpy as np
 import pytest
+
+import json
 
 from tfkd import train
 from tfkd.data.features import read_features
@@ -20,6 +23,9 @@ def glyphs_base_run(tmp_path_factory):
     config.data.name = "glyphs"
     config.data.class_split = "base"
     config.model.width = 0.0625
+    config.model.head = "cosine"  # the paper's "cosine" pre-trained features
+    config.fewshot_val.episodes = 40  # select on validation-class episodes
+    config.train.select_metric = "val_fewshot_accuracy"
     workdir = str(tmp_path_factory.mktemp("fewshot") / "backbone")
     metrics = train.run(config, workdir)
     return workdir, metrics
@@ -31,6 +37,11 @@ def test_backbone_trains_on_base_classes_only(glyphs_base_run):
 
     with open(os.path.join(workdir, "network.json")) as f:
         assert json.load(f)["kwargs"]["num_classes"] == 449  # the base alphabets' letters
+    assert metrics["select_metric"] == "val_fewshot_accuracy"
+    with open(os.path.join(workdir, "history.csv")) as f:
+        row = next(csv.DictReader(f))
+    # Letters of unseen alphabets, 5-way 1-shot: even one epoch of a tiny net beats chance (0.2).
+    assert float(row["val_fewshot_accuracy"]) > 0.3
 
 
 def test_extract_writes_every_split_and_refuses_overwrite(glyphs_base_run, tmp_path):
@@ -49,5 +60,8 @@ def test_extract_writes_every_split_and_refuses_overwrite(glyphs_base_run, tmp_p
         assert len(alphabets) >= 3
     assert sum(sizes.values()) == len(data["labels"])  # every image, once
     assert set(sizes) == {"base", "validation", "novel"}
+    with open(os.path.join(out, "features.json")) as f:
+        meta = json.load(f)
+    assert len(meta["class_groups"]) == 761 and meta["class_groups"][0] == "Latin"
     with pytest.raises(WorkdirError, match="overwrite"):
         extract_features(workdir, out, verbose=0)

@@ -12,6 +12,7 @@ Extra outputs: ``evaluation.json`` (every protocol, with per-episode accuracies)
 """
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -154,16 +155,20 @@ def run(config, workdir, *, strategy="default", overwrite=False):
         per_batch = f.episodes_per_batch
         train_ds = episode_dataset(base_f, base_l, train_sampler, first_episode=initial_epoch * steps * per_batch,
                                   episodes_per_batch=per_batch)
+        # Finite, so every epoch is validated on the same episodes (Keras keeps one validation
+        # iterator for the whole fit; a repeated stream would move on to new episodes).
         val_steps = max(1, f.val_episodes // per_batch)
         val_ds = episode_dataset(val_f, val_l, val_sampler, episodes_per_batch=per_batch,
-                                 num_episodes=val_steps * per_batch).repeat()
+                                 num_episodes=val_steps * per_batch)
         callbacks = [train_lib.LearningRateLogger(),
                      train_lib.EpochCheckpoint(workdir, "val_accuracy", config.train.keep_checkpoints, state)]
         if chief:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq="epoch"))
-        method.fit(train_ds, epochs=config.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                   validation_data=val_ds, validation_steps=val_steps, callbacks=callbacks,
-                   verbose=config.train.verbose, shuffle=False)  # episode order comes from the sampler
+        with warnings.catch_warnings():  # the finite validation stream ends by design each epoch
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            method.fit(train_ds, epochs=config.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                       validation_data=val_ds, callbacks=callbacks,
+                       verbose=config.train.verbose, shuffle=False)  # episode order comes from the sampler
 
     best_dir = os.path.join(workdir, train_lib.CHECKPOINTS, "best")
     method.load_weights(os.path.join(best_dir, train_lib.WEIGHTS))
@@ -198,3 +203,67 @@ def evaluate_method(method, feats, fewshot_cfg, verbose=1):
     bar = keras.utils.Progbar(n, verbose=1 if verbose else 0, unit_name="episode")
     return evaluation.protocol_suite(method.predictor(), novel_f, novel_l, feats.classes("novel"), fewshot_cfg,
                                      class_groups=feats.class_groups, progress=bar)
+
+
+def restore_fewshot_method(workdir, checkpoint="best"):
+    """(method, config) of a finished or running few-shot run, with ``checkpoint`` loaded."""
+    import ml_collections
+    import tensorflow as tf
+
+    from tfkd import train as train_lib
+    from tfkd.errors import WorkdirError
+
+    cfg_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise WorkdirError(f"--workdir={workdir} has no config.json: not a tfkd run folder")
+    with open(cfg_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.method not in METHODS or METHODS.get(config.method).task != "fewshot":
+        raise WorkdirError(f"--workdir={workdir} holds a {config.method!r} run, not a few-shot method "
+                           f"(expected one of {[m for m in METHODS.names() if METHODS.get(m).task == 'fewshot']})")
+    with open(os.path.join(workdir, "network.json")) as f:
+        feature_dim = json.load(f)["feature_dim"]
+    ckpt = {"best": os.path.join(workdir, train_lib.CHECKPOINTS, "best"),
+            "latest": train_lib.latest_checkpoint(workdir)}.get(checkpoint, checkpoint)
+    if not ckpt or not os.path.exists(os.path.join(ckpt, train_lib.WEIGHTS)):
+        raise WorkdirError(f"--checkpoint={checkpoint}: no {train_lib.WEIGHTS} in {ckpt or workdir}")
+    method = build_fewshot_method(config, feature_dim, tf.distribute.get_strategy(), steps=1)
+    method.load_weights(os.path.join(ckpt, train_lib.WEIGHTS))
+    return method, config
+
+
+def evaluate_runs(workdirs, fewshot_overrides=None, features_dir=None, output=None, verbose=1):
+    """Evaluates several few-shot runs on the same seeded novel episodes (the protocols of the first
+    run's config.fewshot, updated by ``fewshot_overrides``); returns {workdir: results} and, with
+    ``output``, writes them with paired per-episode differences against the first run."""
+    import ml_collections
+
+    from tfkd.data.episodes import mean_confidence_interval
+
+    results, protocol_cfg = {}, None
+    for workdir in workdirs:
+        method, config = restore_fewshot_method(workdir)
+        if protocol_cfg is None:
+            protocol_cfg = ml_collections.ConfigDict(config.fewshot.to_dict())
+            for key, value in (fewshot_overrides or {}).items():
+                if key not in protocol_cfg:
+                    raise ConfigError(f"--{key}: not a field of config.fewshot")
+                protocol_cfg[key] = value
+        feats = FeatureSplits(features_dir or config.fewshot.features_dir)
+        feats.check_dim(method.feature_dim, f"--workdir={workdir} ({config.method})")
+        results[workdir] = {"method": config.method, "seed": config.seed,
+                            "results": evaluate_method(method, feats, protocol_cfg, verbose)}
+    first = workdirs[0]
+    paired = {}
+    for workdir in workdirs[1:]:
+        paired[workdir] = {}
+        for name, r in results[workdir]["results"].items():
+            if "accuracies" in r:
+                diff = np.subtract(r["accuracies"], results[first]["results"][name]["accuracies"])
+                mean, ci = mean_confidence_interval(diff)
+                paired[workdir][name] = {"mean": mean, "ci95": ci}
+    payload = {"protocols": protocol_cfg.to_dict(), "runs": results, "paired_vs_first": paired,
+               "features_dir": os.path.abspath(features_dir) if features_dir else None}
+    if output:
+        io.write_json_atomic(output, payload)
+    return payload

@@ -383,3 +383,23 @@ def test_glyphs_class_split_keeps_one_split_relabelled():
     assert set(np.unique(data.train.labels)) == set(range(165))
     with pytest.raises(DataError, match="config.data.class_split='nope'"):
         load_dataset(data_config(name="glyphs", data_dir=path, class_split="nope"))
+
+
+def test_fashion_mnist_class_split_by_name_keeps_every_image_for_extraction():
+    data = load_dataset(data_config(name="fashion_mnist", class_split="novel", max_train_examples=500,
+                                    max_eval_examples=100))
+    assert data.num_classes == 5
+    assert data.class_names == ("Pullover", "Coat", "Shirt", "Bag", "Ankle boot")
+    assert set(np.unique(data.train.labels)) == set(range(5))
+    np.testing.assert_array_equal(data.class_split["base"], [0, 1, 7])
+    assert len(data.all_images) == 70000  # original labels, train and test files together
+    assert data.all_class_names[3] == "Dress"
+
+
+def test_class_split_errors_name_the_field(tmp_path):
+    with pytest.raises(DataError, match="needs a split file"):
+        load_dataset(data_config(name="fashion_mnist", class_split="base", class_split_file=str(tmp_path / "x.json")))
+    bad = tmp_path / "split.json"
+    bad.write_text('{"base": ["Trouser"], "validation": ["Dress"], "novel": ["Bag", "Jacket"]}')
+    with pytest.raises(DataError, match="unknown group 'Jacket'"):
+        load_dataset(data_config(name="fashion_mnist", class_split="base", class_split_file=str(bad)))

@@ -24,7 +24,27 @@ from tfkd.errors import ConfigError
 from tfkd.registry import METHODS
 
 
-class EpisodicMethod(keras.Model):
+class SavesSeedStates:
+    """Mixin for a keras.Model: its weight files also hold the state of every SeedGenerator inside
+    it (Keras saves only variables), so a resumed run draws the same noise as an uninterrupted one."""
+
+    def _all_seed_generators(self):
+        return [g for layer in self._flatten_layers(include_self=True) for g in getattr(layer, "_seed_generators", [])]
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        for i, generator in enumerate(self._all_seed_generators()):
+            store[f"seed_generator_{i}"] = keras.ops.convert_to_numpy(generator.state)
+
+    def load_own_variables(self, store):
+        own = {k: store[k] for k in store.keys() if not k.startswith("seed_generator_")}
+        super().load_own_variables(own)
+        for i, generator in enumerate(self._all_seed_generators()):
+            if f"seed_generator_{i}" in store.keys():
+                generator.state.assign(store[f"seed_generator_{i}"])
+
+
+class EpisodicMethod(SavesSeedStates, keras.Model):
     """Shared episode loop: query cross-entropy, accuracy metrics, evaluation over episodes.
 
     Episodes may carry a leading batch dimension (several episodes per step); the loss is the mean

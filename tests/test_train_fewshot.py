@@ -1,0 +1,177 @@
+"""bin/train for episodic few-shot methods, end to end on real features (Fashion-MNIST pixels of the
+documented class split: base = Trouser, Sneaker, T-shirt; validation = Dress, Sandal; novel = the
+other five), resume, bin/evaluate's paired comparison, and bad inputs."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from tfkd import train
+from tfkd.data.features import write_features
+from tfkd.errors import ConfigError, DataError, WorkdirError
+
+
+@pytest.fixture(scope="module")
+def pixel_features(tmp_path_factory):
+    """base.h5 / validation.npz / novel.h5 of 14x14 average-pooled pixels (196-d), 120 per class."""
+    from tests.conftest import tiny_config
+    from tfkd.data import load_dataset
+
+    cfg = tiny_config().data
+    cfg.class_split = "base"
+    data = load_dataset(cfg)
+    images, labels = data.all_images.images, data.all_images.labels
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("pixels")
+    for split, ext in (("base", ".h5"), ("validation", ".npz"), ("novel", ".h5")):
+        idx = np.concatenate([rng.choice(np.flatnonzero(labels == c), 120, replace=False)
+                              for c in data.class_split[split]])
+        pooled = images[idx, :, :, 0].reshape(-1, 14, 2, 14, 2).mean((2, 4)).reshape(len(idx), -1) / 255.0
+        write_features(str(folder / (split + ext)), pooled, labels[idx])
+    return str(folder)
+
+
+def fewshot_config(features_dir, method="gen", epochs=2):
+    from tfkd.config import base_config
+
+    c = base_config()
+    c.method = method
+    c.fewshot.features_dir = features_dir
+    c.fewshot.n_way = 3
+    c.fewshot.k_shot = 1
+    c.fewshot.n_query = 5
+    c.fewshot.episodes_per_epoch = 40
+    c.fewshot.episodes_per_batch = 2
+    c.fewshot.val_episodes = 20
+    c.fewshot.test_episodes = 60
+    c.fewshot.test_way = 5
+    c.fewshot.test_shots = (1, 5)
+    c.fewshot.all_way_shots = (1, 5)
+    c.fewshot.all_way_draws = 2
+    c.train.epochs = epochs
+    c.train.optimizer = "adam"
+    c.train.learning_rate = 1e-3
+    c.train.lr_schedule = "constant"
+    c.train.weight_decay = 0.0
+    c.train.verbose = 0
+    c[method].embedding_units = (32,)
+    c[method].scale_init = 10.0
+    if method == "gen":
+        c.gen.generator_hidden = (32,)
+        c.gen.num_generated = 2
+    return c
+
+
+@pytest.fixture(scope="module")
+def gen_run(pixel_features, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("fs") / "gen")
+    metrics = train.run(fewshot_config(pixel_features), workdir)
+    return workdir, metrics
+
+
+def test_gen_run_trains_selects_on_validation_and_evaluates_novel_classes(gen_run):
+    workdir, metrics = gen_run
+    assert metrics["task"] == "fewshot" and metrics["best_epoch"] in (1, 2)
+    with open(os.path.join(workdir, "evaluation.json")) as f:
+        results = json.load(f)
+    assert set(results) == {"5way_1shot", "5way_5shot", "all_way"}  # no groups -> no within-group protocol
+    one, five = results["5way_1shot"], results["5way_5shot"]
+    assert len(one["accuracies"]) == 60 and one["ci95"] > 0
+    assert one["mean"] > 0.20 + 0.15, one  # novel classes, 5-way: chance is 20%
+    assert five["mean"] > one["mean"]  # more shots help
+    all_way = results["all_way"]["shots"]
+    assert all_way["5"]["top5"]["mean"] == 1.0  # 5 novel classes: top-5 always contains the truth
+    assert set(os.listdir(workdir)) >= {"config.json", "run_info.json", "history.csv", "logs", "checkpoints",
+                                        "metrics.json", "evaluation.json"}
+    with pytest.raises(WorkdirError, match="finished run"):
+        train.run(fewshot_config(metrics["features_dir"]), workdir)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(gen_run, pixel_features, tmp_path):
+    workdir, metrics = gen_run
+    # Simulate a kill after epoch 1: keep epoch 1's checkpoint only.
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(workdir, resumed)
+    for name in ("metrics.json", "evaluation.json"):
+        os.remove(os.path.join(resumed, name))
+    ckpts = os.path.join(resumed, "checkpoints")
+    shutil.rmtree(os.path.join(ckpts, "epoch_0002"))
+    with open(os.path.join(ckpts, "epoch_0001", "state.json")) as f:
+        state = json.load(f)
+    if state["best_epoch"] == 1:
+        shutil.rmtree(os.path.join(ckpts, "best"))
+        shutil.copytree(os.path.join(ckpts, "epoch_0001"), os.path.join(ckpts, "best"))
+    again = train.run(fewshot_config(pixel_features), resumed)
+    assert again["best_epoch"] == metrics["best_epoch"]
+    for name, value in metrics["test"].items():
+        assert again["test"][name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_evaluate_runs_pairs_methods_on_the_same_episodes(gen_run, pixel_features, tmp_path):
+    from tfkd.train_fewshot import evaluate_runs
+
+    workdir, _ = gen_run
+    cosine_dir = str(tmp_path / "cosine")
+    train.run(fewshot_config(pixel_features, method="cosine", epochs=1), cosine_dir)
+    out = str(tmp_path / "eval.json")
+    payload = evaluate_runs([cosine_dir, workdir], {"test_episodes": 30, "test_shots": (1,), "all_way_shots": ()},
+                            output=out)
+    cos, gen = (payload["runs"][w]["results"]["5way_1shot"] for w in (cosine_dir, workdir))
+    diff = np.subtract(gen["accuracies"], cos["accuracies"])
+    assert payload["paired_vs_first"][workdir]["5way_1shot"]["mean"] == pytest.approx(diff.mean())
+    assert os.path.exists(out) and len(cos["accuracies"]) == 30
+    # Re-evaluating gives the same episodes: the cosine run has no randomness, so identical accuracies.
+    again = evaluate_runs([cosine_dir], {"test_episodes": 30, "test_shots": (1,), "all_way_shots": ()})
+    assert again["runs"][cosine_dir]["results"]["5way_1shot"]["accuracies"] == cos["accuracies"]
+
+
+def test_bad_inputs_fail_before_training(pixel_features, tmp_path):
+    workdir = str(tmp_path / "bad")
+    with pytest.raises(ConfigError, match="fewshot.features_dir"):
+        train.run(fewshot_config(""), workdir)
+    with pytest.raises(DataError, match="not a folder"):
+        train.run(fewshot_config(str(tmp_path / "nowhere")), workdir)
+    too_many = fewshot_config(pixel_features)
+    too_many.fewshot.k_shot = 100
+    too_many.fewshot.n_query = 50  # 150 > 120 examples per class
+    with pytest.raises(DataError, match=r"config.fewshot .*k_max \+ n_query = 150"):
+        train.run(too_many, workdir)
+    ways = fewshot_config(pixel_features)
+    ways.fewshot.test_way = 6
+    with pytest.raises(ConfigError, match="test_way=6 but the novel split has 5 classes"):
+        train.run(ways, workdir)
+    # A validation file from another feature extractor (other dimension).
+    mixed = tmp_path / "mixed"
+    shutil.copytree(pixel_features, mixed)
+    os.remove(mixed / "validation.npz")
+    write_features(str(mixed / "validation.npz"), np.ones((20, 8)), np.repeat([3, 5], 10))
+    with pytest.raises(DataError, match="feature dimensions differ"):
+        train.run(fewshot_config(str(mixed)), workdir)
+    # Novel classes that leak into base.
+    leak = tmp_path / "leak"
+    shutil.copytree(pixel_features, leak)
+    os.remove(leak / "novel.h5")
+    write_features(str(leak / "novel.h5"), np.ones((20, 196)), np.repeat([1, 2], 10))
+    with pytest.raises(DataError, match="in both base and novel"):
+        train.run(fewshot_config(str(leak)), workdir)
+    wrong = fewshot_config(pixel_features)
+    wrong.gen.num_generated = 0
+    with pytest.raises(ConfigError, match="num_generated"):
+        train.run(wrong, workdir)
+    assert not os.path.exists(workdir)  # nothing written
+
+
+def test_evaluate_rejects_features_of_another_dimension(gen_run, tmp_path):
+    from tfkd.train_fewshot import evaluate_runs
+
+    workdir, _ = gen_run
+    other = tmp_path / "other"
+    other.mkdir()
+    for split, classes in (("base", [1, 7]), ("validation", [3, 5]), ("novel", [2, 4, 6, 8, 9])):
+        write_features(str(other / f"{split}.h5"), np.ones((10 * len(classes), 64)), np.repeat(classes, 10))
+    with pytest.raises(DataError, match="expects 196-d features"):
+        evaluate_runs([workdir], features_dir=str(other))
+    with pytest.raises(WorkdirError, match="not a tfkd run"):
+        evaluate_runs([str(tmp_path)])
