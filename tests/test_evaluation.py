@@ -27,7 +27,7 @@ def test_all_way_protocol_top_k_and_nesting():
     centers = rng.normal(size=(12, 16))
     labels = np.repeat(np.arange(12), 25)
     features = centers[labels] + 0.8 * rng.normal(size=(len(labels), 16))
-    out = evaluation.all_way_protocol(evaluation.cosine_prototype_predictor, features, labels, np.arange(12),
+    out = evaluation.all_way_protocol(evaluation.fixed(evaluation.cosine_prototype_predictor), features, labels, np.arange(12),
                                       shots=(1, 5, 20), draws=3, n_query=5)
     rows = out["shots"]
     assert rows["1"]["top1"]["mean"] < rows["20"]["top1"]["mean"]  # more shots help

@@ -65,28 +65,34 @@ def all_way_draw(labels, classes, k_max, n_query, seed, draw):
     return support, available, np.concatenate(query), np.concatenate(query_labels)
 
 
-def all_way_protocol(predict, features, labels, classes, shots=(1, 2, 5, 10, 20), draws=5, n_query=5, seed=0,
-                     top_k=(1, 5)):
+def fixed(predict):
+    """The same predictor for every shot count (see ``predictor_for_shot`` below)."""
+    return lambda k: predict
+
+
+def all_way_protocol(predictor_for_shot, features, labels, classes, shots=(1, 2, 5, 10, 20), draws=5, n_query=5,
+                     seed=0, top_k=(1, 5)):
     """Top-1 / top-5 accuracy over all ``classes`` at once for every k in ``shots``, mean +- CI over
-    ``draws`` seeded support draws."""
+    ``draws`` seeded support draws. ``predictor_for_shot(k)`` gives the predictor used at k shots
+    (progressive distillation tests each k with the model saved when k_train took that value)."""
     k_max = max(shots)
-    per_shot = {k: {f"top{t}": [] for t in top_k} for k in shots}
-    effective = {k: [] for k in shots}
-    for draw in range(draws):
-        support_idx, available, query_idx, truth = all_way_draw(labels, classes, k_max, n_query, seed, draw)
-        support = features[support_idx].astype(np.float32)
-        query = features[query_idx].astype(np.float32)
-        for k in shots:
-            mask = np.arange(k_max)[None, :] < np.minimum(available, k)[:, None]
-            scores = np.asarray(predict(support, mask, query))
-            for t in top_k:
-                per_shot[k][f"top{t}"].append(_accuracy(scores, truth, t))
-            effective[k].append(float(mask.sum(1).mean()))
     out = {"classes": int(len(classes)), "draws": int(draws), "n_query": int(n_query), "seed": int(seed),
            "shots": {}}
     for k in shots:
-        row = {"mean_effective_k": float(np.mean(effective[k]))}
-        for name, values in per_shot[k].items():
+        predict = predictor_for_shot(k)
+        per_top = {f"top{t}": [] for t in top_k}
+        effective = []
+        for draw in range(draws):
+            support_idx, available, query_idx, truth = all_way_draw(labels, classes, k_max, n_query, seed, draw)
+            support = features[support_idx].astype(np.float32)
+            query = features[query_idx].astype(np.float32)
+            mask = np.arange(k_max)[None, :] < np.minimum(available, k)[:, None]
+            scores = np.asarray(predict(support, mask, query))
+            for t in top_k:
+                per_top[f"top{t}"].append(_accuracy(scores, truth, t))
+            effective.append(float(mask.sum(1).mean()))
+        row = {"mean_effective_k": float(np.mean(effective))}
+        for name, values in per_top.items():
             mean, ci = mean_confidence_interval(values)
             row[name] = {"mean": mean, "ci95": ci, "per_draw": list(values)}
         out["shots"][str(k)] = row
@@ -106,22 +112,32 @@ def nearest_neighbour_predictor(support, mask, query):
 
 def protocol_suite(predict, features, labels, classes, cfg, class_groups=None, progress=None):
     """Every protocol of ``cfg`` (config.fewshot): N-way k-shot for each test shot, the
-    within-group variant when groups are known, and the all-way protocol."""
+    within-group variant when groups are known, and the all-way protocol. ``predict`` is a
+    predictor, or a function k -> predictor (``predictor_for_shot``) when marked with
+    ``per_shot=True`` (see ``fixed``)."""
+    predictor_for_shot = predict if getattr(predict, "per_shot", False) else fixed(predict)
     results = {}
     for k in cfg.test_shots:
         sampler = EpisodeSampler(labels, classes, cfg.test_way, k, cfg.test_queries, seed=cfg.eval_seed)
-        results[f"{cfg.test_way}way_{k}shot"] = episode_protocol(predict, features, labels, sampler,
+        results[f"{cfg.test_way}way_{k}shot"] = episode_protocol(predictor_for_shot(k), features, labels, sampler,
                                                                  cfg.test_episodes, progress)
     if cfg.within_group_way and class_groups is not None:
         for k in cfg.test_shots:
             sampler = EpisodeSampler(labels, classes, cfg.within_group_way, k, cfg.test_queries,
                                      seed=cfg.eval_seed, class_groups=class_groups, within_group=True)
             results[f"{cfg.within_group_way}way_within_group_{k}shot"] = episode_protocol(
-                predict, features, labels, sampler, cfg.test_episodes, progress)
+                predictor_for_shot(k), features, labels, sampler, cfg.test_episodes, progress)
     if cfg.all_way_shots:
-        results["all_way"] = all_way_protocol(predict, features, labels, classes, tuple(cfg.all_way_shots),
-                                              cfg.all_way_draws, cfg.all_way_queries, seed=cfg.eval_seed)
+        results["all_way"] = all_way_protocol(predictor_for_shot, features, labels, classes,
+                                              tuple(cfg.all_way_shots), cfg.all_way_draws, cfg.all_way_queries,
+                                              seed=cfg.eval_seed)
     return results
+
+
+def per_shot(fn):
+    """Marks ``fn`` (k -> predictor) for protocol_suite."""
+    fn.per_shot = True
+    return fn
 
 
 def summary_values(results):

@@ -51,3 +51,22 @@ def l2_penalty(variables):
         return tf.constant(0.0)
     dtype = tf.float64 if variables[0].dtype == tf.float64 else tf.float32
     return 0.5 * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, dtype))) for v in variables])
+
+
+def soft_cross_entropy(target_probs, student_log_probs):
+    """Mean over the batch of CE(q, p) = -sum_c q_c log p_c."""
+    return tf.reduce_mean(-tf.reduce_sum(target_probs * student_log_probs, axis=-1))
+
+
+def progressive_kd_loss(labels, student_logits, teacher_logits, gamma, temperature):
+    """Eq. 1 of progressive distillation: CE(softmax(s), e_y) + gamma * T^2 * CE(softmax(s/T), softmax(t/T)).
+
+    Returns (total, hard term, soft term without gamma). The teacher is a fixed target (no
+    gradient); T may be a learnable variable and receives gradient through both softmaxes.
+    """
+    hard = cross_entropy(labels, student_logits)
+    t = tf.cast(temperature, tf.float32)
+    student = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / t, axis=-1)
+    teacher = tf.nn.softmax(tf.stop_gradient(tf.cast(teacher_logits, tf.float32)) / t, axis=-1)
+    soft = t * t * soft_cross_entropy(teacher, student)
+    return hard + gamma * soft, hard, soft

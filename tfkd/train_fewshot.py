@@ -81,16 +81,19 @@ class FeatureSplits:
 
 def samplers(config, feats):
     f = config.fewshot
+    method_cls = METHODS.get(config.method)
+    k_shot, k_max = (method_cls.sampler_shots(config[config.method], f) if hasattr(method_cls, "sampler_shots")
+                     else (f.k_shot, max(f.k_max, f.k_shot)))
     base_f, base_l = feats["base"]
     val_f, val_l = feats["validation"]
     try:
-        train = EpisodeSampler(base_l, feats.classes("base"), f.n_way, f.k_shot, f.n_query, seed=config.seed,
-                               k_max=f.k_max or f.k_shot)
+        train = EpisodeSampler(base_l, feats.classes("base"), f.n_way, k_shot, f.n_query, seed=config.seed,
+                               k_max=k_max)
         val = EpisodeSampler(val_l, feats.classes("validation"), min(f.n_way, len(feats.classes("validation"))),
-                             f.k_shot, f.n_query, seed=f.eval_seed, k_max=f.k_max or f.k_shot)
+                             f.k_shot, f.n_query, seed=f.eval_seed, k_max=max(f.k_max, f.k_shot))
     except (ConfigError, DataError) as e:
-        raise type(e)(f"config.fewshot (n_way={f.n_way}, k_shot={f.k_shot}, k_max={f.k_max}, "
-                      f"n_query={f.n_query}): {e}") from None
+        raise type(e)(f"config.fewshot (n_way={f.n_way}, k_shot={f.k_shot}, k_max={k_max}, "
+                      f"n_query={f.n_query}) with --method={config.method}: {e}") from None
     return train, val
 
 
@@ -106,7 +109,160 @@ def build_fewshot_method(config, feature_dim, strategy, steps):
     return method
 
 
+SNAPSHOTS = "snapshots"
+
+
+class KSnapshots(keras.callbacks.Callback):
+    """Progressive distillation (weaken): saves the model once when k_train first takes each value
+    of ``save_at_k`` (paper: 16, 8, 4, 2, 1); testing at k shots uses the snapshot with the largest
+    saved k_train <= k. Written atomically; existing snapshots are kept on resume."""
+
+    def __init__(self, workdir, save_at_k):
+        super().__init__()
+        self.root = os.path.join(workdir, SNAPSHOTS)
+        self.pending = sorted(set(int(k) for k in save_at_k), reverse=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        k_train = int(keras.ops.convert_to_numpy(self.model.k_train))
+        for k in [k for k in self.pending if k_train <= k]:
+            self.pending.remove(k)
+            path = os.path.join(self.root, f"k_{k:03d}")
+            if os.path.exists(path) or not is_chief():
+                continue
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            with io.atomic_directory(path) as tmp:
+                self.model.save_weights(os.path.join(tmp, "model.weights.h5"))
+                io.write_json_atomic(os.path.join(tmp, "state.json"), {"k_train": k_train, "saved_for_k": k,
+                                                                      "step": step})
+
+
+def snapshot_for_shot(workdir, k):
+    """The snapshot folder whose k_train is the largest saved value <= k, or None."""
+    root = os.path.join(workdir, SNAPSHOTS)
+    if not os.path.isdir(root):
+        return None
+    saved = sorted(int(d[2:]) for d in os.listdir(root) if d.startswith("k_") and
+                   os.path.exists(os.path.join(root, d, "model.weights.h5")))
+    usable = [s for s in saved if s <= k]
+    return os.path.join(root, f"k_{usable[-1]:03d}") if usable else None
+
+
+def method_predictor_for_shot(method, workdir, checkpoint_dir):
+    """k -> predictor: the k-matched snapshot when the run saved snapshots, else ``checkpoint_dir``."""
+    from tfkd import train as train_lib
+
+    loaded = {"path": None}
+
+    @evaluation.per_shot
+    def predictor_for_shot(k):
+        path = snapshot_for_shot(workdir, k) or checkpoint_dir
+        if loaded["path"] != path:
+            method.load_weights(os.path.join(path, train_lib.WEIGHTS))
+            loaded["path"] = path
+        return method.predictor()
+
+    return predictor_for_shot
+
+
 def run(config, workdir, *, strategy="default", overwrite=False):
+    """Trains (or resumes) a few-shot run, or every member of an ensemble; returns the metrics."""
+    from tfkd import train as train_lib
+
+    config = train_lib.resolve(config)
+    method_cfg = config[config.method]
+    if method_cfg.get("ensemble_size", 1) > 1:
+        return run_ensemble(config, workdir, strategy=strategy, overwrite=overwrite)
+    return run_single(config, workdir, strategy=strategy, overwrite=overwrite)
+
+
+def member_config(config, member):
+    """Ensemble member ``member``: its own seed and S_teacher sample, trained as a single run."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.seed = config.seed + member
+    m = c[config.method]
+    m.teacher_seed = m.teacher_seed + member
+    m.ensemble_size, m.ensemble_member = 1, -1
+    return c
+
+
+def run_ensemble(config, workdir, *, strategy="default", overwrite=False):
+    """Members train one after another in WORKDIR/members/member_i (each a resumable run); with
+    ``ensemble_member=i`` only member i trains, so members can run in parallel on several machines
+    (then re-run with ensemble_member=-1 to evaluate). Prediction = mean of members' probabilities."""
+    from tfkd import train as train_lib
+
+    method_cfg = config[config.method]
+    size, only = method_cfg.ensemble_size, method_cfg.ensemble_member
+    members = [os.path.join(workdir, "members", f"member_{i}") for i in range(size)]
+    if only >= 0:
+        return run_single(member_config(config, only), members[only], strategy=strategy, overwrite=overwrite)
+    parent = train_lib.resolve(config)
+    resuming = train_lib.prepare_workdir(workdir, parent, overwrite)
+    feats = FeatureSplits(parent.fewshot.features_dir)
+    if is_chief():
+        os.makedirs(workdir, exist_ok=True)
+        io.write_json_atomic(os.path.join(workdir, "config.json"), train_lib.config_json(parent))
+        io.write_json_atomic(os.path.join(workdir, "network.json"),
+                             {"task": "fewshot", "method": config.method, "feature_dim": feats.feature_dim,
+                              "ensemble_members": [os.path.relpath(m, workdir) for m in members]})
+        info_path = os.path.join(workdir, "run_info.json")
+        starts = json.load(open(info_path)) if os.path.exists(info_path) else []
+        starts.append(io.run_info(config.seed, {"strategy": strategy, "resumed": resuming, "ensemble_size": size}))
+        io.write_json_atomic(info_path, starts)
+    member_metrics = []
+    for i, member_dir in enumerate(members):
+        done = os.path.join(member_dir, "metrics.json")
+        if os.path.exists(done):
+            with open(done) as f:
+                member_metrics.append(json.load(f))
+            continue
+        print(f"Ensemble member {i + 1}/{size}: {member_dir}", flush=True)
+        member_metrics.append(run_single(member_config(config, i), member_dir, strategy=strategy))
+    predictor_for_shot = ensemble_predictor_for_shot(members)
+    results = evaluate_predictor(predictor_for_shot, feats, parent.fewshot, verbose=parent.train.verbose)
+    metrics = {"method": config.method, "task": "fewshot", "ensemble_size": size,
+               "features_dir": os.path.abspath(parent.fewshot.features_dir), "seed": config.seed,
+               "members": [{"seed": m["seed"], "best_epoch": m["best_epoch"], "val_accuracy": m["val_accuracy"]}
+                           for m in member_metrics],
+               "test": evaluation.summary_values(results)}
+    if is_chief():
+        io.write_json_atomic(os.path.join(workdir, "evaluation.json"), results)
+        io.write_json_atomic(os.path.join(workdir, "metrics.json"), metrics)
+    print_results(f"{config.method} ensemble of {size}", results)
+    return metrics
+
+
+def ensemble_predictor_for_shot(member_dirs):
+    """k -> predictor averaging the members' probabilities (returned as log-probabilities)."""
+    from tfkd import train as train_lib
+
+    members = []
+    for member_dir in member_dirs:
+        method, _ = restore_fewshot_method(member_dir)
+        members.append(method_predictor_for_shot(method, member_dir,
+                                                 os.path.join(member_dir, train_lib.CHECKPOINTS, "best")))
+
+    @evaluation.per_shot
+    def predictor_for_shot(k):
+        predictors = [m(k) for m in members]
+
+        def predict(support, mask, query):
+            probs = np.mean([tf_softmax(np.asarray(p(support, mask, query))) for p in predictors], axis=0)
+            return np.log(np.maximum(probs, 1e-30))
+        return predict
+
+    return predictor_for_shot
+
+
+def tf_softmax(logits):
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def run_single(config, workdir, *, strategy="default", overwrite=False):
     from tfkd import train as train_lib
 
     config = train_lib.resolve(config)
@@ -117,6 +273,10 @@ def run(config, workdir, *, strategy="default", overwrite=False):
     novel_classes = feats.classes("novel")
     if len(novel_classes) < f.test_way:
         raise ConfigError(f"config.fewshot.test_way={f.test_way} but the novel split has {len(novel_classes)} classes")
+    method_cfg = config[config.method]
+    if method_cfg.get("direction") == "strengthen" and method_cfg.k_start != f.k_shot:
+        raise ConfigError(f"config.{config.method}.k_start={method_cfg.k_start}: strengthening starts the teacher at "
+                          f"the student's shots, config.fewshot.k_shot={f.k_shot}")
     strategy_obj = get_strategy(strategy)
     if f.episodes_per_batch % strategy_obj.num_replicas_in_sync:
         raise ConfigError(f"config.fewshot.episodes_per_batch={f.episodes_per_batch} must be divisible by the "
@@ -128,6 +288,9 @@ def run(config, workdir, *, strategy="default", overwrite=False):
 
     keras.utils.set_random_seed(config.seed)
     method = build_fewshot_method(config, feats.feature_dim, strategy_obj, steps)
+    base_f, base_l = feats["base"]
+    if hasattr(method, "set_teacher"):
+        method.set_teacher(base_f, base_l, train_sampler.classes)
     chief = is_chief()
     if chief:
         os.makedirs(workdir, exist_ok=True)
@@ -148,13 +311,16 @@ def run(config, workdir, *, strategy="default", overwrite=False):
         method.load_weights(os.path.join(latest, train_lib.WEIGHTS))
         initial_epoch = state["epoch"]
         print(f"Resuming from {latest} (epoch {initial_epoch} of {config.train.epochs})", flush=True)
+    elif hasattr(method, "pretrain_teacher"):
+        accuracy = method.pretrain_teacher(seed=config.seed)  # saved with the checkpoints from here on
+        if accuracy is not None:
+            print(f"Teacher embedding pre-trained on S_teacher (training accuracy {accuracy:.3f})", flush=True)
 
-    base_f, base_l = feats["base"]
     val_f, val_l = feats["validation"]
     if initial_epoch < config.train.epochs:
         per_batch = f.episodes_per_batch
         train_ds = episode_dataset(base_f, base_l, train_sampler, first_episode=initial_epoch * steps * per_batch,
-                                  episodes_per_batch=per_batch)
+                                   episodes_per_batch=per_batch)
         # Finite, so every epoch is validated on the same episodes (Keras keeps one validation
         # iterator for the whole fit; a repeated stream would move on to new episodes).
         val_steps = max(1, f.val_episodes // per_batch)
@@ -162,6 +328,8 @@ def run(config, workdir, *, strategy="default", overwrite=False):
                                  num_episodes=val_steps * per_batch)
         callbacks = [train_lib.LearningRateLogger(),
                      train_lib.EpochCheckpoint(workdir, "val_accuracy", config.train.keep_checkpoints, state)]
+        if method_cfg.get("direction") == "weaken":
+            callbacks.insert(0, KSnapshots(workdir, method_cfg.save_at_k))
         if chief:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq="epoch"))
         with warnings.catch_warnings():  # the finite validation stream ends by design each epoch
@@ -171,9 +339,9 @@ def run(config, workdir, *, strategy="default", overwrite=False):
                        verbose=config.train.verbose, shuffle=False)  # episode order comes from the sampler
 
     best_dir = os.path.join(workdir, train_lib.CHECKPOINTS, "best")
-    method.load_weights(os.path.join(best_dir, train_lib.WEIGHTS))
     best_state = train_lib.read_state(best_dir)
-    results = evaluate_method(method, feats, f, verbose=config.train.verbose)
+    results = evaluate_predictor(method_predictor_for_shot(method, workdir, best_dir), feats, f,
+                                 verbose=config.train.verbose)
     metrics = {
         "method": config.method,
         "task": "fewshot",
@@ -182,27 +350,38 @@ def run(config, workdir, *, strategy="default", overwrite=False):
         "epochs": config.train.epochs,
         "best_epoch": best_state["best_epoch"],
         "val_accuracy": best_state["best_value"],
-        "test": {name: value for name, value in evaluation.summary_values(results).items()},
+        "snapshots": sorted(os.listdir(os.path.join(workdir, SNAPSHOTS)))
+        if os.path.isdir(os.path.join(workdir, SNAPSHOTS)) else [],
+        "test": evaluation.summary_values(results),
     }
     if chief:
         io.write_json_atomic(os.path.join(workdir, "evaluation.json"), results)
         io.write_json_atomic(os.path.join(workdir, "metrics.json"), metrics)  # last: marks the run finished
-    print(f"\n{config.method} few-shot (best epoch {best_state['best_epoch']} by validation-class episode "
-          f"accuracy {best_state['best_value']:.4f}); novel classes:")
-    for name, value in evaluation.summary_rows(results):
-        print(f"  {name:<48} {value}")
+    print_results(f"{config.method} few-shot (best epoch {best_state['best_epoch']} by validation-class episode "
+                  f"accuracy {best_state['best_value']:.4f})", results)
     return metrics
 
 
-def evaluate_method(method, feats, fewshot_cfg, verbose=1):
-    """Every protocol of ``fewshot_cfg`` on the novel split, with ``method``'s predictor."""
+def print_results(title, results):
+    print(f"\n{title}; novel classes:")
+    for name, value in evaluation.summary_rows(results):
+        print(f"  {name:<48} {value}")
+
+
+def evaluate_predictor(predictor_for_shot, feats, fewshot_cfg, verbose=1):
+    """Every protocol of ``fewshot_cfg`` on the novel split."""
     novel_f, novel_l = feats["novel"]
     n = len(fewshot_cfg.test_shots) * fewshot_cfg.test_episodes
     if fewshot_cfg.within_group_way and feats.class_groups is not None:
         n *= 2
     bar = keras.utils.Progbar(n, verbose=1 if verbose else 0, unit_name="episode")
-    return evaluation.protocol_suite(method.predictor(), novel_f, novel_l, feats.classes("novel"), fewshot_cfg,
+    return evaluation.protocol_suite(predictor_for_shot, novel_f, novel_l, feats.classes("novel"), fewshot_cfg,
                                      class_groups=feats.class_groups, progress=bar)
+
+
+def evaluate_method(method, feats, fewshot_cfg, verbose=1):
+    """Every protocol with one fixed model (no snapshots)."""
+    return evaluate_predictor(method.predictor(), feats, fewshot_cfg, verbose)
 
 
 def restore_fewshot_method(workdir, checkpoint="best"):
@@ -223,13 +402,29 @@ def restore_fewshot_method(workdir, checkpoint="best"):
                            f"(expected one of {[m for m in METHODS.names() if METHODS.get(m).task == 'fewshot']})")
     with open(os.path.join(workdir, "network.json")) as f:
         feature_dim = json.load(f)["feature_dim"]
+    method = build_fewshot_method(config, feature_dim, tf.distribute.get_strategy(), steps=1)
+    if config[config.method].get("ensemble_size", 1) > 1:
+        return method, config  # an ensemble's parent: the members hold the weights
     ckpt = {"best": os.path.join(workdir, train_lib.CHECKPOINTS, "best"),
             "latest": train_lib.latest_checkpoint(workdir)}.get(checkpoint, checkpoint)
     if not ckpt or not os.path.exists(os.path.join(ckpt, train_lib.WEIGHTS)):
         raise WorkdirError(f"--checkpoint={checkpoint}: no {train_lib.WEIGHTS} in {ckpt or workdir}")
-    method = build_fewshot_method(config, feature_dim, tf.distribute.get_strategy(), steps=1)
     method.load_weights(os.path.join(ckpt, train_lib.WEIGHTS))
     return method, config
+
+
+def run_predictor_for_shot(workdir):
+    """(k -> predictor, config, feature_dim) of a finished few-shot run or ensemble."""
+    from tfkd import train as train_lib
+
+    method, config = restore_fewshot_method(workdir)
+    with open(os.path.join(workdir, "network.json")) as f:
+        network = json.load(f)
+    if network.get("ensemble_members"):
+        members = [os.path.join(workdir, m) for m in network["ensemble_members"]]
+        return ensemble_predictor_for_shot(members), config, method.feature_dim
+    best = os.path.join(workdir, train_lib.CHECKPOINTS, "best")
+    return method_predictor_for_shot(method, workdir, best), config, method.feature_dim
 
 
 def evaluate_runs(workdirs, fewshot_overrides=None, features_dir=None, output=None, verbose=1):
@@ -242,7 +437,7 @@ def evaluate_runs(workdirs, fewshot_overrides=None, features_dir=None, output=No
 
     results, protocol_cfg = {}, None
     for workdir in workdirs:
-        method, config = restore_fewshot_method(workdir)
+        predictor_for_shot, config, feature_dim = run_predictor_for_shot(workdir)
         if protocol_cfg is None:
             protocol_cfg = ml_collections.ConfigDict(config.fewshot.to_dict())
             for key, value in (fewshot_overrides or {}).items():
@@ -250,9 +445,9 @@ def evaluate_runs(workdirs, fewshot_overrides=None, features_dir=None, output=No
                     raise ConfigError(f"--{key}: not a field of config.fewshot")
                 protocol_cfg[key] = value
         feats = FeatureSplits(features_dir or config.fewshot.features_dir)
-        feats.check_dim(method.feature_dim, f"--workdir={workdir} ({config.method})")
+        feats.check_dim(feature_dim, f"--workdir={workdir} ({config.method})")
         results[workdir] = {"method": config.method, "seed": config.seed,
-                            "results": evaluate_method(method, feats, protocol_cfg, verbose)}
+                            "results": evaluate_predictor(predictor_for_shot, feats, protocol_cfg, verbose)}
     first = workdirs[0]
     paired = {}
     for workdir in workdirs[1:]:

@@ -57,6 +57,7 @@ class Episode:
     support: np.ndarray  # (n_way, k_max) example indices
     query: np.ndarray  # (n_way, n_query) example indices
     support_mask: np.ndarray  # (n_way, k_max) bool: the first k_shot are real support examples
+    class_index: np.ndarray = None  # (n_way,) position of each class in the sampler's sorted classes
 
 
 class EpisodeSampler:
@@ -115,7 +116,8 @@ class EpisodeSampler:
             support[i], query[i] = picked[: self.k_max], picked[self.k_max:]
         mask = np.zeros((self.n_way, self.k_max), bool)
         mask[:, : self.k_shot] = True
-        return Episode(classes=classes, support=support, query=query, support_mask=mask)
+        return Episode(classes=classes, support=support, query=query, support_mask=mask,
+                       class_index=np.searchsorted(self.classes, classes).astype(np.int32))
 
     def __iter__(self):
         index = 0
@@ -146,6 +148,7 @@ def episode_arrays(features, labels, episode):
         "support_mask": episode.support_mask,
         "query": features[episode.query.reshape(-1)].astype(np.float32),
         "query_labels": np.repeat(np.arange(n_way), n_query).astype(np.int32),
+        "class_index": episode.class_index,
     }
 
 
@@ -157,6 +160,7 @@ def episode_signature(sampler: EpisodeSampler, feature_dim, batch=None):
         "support_mask": tf.TensorSpec(lead + (n_way, k_max), tf.bool),
         "query": tf.TensorSpec(lead + (n_way * q, feature_dim), tf.float32),
         "query_labels": tf.TensorSpec(lead + (n_way * q,), tf.int32),
+        "class_index": tf.TensorSpec(lead + (n_way,), tf.int32),
     }
 
 

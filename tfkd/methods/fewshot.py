@@ -89,7 +89,8 @@ class EpisodicMethod(SavesSeedStates, keras.Model):
         lead = () if batch is None else (batch,)
         d = self.feature_dim
         self({"support": tf.zeros(lead + (2, 1, d)), "support_mask": tf.ones(lead + (2, 1), tf.bool),
-              "query": tf.zeros(lead + (2, d)), "query_labels": tf.zeros(lead + (2,), tf.int32)})
+              "query": tf.zeros(lead + (2, d)), "query_labels": tf.zeros(lead + (2,), tf.int32),
+              "class_index": tf.zeros(lead + (2,), tf.int32)})
         return self
 
     def train_step(self, episode):
@@ -162,14 +163,23 @@ class GeneratorAugmented(EpisodicMethod):
         if cfg.noise_dim < 0:
             raise ConfigError(f"noise_dim={cfg.noise_dim}: expected 0 (= feature dimension) or a positive size")
 
+    @property
+    def max_generated(self):
+        """Generated features per class in the static shape (a subclass may mask some out)."""
+        return self.num_generated
+
+    def generated_mask(self, real_count):
+        """(..., n_way) real shots per class -> (..., n_way, max_generated) which generated features count."""
+        return tf.ones(tf.concat([tf.shape(real_count), [self.max_generated]], 0), tf.bool)
+
     def generate(self, support, mask):
-        """(..., n_way, k_max, d) support, (..., n_way, k_max) mask -> (..., n_way, num_generated, d):
+        """(..., n_way, k_max, d) support, (..., n_way, k_max) mask -> (..., n_way, max_generated, d):
         G(x, z, q) with x drawn uniformly among each class's real (unmasked) shots, q the class mean."""
         maskf = tf.cast(mask, support.dtype)
         count = tf.reduce_sum(maskf, axis=-1, keepdims=True)  # real shots per class
         class_mean = tf.reduce_sum(support * maskf[..., None], axis=-2) / tf.maximum(count, 1.0)
         lead = tf.shape(support)[:-2]  # (..., n_way)
-        u = keras.random.uniform(tf.concat([lead, [self.num_generated]], 0), seed=self.pick_seed)
+        u = keras.random.uniform(tf.concat([lead, [self.max_generated]], 0), seed=self.pick_seed)
         pick = tf.cast(tf.minimum(tf.floor(u * count), count - 1), tf.int32)
         x = tf.gather(support, pick, batch_dims=len(support.shape) - 2)
         q = tf.broadcast_to(class_mean[..., None, :], tf.shape(x))
@@ -180,7 +190,7 @@ class GeneratorAugmented(EpisodicMethod):
     def support_set(self, episode, training):
         support, mask = episode["support"], episode["support_mask"]
         generated = self.generate(support, mask)
-        extra = tf.ones(tf.shape(generated)[:-1], tf.bool)
+        extra = self.generated_mask(tf.reduce_sum(tf.cast(mask, tf.int32), axis=-1))
         return tf.concat([support, generated], axis=-2), tf.concat([mask, extra], axis=-1)
 
     def get_config(self):

@@ -1,0 +1,322 @@
+"""Knowledge distillation into the feature generator (progressive-distillation paper, Sections 3-4).
+
+* ``dist``: a fixed many-shot teacher -- a cosine classifier over all base classes built from
+  S_teacher, ``k_teacher`` real examples per class drawn once with ``teacher_seed`` -- guides the
+  student (k_train real + generated examples) through Eq. 1:
+  L = CE(softmax(s), e_y) + gamma * T^2 * CE(softmax(s / T), softmax(t / T)), T learnable (init 7).
+  The teacher's logits are targets: no gradient reaches the teacher; the student's gradient flows
+  through the prototypes into G.
+* ``progressive``: the same, with k changing over meta-training on a ``log`` or ``linear``
+  schedule of the optimizer step:
+  - ``direction=weaken``: the student's real shots k_train go from ``k_start`` (e.g. 16) down to
+    ``k_end`` (1), and G fills each class up to ``fill_to`` examples (default k_start);
+  - ``direction=strengthen``: the teacher's shots k_teacher grow from k_train (``k_start``) to
+    ``k_end``; the teacher's prototypes are rebuilt from its first k_teacher examples every step
+    (the teacher "re-trained" on the enlarged S_teacher).
+  Shapes stay static: k_max examples are sampled and masked by the current k, held in
+  non-trainable variables (logged as metrics, so they reach TensorBoard and history.csv).
+
+The teacher has no embedding by default (Appendix A for miniImageNet), or a linear embedding
+pre-trained on S_teacher (``teacher_embedding_units``, ImageNet setting) before meta-training.
+"""
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfkd import losses
+from tfkd.distribute import replica_scale
+from tfkd.errors import ConfigError
+from tfkd.methods.fewshot import GeneratorAugmented
+from tfkd.registry import METHODS
+
+DIRECTIONS = ("weaken", "strengthen")
+SCHEDULES = ("log", "linear")
+
+
+def k_at(step, k_start, k_end, steps, schedule):
+    """The scheduled k after ``step`` of ``steps`` optimizer steps (an int; then held at k_end)."""
+    frac = min(max(step / steps, 0.0), 1.0) if steps > 0 else 1.0
+    if schedule == "log":
+        value = math.exp(math.log(k_start) + frac * (math.log(k_end) - math.log(k_start)))
+    else:
+        value = k_start + frac * (k_end - k_start)
+    return int(round(value))
+
+
+def k_at_tensor(step, k_start, k_end, steps, schedule):
+    """``k_at`` in TensorFlow ops (inside the traced train step)."""
+    frac = tf.clip_by_value(tf.cast(step, tf.float32) / float(max(steps, 1)), 0.0, 1.0)
+    if schedule == "log":
+        value = tf.exp(math.log(k_start) + frac * (math.log(k_end) - math.log(k_start)))
+    else:
+        value = k_start + frac * (k_end - k_start)
+    return tf.cast(tf.round(value), tf.int32)
+
+
+def teacher_support(features, labels, classes, k_teacher, seed):
+    """S_teacher: (C, k_t, d) features and (C,) counts, ``k_teacher`` examples per class of
+    ``classes`` (sorted) drawn with ``seed``; k_teacher = 0 takes every example of every class."""
+    rng = np.random.default_rng([seed, 1009])
+    by_class = [np.flatnonzero(labels == c) for c in classes]
+    width = max(len(i) for i in by_class) if k_teacher == 0 else k_teacher
+    support = np.zeros((len(classes), width, features.shape[1]), np.float32)
+    counts = np.zeros(len(classes), np.int32)
+    for i, idx in enumerate(by_class):
+        chosen = rng.permutation(idx)[:width]
+        support[i, : len(chosen)] = features[chosen]
+        counts[i] = len(chosen)
+    return support, counts
+
+
+@METHODS.register("dist")
+class Distill(GeneratorAugmented):
+    """Fixed many-shot teacher, Eq. 1."""
+
+    @classmethod
+    def default_config(cls):
+        cfg = super().default_config()
+        cfg.gamma = 5.0  # Eq. 1 trade-off (paper: 5 on miniImageNet, 150 on ImageNet1K)
+        cfg.temperature_init = 7.0  # learnable T
+        cfg.k_teacher = 0  # real examples per class in S_teacher; 0 = every example of the class
+        cfg.teacher_seed = 0  # which S_teacher sample (ensemble members use different ones)
+        cfg.teacher_scale = 0.0  # cosine scale of the teacher; 0 = scale_init
+        cfg.teacher_embedding_units = ()  # () = none; (d,) = a linear embedding pre-trained on S_teacher
+        cfg.teacher_pretrain_steps = 200
+        cfg.fill_to = 0  # >0: generate up to this many examples per class in total (at least num_generated)
+        cfg.ensemble_size = 1  # independent (teacher, student, generator) triples; prediction = mean probability
+        cfg.ensemble_member = -1  # -1 = train every member in turn; i = train member i only (parallel runs)
+        return cfg
+
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        if cfg.gamma < 0:
+            raise ConfigError(f"gamma={cfg.gamma}: expected a non-negative weight")
+        if not cfg.temperature_init > 0:
+            raise ConfigError(f"temperature_init={cfg.temperature_init}: expected a positive temperature")
+        if cfg.k_teacher < 0:
+            raise ConfigError(f"k_teacher={cfg.k_teacher}: expected 0 (all examples) or a positive count")
+        if cfg.ensemble_size < 1:
+            raise ConfigError(f"ensemble_size={cfg.ensemble_size}: expected at least 1 member")
+        if not -1 <= cfg.ensemble_member < cfg.ensemble_size:
+            raise ConfigError(f"ensemble_member={cfg.ensemble_member}: expected -1 (all) or 0..{cfg.ensemble_size - 1}")
+        if len(cfg.teacher_embedding_units) > 1:
+            raise ConfigError(f"teacher_embedding_units={tuple(cfg.teacher_embedding_units)}: expected () or one "
+                              f"width (a linear embedding, Appendix A)")
+
+    @classmethod
+    def sampler_shots(cls, cfg, fewshot_cfg):
+        """(k_shot, k_max) of the meta-training sampler."""
+        return fewshot_cfg.k_shot, max(fewshot_cfg.k_max, fewshot_cfg.k_shot)
+
+    def __init__(self, feature_dim, gamma=5.0, temperature_init=7.0, k_teacher=0, teacher_seed=0, teacher_scale=0.0,
+                 teacher_embedding_units=(), teacher_pretrain_steps=200, fill_to=0, ensemble_size=1,
+                 ensemble_member=-1, **kwargs):
+        super().__init__(feature_dim, **kwargs)
+        self.gamma, self.k_teacher_config, self.teacher_seed = float(gamma), int(k_teacher), int(teacher_seed)
+        self.teacher_scale = float(teacher_scale or self.classifier.scale_init)
+        self.fill_to, self.teacher_pretrain_steps = int(fill_to), int(teacher_pretrain_steps)
+        self.temperature = self.add_weight(shape=(), initializer=keras.initializers.Constant(temperature_init),
+                                           name="temperature")
+        self.teacher_embedding = [keras.layers.Dense(int(u), name="teacher_embedding")
+                                  for u in teacher_embedding_units]
+        for layer in self.teacher_embedding:
+            layer.build((None, self.feature_dim))
+            layer.trainable = False  # only the teacher pre-training changes it
+        self.k_train = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="k_train")
+        self.k_teacher = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False,
+                                         name="k_teacher")
+        self.teacher_accuracy = keras.metrics.SparseCategoricalAccuracy(name="teacher_accuracy")
+        self.hard_tracker = keras.metrics.Mean(name="ce")
+        self.soft_tracker = keras.metrics.Mean(name="kd")
+        self._teacher_support = None
+
+    @property
+    def metrics(self):
+        return super().metrics + [self.hard_tracker, self.soft_tracker, self.teacher_accuracy]
+
+    # ------------------------------------------------------------------ generation
+
+    @property
+    def max_generated(self):
+        return max(self.num_generated, self.fill_to - 1) if self.fill_to else self.num_generated
+
+    def generated_mask(self, real_count):
+        """Each class gets max(num_generated, fill_to - real shots) generated examples."""
+        want = tf.constant(self.num_generated, tf.int32)
+        if self.fill_to:
+            want = tf.maximum(want, self.fill_to - real_count)
+        return tf.range(self.max_generated) < tf.broadcast_to(want, tf.shape(real_count))[..., None]
+
+    # ------------------------------------------------------------------ teacher
+
+    def set_teacher(self, features, labels, classes):
+        """Builds S_teacher from base-class features (``classes`` sorted, as the sampler's)."""
+        support, counts = teacher_support(features, labels, np.asarray(classes), self.k_teacher_config,
+                                          self.teacher_seed)
+        self._teacher_support = (tf.constant(support), tf.constant(counts))
+        self.k_teacher.assign(support.shape[1])
+        return support.shape[1]
+
+    def teacher_embed(self, x):
+        for layer in self.teacher_embedding:
+            x = layer(x)
+        return x
+
+    def teacher_prototypes(self, k_teacher):
+        """(C, d') normalised prototypes of the first k_teacher examples of S_teacher per class."""
+        if self._teacher_support is None:
+            raise RuntimeError("call set_teacher(base features, labels, classes) before training")
+        support, counts = self._teacher_support
+        width = support.shape[1]
+        mask = tf.range(width)[None, :] < tf.minimum(counts, k_teacher)[:, None]
+        embedded = self.teacher_embed(support)
+        m = tf.cast(mask, embedded.dtype)[..., None]
+        protos = tf.reduce_sum(embedded * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1.0)
+        return tf.math.l2_normalize(protos, axis=-1)
+
+    def teacher_logits(self, query, class_index, k_teacher):
+        protos = tf.gather(self.teacher_prototypes(k_teacher), class_index)  # (..., n_way, d')
+        q = tf.math.l2_normalize(self.teacher_embed(query), axis=-1)
+        return tf.stop_gradient(self.teacher_scale * tf.einsum("...qd,...nd->...qn", q, protos))
+
+    def pretrain_teacher(self, steps=None, learning_rate=1e-3, batch_size=256, seed=0):
+        """Trains the teacher's linear embedding (if any) as a cosine classifier over all base
+        classes on S_teacher; afterwards it is frozen. Returns the last training accuracy."""
+        if not self.teacher_embedding:
+            return None
+        support, counts = (t.numpy() for t in self._teacher_support)
+        mask = np.arange(support.shape[1])[None, :] < counts[:, None]
+        x, y = support[mask], np.nonzero(mask)[0].astype(np.int32)
+        for layer in self.teacher_embedding:
+            layer.trainable = True
+        variables = [v for layer in self.teacher_embedding for v in layer.trainable_variables]
+        optimizer = keras.optimizers.Adam(learning_rate)
+        rng = np.random.default_rng([seed, 2027])
+
+        @tf.function
+        def step(xb, yb):
+            with tf.GradientTape() as tape:
+                logits = self.teacher_logits_all(xb)
+                loss = losses.cross_entropy(yb, logits)
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), yb), tf.float32))
+
+        accuracy = None
+        for _ in range(steps or self.teacher_pretrain_steps):
+            idx = rng.integers(len(y), size=min(batch_size, len(y)))
+            accuracy = float(step(tf.constant(x[idx]), tf.constant(y[idx])))
+        for layer in self.teacher_embedding:
+            layer.trainable = False  # frozen from here on: no student step can change it
+        return accuracy
+
+    def teacher_logits_all(self, x):
+        protos = self.teacher_prototypes(self.k_teacher)
+        q = tf.math.l2_normalize(self.teacher_embed(x), axis=-1)
+        return self.teacher_scale * tf.matmul(q, protos, transpose_b=True)
+
+    # ------------------------------------------------------------------ steps
+
+    def schedule(self):
+        """(k_train, k_teacher) for the current optimizer step: fixed for ``dist``."""
+        return None, self.k_teacher
+
+    def student_variables(self):
+        teacher = {id(v) for layer in self.teacher_embedding for v in layer.variables}
+        return [v for v in self.trainable_variables if id(v) not in teacher]
+
+    def train_step(self, episode):
+        k_train, k_teacher = self.schedule()
+        mask = episode["support_mask"]
+        if k_train is not None:
+            self.k_train.assign(k_train)
+            mask = tf.logical_and(mask, tf.range(mask.shape[-1]) < k_train)
+        else:
+            self.k_train.assign(tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), -1)))
+        self.k_teacher.assign(k_teacher)
+        labels = episode["query_labels"]
+        teacher = self.teacher_logits(episode["query"], episode["class_index"], k_teacher)
+        student_episode = dict(episode, support_mask=mask)
+        variables = self.student_variables()
+        with tf.GradientTape() as tape:
+            logits = self(student_episode, training=True)
+            total, hard, soft = losses.progressive_kd_loss(labels, logits, teacher, self.gamma, self.temperature)
+            scaled = replica_scale(total)
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        self.loss_tracker.update_state(total)
+        self.hard_tracker.update_state(hard)
+        self.soft_tracker.update_state(soft)
+        self.accuracy.update_state(labels, logits)
+        self.teacher_accuracy.update_state(labels, teacher)
+        logs = {m.name: m.result() for m in self.metrics}
+        logs.update(k_train=self.k_train, k_teacher=self.k_teacher, temperature=self.temperature)
+        return logs
+
+    def test_step(self, episode):
+        # Validation classes have no teacher: the student alone, as at test time.
+        logits = self(episode, training=False)
+        self.loss_tracker.update_state(losses.cross_entropy(episode["query_labels"], logits))
+        self.accuracy.update_state(episode["query_labels"], logits)
+        return {m.name: m.result() for m in (self.loss_tracker, self.accuracy)}
+
+
+@METHODS.register("progressive")
+class ProgressiveDistill(Distill):
+    """Dist with a k schedule: weaken the student or strengthen the teacher."""
+
+    @classmethod
+    def default_config(cls):
+        cfg = super().default_config()
+        cfg.direction = "weaken"  # weaken (student: k_start -> k_end real shots) | strengthen (teacher)
+        cfg.schedule = "log"  # log | linear
+        cfg.k_start = 16
+        cfg.k_end = 1
+        cfg.schedule_steps = 2000  # optimizer steps from k_start to k_end (then held)
+        cfg.save_at_k = (16, 8, 4, 2, 1)  # weaken: snapshot the model when k_train takes these values
+        return cfg
+
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        if cfg.direction not in DIRECTIONS:
+            raise ConfigError(f"direction={cfg.direction!r}: expected one of {DIRECTIONS}")
+        if cfg.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule={cfg.schedule!r}: expected one of {SCHEDULES}")
+        if cfg.k_start < 1 or cfg.k_end < 1:
+            raise ConfigError(f"k_start={cfg.k_start}, k_end={cfg.k_end}: expected positive shot counts")
+        if cfg.direction == "weaken" and cfg.k_end > cfg.k_start:
+            raise ConfigError(f"direction=weaken needs k_end <= k_start (the student loses real shots), got "
+                              f"k_start={cfg.k_start}, k_end={cfg.k_end}")
+        if cfg.direction == "strengthen" and cfg.k_end < cfg.k_start:
+            raise ConfigError(f"direction=strengthen needs k_end >= k_start (the teacher gains real shots), got "
+                              f"k_start={cfg.k_start}, k_end={cfg.k_end}")
+        if cfg.schedule_steps < 1:
+            raise ConfigError(f"schedule_steps={cfg.schedule_steps}: expected a positive number of steps")
+        if cfg.direction == "strengthen" and cfg.k_teacher and cfg.k_teacher < cfg.k_end:
+            raise ConfigError(f"direction=strengthen: k_teacher={cfg.k_teacher} must be 0 (all) or >= k_end={cfg.k_end}")
+
+    @classmethod
+    def sampler_shots(cls, cfg, fewshot_cfg):
+        if cfg.direction == "weaken":
+            return cfg.k_start, cfg.k_start
+        return super().sampler_shots(cfg, fewshot_cfg)
+
+    def __init__(self, feature_dim, direction="weaken", schedule="log", k_start=16, k_end=1, schedule_steps=2000,
+                 save_at_k=(16, 8, 4, 2, 1), **kwargs):
+        if direction == "weaken" and not kwargs.get("fill_to"):
+            kwargs["fill_to"] = k_start  # G fills in the examples the student lost
+        super().__init__(feature_dim, **kwargs)
+        self.direction, self.schedule_kind = direction, schedule
+        self.k_start, self.k_end, self.schedule_steps = int(k_start), int(k_end), int(schedule_steps)
+        self.save_at_k = tuple(int(k) for k in save_at_k)
+
+    def k_now(self, step):
+        return k_at(step, self.k_start, self.k_end, self.schedule_steps, self.schedule_kind)
+
+    def schedule(self):
+        k = k_at_tensor(self.optimizer.iterations, self.k_start, self.k_end, self.schedule_steps, self.schedule_kind)
+        if self.direction == "weaken":
+            return k, self.k_teacher
+        return None, k
