@@ -29,7 +29,17 @@ from absl import app, flags  # noqa: E402
 import common  # noqa: E402
 
 flags.DEFINE_string("dataset", "glyphs", "configs/<dataset>_fewshot_backbone.py and configs/<dataset>_fewshot.py.")
-flags.DEFINE_list("methods", ["cosine", "gen"], "Few-shot methods.")
+# Table-2 rows: name -> (method, extra --config flags).
+ROWS = {
+    "cosine": ("cosine", []),
+    "gen": ("gen", []),
+    "dist": ("dist", []),
+    "dist_up": ("progressive", ["progressive.direction=strengthen", "progressive.k_start=1", "progressive.k_end=20"]),
+    "dist_down": ("progressive", ["progressive.direction=weaken"]),
+    "dist_down_ensemble": ("progressive", ["progressive.direction=weaken", "progressive.ensemble_size=4",
+                                           "progressive.k_teacher=16"]),
+}
+flags.DEFINE_list("methods", list(ROWS), f"Rows of the table: {', '.join(ROWS)}.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Meta-training seeds (the backbone and the test episodes are shared).")
 flags.DEFINE_string("runs_dir", "/tmp/tfkd_fewshot", "Where the runs' workdirs go (not committed).")
 flags.DEFINE_integer("threads", 0, "TF intra/inter-op threads per run (0 = TensorFlow's default).")
@@ -119,6 +129,9 @@ def main(argv):
     fewshot_cfg_file = os.path.join(common.REPO, "configs", f"{dataset}_fewshot.py")
     bin_dir = os.path.join(common.REPO, "bin")
     backbone_dir, features_dir = os.path.join(root, "backbone"), os.path.join(root, "features")
+    previous = {}
+    if os.path.exists(os.path.join(common.RESULTS, f"{name}.json")):
+        previous = common.read_result(name)
     results = {"benchmark": "fewshot_table", "dataset": dataset, "seeds": [int(s) for s in FLAGS.seeds],
                "backbone_config": rel(backbone_cfg), "fewshot_config": rel(fewshot_cfg_file),
                "backbone_overrides": FLAGS.backbone_override, "overrides": FLAGS.override,
@@ -127,7 +140,8 @@ def main(argv):
     cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={backbone_cfg}", f"--workdir={backbone_dir}"]
     cmd += [f"--config.{o}" for o in FLAGS.backbone_override]
     seconds, pretty = run_command(cmd, os.path.join(backbone_dir, "metrics.json"), backbone_dir + ".log")
-    results["steps"]["backbone"] = {"command": pretty, "seconds": seconds}
+    reused = lambda step: previous.get("steps", {}).get(step, {}).get("seconds")  # noqa: E731
+    results["steps"]["backbone"] = {"command": pretty, "seconds": seconds or reused("backbone")}
     with open(os.path.join(backbone_dir, "metrics.json")) as f:
         bb = json.load(f)
     results["backbone"] = {"best_epoch": bb["best_epoch"], "select_metric": bb["select_metric"],
@@ -136,16 +150,18 @@ def main(argv):
     cmd = [sys.executable, os.path.join(bin_dir, "extract_features"), f"--workdir={backbone_dir}",
            f"--output={features_dir}"]
     seconds, pretty = run_command(cmd, os.path.join(features_dir, "features.json"), features_dir + ".log")
-    results["steps"]["features"] = {"command": pretty, "seconds": seconds}
+    results["steps"]["features"] = {"command": pretty, "seconds": seconds or reused("features")}
     common.write_result(name, results)
 
     per_episode = {}  # method -> protocol -> [per-seed accuracy lists]
     for seed in FLAGS.seeds:
         for method in FLAGS.methods:
             workdir = os.path.join(root, method, f"seed{seed}")
+            method_name, row_overrides = ROWS[method]
             cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={fewshot_cfg_file}",
-                   f"--method={method}", f"--seed={seed}", f"--workdir={workdir}",
-                   f"--config.fewshot.features_dir={features_dir}"] + [f"--config.{o}" for o in FLAGS.override]
+                   f"--method={method_name}", f"--seed={seed}", f"--workdir={workdir}",
+                   f"--config.fewshot.features_dir={features_dir}"]
+            cmd += [f"--config.{o}" for o in row_overrides + FLAGS.override]
             seconds, pretty = run_command(cmd, os.path.join(workdir, "metrics.json"), workdir + ".log")
             with open(os.path.join(workdir, "evaluation.json")) as f:
                 evaluation_results = json.load(f)
@@ -155,8 +171,12 @@ def main(argv):
                 revision = json.load(f)[0]["git_revision"]
             entry = results["methods"].setdefault(method, {"runs": []})
             entry["runs"] = [r for r in entry["runs"] if r["seed"] != int(seed)]
+            if seconds is None:  # finished earlier: keep the time measured then
+                seconds = next((r["seconds"] for r in previous.get("methods", {}).get(method, {}).get("runs", [])
+                                if r["seed"] == int(seed)), None)
             entry["runs"].append({"seed": int(seed), "command": pretty, "seconds": seconds,
-                                  "best_epoch": metrics["best_epoch"], "val_accuracy": metrics["val_accuracy"],
+                                  "best_epoch": metrics.get("best_epoch"), "val_accuracy": metrics.get("val_accuracy"),
+                                  "ensemble_members": metrics.get("members"),
                                   "test": metrics["test"], "git_revision": revision})
             entry["test"] = {p: summarize([r["test"][p] for r in entry["runs"]]) for p in metrics["test"]}
             entry["ci95_first_seed"] = {p: r["ci95"] for p, r in evaluation_results.items() if "ci95" in r}

@@ -147,7 +147,10 @@ def generator_lr_table():
 
 FEWSHOT_LABELS = {"pixels_1nn": "1-NN on raw pixels (floor)",
                   "features_prototypes": "backbone features, cosine prototypes, nothing meta-trained",
-                  "cosine": "`cosine` (meta-trained f and scale)", "gen": "`gen` (+ G(x, z, q))"}
+                  "cosine": "`cosine`", "gen": "`gen` (+ G(x, z, q))", "dist": "`dist` (fixed many-shot teacher)",
+                  "dist_up": "Dist↑ `progressive`, strengthen the teacher",
+                  "dist_down": "Dist↓ `progressive`, weaken the student",
+                  "dist_down_ensemble": "Dist↓ ensemble of 4"}
 
 
 def fewshot_table(dataset):
