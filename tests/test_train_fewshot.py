@@ -175,3 +175,96 @@ def test_evaluate_rejects_features_of_another_dimension(gen_run, tmp_path):
         evaluate_runs([workdir], features_dir=str(other))
     with pytest.raises(WorkdirError, match="not a tfkd run"):
         evaluate_runs([str(tmp_path)])
+
+
+def _requests(features_dir):
+    from tfkd.export import fewshot_check_requests
+    from tfkd.train_fewshot import FeatureSplits
+
+    novel_f, novel_l = FeatureSplits(features_dir)["novel"]
+    return fewshot_check_requests(novel_f, novel_l, shots=(1, 5), n_way=5) + \
+        fewshot_check_requests(novel_f, novel_l, shots=(2,), n_way=3, seed=1)
+
+
+def test_export_serves_any_way_and_shot_and_reloads_identically(gen_run, pixel_features, tmp_path):
+    import tensorflow as tf
+
+    from tfkd import export
+
+    workdir, metrics = gen_run
+    assert os.path.exists(os.path.join(workdir, "export", "saved_model.pb"))  # written by the run
+    path, module = export.export_fewshot_predictor(workdir, str(tmp_path / "export"))
+    requests = _requests(pixel_features)
+    assert export.check_fewshot_export(module, path, requests) <= 1e-5  # fresh process, same outputs
+    correct = []
+    for support, labels, query in requests:
+        probs = module.serve(tf.constant(support), tf.constant(labels), tf.constant(query))["probabilities"].numpy()
+        n_way = labels.max() + 1
+        assert probs.shape == (len(query), n_way) and np.allclose(probs.sum(1), 1, atol=1e-5)
+        correct.append(np.mean(probs.argmax(1) == np.repeat(np.arange(n_way), len(query) // n_way)))
+    assert np.mean(correct) > 0.5  # novel classes, 3- and 5-way
+    again = module.serve(*(tf.constant(x) for x in requests[0]))["probabilities"].numpy()
+    first = module.serve(*(tf.constant(x) for x in requests[0]))["probabilities"].numpy()
+    np.testing.assert_array_equal(again, first)  # stateless noise: same request, same answer
+    support, labels, query = requests[0]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="every class 0..C-1 needs at least one"):
+        module.serve(tf.constant(support), tf.constant(labels * 2), tf.constant(query))
+    with pytest.raises(Exception, match="query_features"):
+        module.serve(tf.constant(support), tf.constant(labels), tf.constant(query[:, :10]))
+
+
+def progressive_config(features_dir, **overrides):
+    c = fewshot_config(features_dir, method="progressive", epochs=2)
+    c.fewshot.n_query = 4
+    c.progressive.direction = "weaken"
+    c.progressive.k_start = 8
+    c.progressive.k_end = 1
+    c.progressive.schedule_steps = 25  # of 40 steps
+    c.progressive.save_at_k = (8, 4, 2, 1)
+    c.progressive.gamma = 1.0
+    for k, v in overrides.items():
+        c.progressive[k] = v
+    return c
+
+
+def test_progressive_weaken_saves_k_snapshots_and_tests_each_shot_with_its_own(pixel_features, tmp_path):
+    import csv
+
+    from tfkd import export
+    from tfkd.train_fewshot import snapshot_for_shot
+
+    workdir = str(tmp_path / "down")
+    metrics = train.run(progressive_config(pixel_features), workdir)
+    assert metrics["snapshots"] == ["k_001", "k_002", "k_004", "k_008"]
+    with open(os.path.join(workdir, "snapshots", "k_004", "state.json")) as f:
+        assert json.load(f)["k_train"] <= 4
+    assert snapshot_for_shot(workdir, 5).endswith("k_004") and snapshot_for_shot(workdir, 1).endswith("k_001")
+    with open(os.path.join(workdir, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["k_train"]) == 1 and float(rows[0]["k_train"]) > 1  # logged per epoch
+    assert metrics["test"]["5way_1shot"] > 0.35
+    _, module = export.export_fewshot_predictor(workdir, str(tmp_path / "export"))
+    assert list(module.thresholds) == [1, 2, 4, 8]
+
+
+def test_ensemble_trains_members_with_different_teachers_and_averages_them(pixel_features, tmp_path):
+    from tfkd.train_fewshot import evaluate_runs
+
+    workdir = str(tmp_path / "ensemble")
+    config = fewshot_config(pixel_features, method="dist", epochs=1)
+    config.dist.ensemble_size = 2
+    config.dist.k_teacher = 30
+    # A member trained on its own first (as a parallel worker would), then the rest and the ensemble.
+    one = fewshot_config(pixel_features, method="dist", epochs=1)
+    one.dist.ensemble_size, one.dist.ensemble_member, one.dist.k_teacher = 2, 1, 30
+    train.run(one, workdir)
+    assert os.path.exists(os.path.join(workdir, "members", "member_1", "metrics.json"))
+    assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+    metrics = train.run(config, workdir)
+    assert metrics["ensemble_size"] == 2 and [m["seed"] for m in metrics["members"]] == [0, 1]
+    with open(os.path.join(workdir, "members", "member_1", "config.json")) as f:
+        assert json.load(f)["dist"]["teacher_seed"] == 1  # a different S_teacher sample
+    payload = evaluate_runs([workdir, os.path.join(workdir, "members", "member_0")],
+                            {"test_episodes": 30, "test_shots": (1,), "all_way_shots": ()})
+    assert len(payload["runs"]) == 2
+    assert os.path.exists(os.path.join(workdir, "export", "saved_model.pb"))

@@ -143,3 +143,167 @@ def check_export(network, path, num_images=8, seed=0, atol=1e-5):
     if not diff <= atol:
         raise RuntimeError(f"export {path} disagrees with the checkpoint: max |diff| = {diff:.3g} > {atol}")
     return diff
+
+
+# ---------------------------------------------------------------------- few-shot predictors
+
+
+def pad_by_label(support_features, support_labels):
+    """(n, d) features and (n,) labels in 0..C-1 -> (C, k_max, d) support and (C, k_max) mask, the
+    static-shape layout the few-shot methods use (k_max = the largest class's count)."""
+    labels = tf.cast(support_labels, tf.int32)
+    num_classes = tf.reduce_max(labels) + 1
+    one_hot = tf.one_hot(labels, num_classes, dtype=tf.int32)
+    position = tf.reduce_sum(tf.cumsum(one_hot, axis=0) * one_hot, axis=1) - 1  # rank within its class
+    counts = tf.reduce_sum(one_hot, axis=0)
+    k_max = tf.reduce_max(counts)
+    indices = tf.stack([labels, position], axis=1)
+    d = tf.shape(support_features)[1]
+    support = tf.scatter_nd(indices, support_features, tf.stack([num_classes, k_max, d]))
+    mask = tf.scatter_nd(indices, tf.ones_like(labels, tf.bool), tf.stack([num_classes, k_max]))
+    return support, mask, counts
+
+
+class FewShotPredictorModule(tf.Module):
+    """``serving_default``: (support_features [n, d] float32, support_labels [n] int32 in 0..C-1,
+    query_features [m, d] float32) -> probabilities [m, C], for any number of classes and shots.
+
+    ``variants`` = [(k_threshold, [members])]: progressive runs keep one variant per snapshot, and
+    a request uses the variant with the largest threshold <= its smallest class's shot count (the
+    paper tests k shots with the model saved when k_train took that value). Members of an ensemble
+    are averaged in probability. Generators draw stateless noise from a fixed seed, so the same
+    request always gets the same answer.
+    """
+
+    def __init__(self, variants, feature_dim):
+        super().__init__(name="tfkd_fewshot_predictor")
+        self.thresholds = [int(k) for k, _ in variants]
+        members = [m for _, ms in variants for m in ms]
+        # Only what prediction needs is tracked (no optimizer, no teacher support).
+        self.prediction_variables = [v for m in members for v in m.variables]
+        for i, m in enumerate(members):
+            if hasattr(m, "serving_seed"):
+                m.serving_seed = tf.constant([int(getattr(m.generator, "seed", 0)), i], tf.int32)
+        d = int(feature_dim)
+        specs = [tf.TensorSpec((None, d), tf.float32, name="support_features"),
+                 tf.TensorSpec((None,), tf.int32, name="support_labels"),
+                 tf.TensorSpec((None, d), tf.float32, name="query_features")]
+
+        def predict(support_features, support_labels, query_features):
+            checks = [
+                tf.debugging.assert_equal(tf.shape(support_features)[0], tf.shape(support_labels)[0],
+                                          message="support_features and support_labels must have the same length"),
+                tf.debugging.assert_greater(tf.size(support_labels), 0, message="the support set is empty"),
+                tf.debugging.assert_non_negative(support_labels, message="support_labels must be in 0..C-1"),
+                tf.debugging.assert_equal(tf.shape(support_features)[1], d,
+                                          message=f"support_features must have {d} columns"),
+                tf.debugging.assert_equal(tf.shape(query_features)[1], d,
+                                          message=f"query_features must have {d} columns"),
+            ]
+            with tf.control_dependencies(checks):
+                support, mask, counts = pad_by_label(tf.identity(support_features), support_labels)
+            with tf.control_dependencies([tf.debugging.assert_positive(
+                    counts, message="every class 0..C-1 needs at least one support example")]):
+                episode = {"support": support[None], "support_mask": mask[None], "query": query_features[None]}
+                shots = tf.reduce_min(counts)
+
+                def variant(ms):
+                    return lambda: tf.reduce_mean(
+                        tf.stack([tf.nn.softmax(tf.cast(m(episode, training=False)[0], tf.float32)) for m in ms]), 0)
+
+                branches = [variant(ms) for _, ms in variants]
+                usable = tf.constant(self.thresholds) <= shots
+                chosen = tf.reduce_max(tf.where(usable, tf.range(len(branches)), 0))
+                probabilities = tf.switch_case(chosen, branches) if len(branches) > 1 else branches[0]()
+            return {"probabilities": probabilities}
+
+        self.serve = tf.function(predict, input_signature=specs)
+
+
+def export_fewshot_predictor(workdir, path, metadata=None):
+    """SavedModel few-shot predictor of a finished few-shot run or ensemble (see FewShotPredictorModule)."""
+    from tfkd import train as train_lib
+    from tfkd.train_fewshot import SNAPSHOTS, restore_fewshot_method
+
+    with open(os.path.join(workdir, "network.json")) as f:
+        network = json.load(f)
+    member_dirs = [os.path.join(workdir, m) for m in network.get("ensemble_members", [])] or [workdir]
+    snapshot_root = os.path.join(member_dirs[0], SNAPSHOTS)
+    snapshots = sorted(os.listdir(snapshot_root)) if os.path.isdir(snapshot_root) else []
+    variants, config = [], None
+    sources = [(int(s[2:]), lambda d, s=s: os.path.join(d, SNAPSHOTS, s)) for s in snapshots]
+    if not sources or sources[0][0] > 1:
+        sources.insert(0, (0, lambda d: os.path.join(d, train_lib.CHECKPOINTS, "best")))
+    for threshold, folder in sources:
+        members = []
+        for d in member_dirs:
+            method, config = restore_fewshot_method(d)
+            method.load_weights(os.path.join(folder(d), train_lib.WEIGHTS))
+            members.append(method)
+        variants.append((threshold, members))
+    module = FewShotPredictorModule(variants, network["feature_dim"])
+    with io.atomic_directory(path) as tmp:
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        meta = dict(metadata or {})
+        meta.update({"task": "fewshot", "method": network["method"], "feature_dim": network["feature_dim"],
+                     "ensemble_members": len(member_dirs), "variants_by_min_shots": module.thresholds,
+                     "signatures": ["serving_default"], "git_revision": io.git_revision(),
+                     "inputs": "support_features [n, d] float32, support_labels [n] int32 in 0..C-1, "
+                               "query_features [m, d] float32", "outputs": "probabilities [m, C]"})
+        io.write_json_atomic(os.path.join(tmp, METADATA_FILE), meta)
+    return path, module
+
+
+FEWSHOT_CHECK_SCRIPT = r"""
+import sys
+import numpy as np, tensorflow as tf
+path, data = sys.argv[1], sys.argv[2]
+arrays = np.load(data)
+loaded = tf.saved_model.load(path)
+out = loaded.signatures["serving_default"](support_features=tf.constant(arrays["s"]),
+                                           support_labels=tf.constant(arrays["l"]),
+                                           query_features=tf.constant(arrays["q"]))
+np.save(data + ".out.npy", out["probabilities"].numpy())
+"""
+
+
+def check_fewshot_export(module, path, requests, atol=1e-5):
+    """Each request (support, labels, query) answered by the in-memory module and by the export
+    reloaded in a fresh process; returns the max |difference| (raises above ``atol``)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import numpy as np
+
+    worst = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (s, l, q) in enumerate(requests):
+            expected = module.serve(tf.constant(s, tf.float32), tf.constant(l, tf.int32),
+                                    tf.constant(q, tf.float32))["probabilities"].numpy()
+            data = os.path.join(tmp, f"request{i}.npz")
+            np.savez(data, s=np.asarray(s, np.float32), l=np.asarray(l, np.int32), q=np.asarray(q, np.float32))
+            proc = subprocess.run([sys.executable, "-c", FEWSHOT_CHECK_SCRIPT, path, data], capture_output=True,
+                                  text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+            if proc.returncode != 0:
+                raise RuntimeError(f"reloading {path} in a fresh process failed:\n{proc.stderr[-2000:]}")
+            worst = max(worst, float(np.max(np.abs(np.load(data + ".out.npy") - expected))))
+    if not worst <= atol:
+        raise RuntimeError(f"export {path} disagrees with the checkpoint: max |diff| = {worst:.3g} > {atol}")
+    return worst
+
+
+def fewshot_check_requests(features, labels, shots=(1, 5), n_way=5, n_query=3, seed=0):
+    """Requests (support, labels, query) drawn from real features, one per shot count."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    counts = {c: int((labels == c).sum()) for c in np.unique(labels)}
+    requests = []
+    for k in shots:
+        classes = rng.choice([c for c, n in counts.items() if n >= k + n_query], n_way, replace=False)
+        picked = [rng.choice(np.flatnonzero(labels == c), k + n_query, replace=False) for c in classes]
+        support = np.concatenate([p[:k] for p in picked])
+        query = np.concatenate([p[k:] for p in picked])
+        requests.append((features[support], np.repeat(np.arange(n_way), k).astype(np.int32), features[query]))
+    return requests

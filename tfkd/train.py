@@ -68,8 +68,9 @@ def config_json(config):
 # ---------------------------------------------------------------------- workdir
 
 
-def prepare_workdir(workdir, config, overwrite=False):
-    """Returns True when resuming. Never silently overwrites a finished or different run."""
+def prepare_workdir(workdir, config, overwrite=False, may_contain=()):
+    """Returns True when resuming. Never silently overwrites a finished or different run.
+    ``may_contain``: entries a new run's folder may already hold (an ensemble's members/)."""
     cfg_path = os.path.join(workdir, "config.json")
     if os.path.exists(os.path.join(workdir, "metrics.json")) and not overwrite:
         raise WorkdirError(f"--workdir={workdir} holds a finished run (metrics.json); "
@@ -85,7 +86,7 @@ def prepare_workdir(workdir, config, overwrite=False):
             raise WorkdirError(f"--workdir={workdir} was started with a different config "
                                f"({'; '.join(diffs[:5])}); use a new --workdir, or --overwrite to discard it")
         return True
-    if os.path.isdir(workdir) and os.listdir(workdir):
+    if os.path.isdir(workdir) and set(os.listdir(workdir)) - set(may_contain):
         raise WorkdirError(f"--workdir={workdir} exists, is not empty and holds no tfkd run (config.json)")
     return False
 

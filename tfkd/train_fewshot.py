@@ -199,7 +199,7 @@ def run_ensemble(config, workdir, *, strategy="default", overwrite=False):
     if only >= 0:
         return run_single(member_config(config, only), members[only], strategy=strategy, overwrite=overwrite)
     parent = train_lib.resolve(config)
-    resuming = train_lib.prepare_workdir(workdir, parent, overwrite)
+    resuming = train_lib.prepare_workdir(workdir, parent, overwrite, may_contain=("members",))
     feats = FeatureSplits(parent.fewshot.features_dir)
     if is_chief():
         os.makedirs(workdir, exist_ok=True)
@@ -229,6 +229,7 @@ def run_ensemble(config, workdir, *, strategy="default", overwrite=False):
                "test": evaluation.summary_values(results)}
     if is_chief():
         io.write_json_atomic(os.path.join(workdir, "evaluation.json"), results)
+        export_predictor(parent, workdir)
         io.write_json_atomic(os.path.join(workdir, "metrics.json"), metrics)
     print_results(f"{config.method} ensemble of {size}", results)
     return metrics
@@ -249,17 +250,20 @@ def ensemble_predictor_for_shot(member_dirs):
         predictors = [m(k) for m in members]
 
         def predict(support, mask, query):
-            probs = np.mean([tf_softmax(np.asarray(p(support, mask, query))) for p in predictors], axis=0)
-            return np.log(np.maximum(probs, 1e-30))
+            return average_probabilities([np.asarray(p(support, mask, query)) for p in predictors])
         return predict
 
     return predictor_for_shot
 
 
-def tf_softmax(logits):
-    z = logits - logits.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
+def average_probabilities(member_logits):
+    """log of the mean of the members' softmax probabilities (the ensemble's scores)."""
+    probs = []
+    for logits in member_logits:
+        z = logits - logits.max(-1, keepdims=True)
+        e = np.exp(z)
+        probs.append(e / e.sum(-1, keepdims=True))
+    return np.log(np.maximum(np.mean(probs, axis=0), 1e-30))
 
 
 def run_single(config, workdir, *, strategy="default", overwrite=False):
@@ -356,10 +360,27 @@ def run_single(config, workdir, *, strategy="default", overwrite=False):
     }
     if chief:
         io.write_json_atomic(os.path.join(workdir, "evaluation.json"), results)
+        export_predictor(config, workdir)
         io.write_json_atomic(os.path.join(workdir, "metrics.json"), metrics)  # last: marks the run finished
     print_results(f"{config.method} few-shot (best epoch {best_state['best_epoch']} by validation-class episode "
                   f"accuracy {best_state['best_value']:.4f})", results)
     return metrics
+
+
+def export_predictor(config, workdir):
+    """WORKDIR/export: the few-shot predictor SavedModel (config.export.enabled)."""
+    if not config.export.enabled:
+        return
+    from tfkd import export
+
+    export.export_fewshot_predictor(workdir, os.path.join(workdir, "export"),
+                                    {"config": train_config_json(config)})
+
+
+def train_config_json(config):
+    from tfkd import train as train_lib
+
+    return train_lib.config_json(config)
 
 
 def print_results(title, results):

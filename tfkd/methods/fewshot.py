@@ -152,6 +152,9 @@ class GeneratorAugmented(EpisodicMethod):
         self.num_generated = int(num_generated)
         self.generator = FeatureGenerator(feature_dim, generator_hidden, noise_dim, seed=seed, name="generator")
         self.pick_seed = keras.random.SeedGenerator(seed + 1, name="pick_seed")
+        # Set (a (2,) int tensor) by the few-shot SavedModel: stateless noise, so the same request
+        # always gets the same answer and no RNG state lives in the served graph.
+        self.serving_seed = None
 
     @classmethod
     def check_config(cls, cfg):
@@ -179,12 +182,20 @@ class GeneratorAugmented(EpisodicMethod):
         count = tf.reduce_sum(maskf, axis=-1, keepdims=True)  # real shots per class
         class_mean = tf.reduce_sum(support * maskf[..., None], axis=-2) / tf.maximum(count, 1.0)
         lead = tf.shape(support)[:-2]  # (..., n_way)
-        u = keras.random.uniform(tf.concat([lead, [self.max_generated]], 0), seed=self.pick_seed)
+        pick_shape = tf.concat([lead, [self.max_generated]], 0)
+        if self.serving_seed is None:
+            u = keras.random.uniform(pick_shape, seed=self.pick_seed)
+        else:
+            u = tf.random.stateless_uniform(pick_shape, seed=self.serving_seed)
         pick = tf.cast(tf.minimum(tf.floor(u * count), count - 1), tf.int32)
         x = tf.gather(support, pick, batch_dims=len(support.shape) - 2)
         q = tf.broadcast_to(class_mean[..., None, :], tf.shape(x))
         d = support.shape[-1]
-        generated = self.generator((tf.reshape(x, (-1, d)), tf.reshape(q, (-1, d))))
+        noise = None
+        if self.serving_seed is not None:
+            noise = tf.random.stateless_normal(tf.stack([tf.reduce_prod(pick_shape), self.generator.noise_dim]),
+                                               seed=self.serving_seed + 1, dtype=support.dtype)
+        generated = self.generator((tf.reshape(x, (-1, d)), tf.reshape(q, (-1, d))), noise=noise)
         return tf.reshape(generated, tf.shape(x))
 
     def support_set(self, episode, training):

@@ -1,0 +1,164 @@
+"""Progressive distillation: Eq. 1, k schedules, teacher/student separation, gradients into G,
+ensemble averaging, snapshots, bad configs."""
+import math
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfkd import losses
+from tfkd.errors import ConfigError
+from tfkd.methods.base import resolve_method_config
+from tfkd.methods.distill import Distill, ProgressiveDistill, k_at, k_at_tensor, teacher_support
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_eq1_matches_hand_computation_including_t_squared():
+    s = np.array([[2.0, -1.0, 0.5], [0.1, 0.3, -0.2]], np.float32)
+    t = np.array([[1.0, 0.0, 3.0], [-2.0, 1.0, 0.0]], np.float32)
+    y = np.array([0, 1])
+    gamma, temp = 5.0, 7.0
+    hard = -np.mean(np.log(_softmax(s)[np.arange(2), y]))
+    soft = -np.mean((_softmax(t / temp) * np.log(_softmax(s / temp))).sum(-1))
+    total, h, k = losses.progressive_kd_loss(y, s, t, gamma, temp)
+    assert float(h) == pytest.approx(hard, rel=1e-5)
+    assert float(k) == pytest.approx(temp ** 2 * soft, rel=1e-5)
+    assert float(total) == pytest.approx(hard + gamma * temp ** 2 * soft, rel=1e-5)
+
+
+def test_eq1_teacher_gets_no_gradient_temperature_does():
+    s = tf.Variable([[2.0, -1.0, 0.5]])
+    t = tf.Variable([[1.0, 0.0, 3.0]])
+    temp = tf.Variable(7.0)
+    with tf.GradientTape() as tape:
+        total, _, _ = losses.progressive_kd_loss([0], s, t, 5.0, temp)
+    gs, gt, gT = tape.gradient(total, [s, t, temp])
+    assert gt is None and gs is not None and abs(float(gT)) > 0
+
+
+@pytest.mark.parametrize("schedule", ["log", "linear"])
+def test_schedule_endpoints_monotone_and_tensor_version(schedule):
+    values = [k_at(step, 128, 1, 6000, schedule) for step in range(0, 6001, 10)]
+    assert values[0] == 128 and values[-1] == 1
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert k_at(9000, 128, 1, 6000, schedule) == 1  # held after the schedule
+    for step in (0, 1234, 3000, 5999, 7000):
+        assert int(k_at_tensor(tf.constant(step), 128, 1, 6000, schedule)) == k_at(step, 128, 1, 6000, schedule)
+    up = [k_at(step, 1, 20, 100, schedule) for step in range(101)]
+    assert up[0] == 1 and up[-1] == 20 and up == sorted(up)
+
+
+def test_log_schedule_128_to_1_takes_every_snapshot_value():
+    taken = {k_at(step, 128, 1, 6000, "log") for step in range(6001)}
+    assert {16, 8, 4, 2, 1} <= taken
+    # Log: half of the steps are spent below sqrt(128) ~ 11; linear spends them above 64.
+    assert k_at(3000, 128, 1, 6000, "log") == round(math.sqrt(128))
+    assert k_at(3000, 128, 1, 6000, "linear") == round(64.5)
+
+
+def test_teacher_support_counts_and_all_examples():
+    labels = np.repeat([3, 5, 9], [4, 7, 2])
+    features = np.arange(13, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+    support, counts = teacher_support(features, labels, [3, 5, 9], 0, seed=0)
+    assert support.shape == (3, 7, 2) and counts.tolist() == [4, 7, 2]
+    support, counts = teacher_support(features, labels, [3, 5, 9], 3, seed=0)
+    assert counts.tolist() == [3, 3, 2]
+    assert set(support[1, :, 0].tolist()) <= set(range(4, 11))  # class 5's own examples
+
+
+def _episode(rng, n_way=3, k_max=4, d=6, q=2, k=2, batch=2):
+    mask = np.zeros((batch, n_way, k_max), bool)
+    mask[..., :k] = True
+    return {"support": tf.constant(rng.normal(size=(batch, n_way, k_max, d)), tf.float32),
+            "support_mask": tf.constant(mask),
+            "query": tf.constant(rng.normal(size=(batch, n_way * q, d)), tf.float32),
+            "query_labels": tf.constant(np.tile(np.repeat(np.arange(n_way), q), (batch, 1)), tf.int32),
+            "class_index": tf.constant(np.stack([rng.permutation(5)[:n_way] for _ in range(batch)]), tf.int32)}
+
+
+def _method(cls=Distill, **kw):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    method = cls(6, generator_hidden=(8,), embedding_units=(), scale_init=10.0, teacher_embedding_units=(6,),
+                 teacher_pretrain_steps=5, k_teacher=3, **kw)
+    method.build_from_dim(batch=2)
+    method.compile(optimizer=keras.optimizers.Adam(1e-2))
+    labels = np.repeat(np.arange(5), 6)
+    method.set_teacher(rng.normal(size=(30, 6)).astype(np.float32), labels, np.arange(5))
+    method.pretrain_teacher()
+    return method, rng
+
+
+def test_student_step_leaves_teacher_unchanged_and_trains_generator_and_temperature():
+    method, rng = _method()
+    teacher = [v.numpy().copy() for layer in method.teacher_embedding for v in layer.variables]
+    protos = method.teacher_prototypes(method.k_teacher).numpy()
+    generator = [v.numpy().copy() for v in method.generator.trainable_variables]
+    temperature = float(method.temperature.numpy())
+    for _ in range(3):
+        logs = method.train_step(_episode(rng))
+    after = [v.numpy() for layer in method.teacher_embedding for v in layer.variables]
+    assert all(np.array_equal(a, b) for a, b in zip(teacher, after))
+    np.testing.assert_array_equal(method.teacher_prototypes(method.k_teacher).numpy(), protos)
+    assert any(not np.allclose(a, b.numpy()) for a, b in zip(generator, method.generator.trainable_variables))
+    assert float(method.temperature.numpy()) != temperature
+    assert float(logs["kd"]) > 0 and int(logs["k_teacher"]) == 3
+
+
+def test_weaken_masks_real_shots_and_fills_with_generated():
+    method, rng = _method(ProgressiveDistill, direction="weaken", k_start=4, k_end=1, schedule_steps=2)
+    assert method.fill_to == 4 and method.max_generated == 4  # max(num_generated=4, fill_to - 1 = 3)
+    mask = method.generated_mask(tf.constant([1, 3, 4]))
+    assert mask.numpy().sum(-1).tolist() == [4, 4, 4]  # at least num_generated
+    small = ProgressiveDistill(6, direction="weaken", k_start=8, k_end=1, num_generated=1, generator_hidden=(8,))
+    assert small.generated_mask(tf.constant([1, 5, 8])).numpy().sum(-1).tolist() == [7, 3, 1]
+    ks = []
+    for _ in range(4):
+        ks.append(int(method.train_step(_episode(rng, k=4))["k_train"]))
+    assert ks[0] == 4 and ks[-1] == 1 and ks == sorted(ks, reverse=True)
+
+
+def test_strengthen_grows_teacher_shots():
+    method, rng = _method(ProgressiveDistill, direction="strengthen", k_start=1, k_end=3, schedule_steps=2)
+    ks = [int(method.train_step(_episode(rng))["k_teacher"]) for _ in range(4)]
+    assert ks[0] == 1 and ks[-1] == 3 and ks == sorted(ks)
+
+
+def test_ensemble_averages_member_probabilities():
+    from tfkd.train_fewshot import average_probabilities
+
+    a = np.array([[2.0, 0.0, -1.0]])
+    b = np.array([[-1.0, 3.0, 0.0]])
+    expected = (_softmax(a) + _softmax(b)) / 2
+    np.testing.assert_allclose(np.exp(average_probabilities([a, b])), expected, rtol=1e-6)
+
+
+def test_snapshot_for_shot_picks_largest_saved_k_not_above(tmp_path):
+    from tfkd.train_fewshot import snapshot_for_shot
+
+    for k in (16, 8, 4, 2, 1):
+        (tmp_path / "snapshots" / f"k_{k:03d}").mkdir(parents=True)
+        (tmp_path / "snapshots" / f"k_{k:03d}" / "model.weights.h5").write_bytes(b"x")
+    pick = lambda k: snapshot_for_shot(str(tmp_path), k)  # noqa: E731
+    assert pick(1).endswith("k_001") and pick(5).endswith("k_004") and pick(20).endswith("k_016")
+    assert pick(10).endswith("k_008") and snapshot_for_shot(str(tmp_path / "none"), 5) is None
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"direction": "weaken", "k_start": 2, "k_end": 8}, "weaken needs k_end <= k_start"),
+    ({"direction": "sideways"}, "direction='sideways': expected one of"),
+    ({"schedule": "cubic"}, "schedule='cubic'"),
+    ({"ensemble_size": 0}, "ensemble_size=0: expected at least 1"),
+    ({"direction": "strengthen", "k_start": 8, "k_end": 2}, "strengthen needs k_end >= k_start"),
+    ({"gamma": -1.0}, "gamma=-1.0"),
+])
+def test_bad_progressive_configs_name_the_field(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve_method_config(ProgressiveDistill, ml_collections.ConfigDict(overrides), "progressive")
