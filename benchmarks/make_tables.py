@@ -153,8 +153,8 @@ FEWSHOT_LABELS = {"pixels_1nn": "1-NN on raw pixels (floor)",
                   "dist_down_ensemble": "Dist↓ ensemble of 4"}
 
 
-def fewshot_table(dataset):
-    r = load(f"fewshot_table_{dataset}")
+def fewshot_table(dataset, name=None):
+    r = load(name or f"fewshot_table_{dataset}")
     if r is None:
         return f"_Not measured yet: run `python benchmarks/fewshot_table.py --dataset={dataset}`._"
     some = next(iter(r["methods"].values()))["test"]
@@ -202,6 +202,7 @@ def fewshot_table(dataset):
 
 TABLES = {"fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
+          "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "step_cost": step_cost_table, "generator_lr": generator_lr_table}
 
 

@@ -65,3 +65,45 @@ def test_extract_writes_every_split_and_refuses_overwrite(glyphs_base_run, tmp_p
     assert len(meta["class_groups"]) == 761 and meta["class_groups"][0] == "Latin"
     with pytest.raises(WorkdirError, match="overwrite"):
         extract_features(workdir, out, verbose=0)
+
+
+def test_fewshot_export_has_an_image_signature_matching_the_feature_path(glyphs_base_run, tmp_path):
+    """Backbone -> features -> a few-shot run -> export: images in, same probabilities as features in."""
+    import tensorflow as tf
+
+    from tests.test_train_fewshot import fewshot_config
+    from tfkd import export
+    from tfkd.data import load_dataset
+    from tfkd.extract import extract_features
+
+    workdir, _ = glyphs_base_run
+    features_dir = str(tmp_path / "features")
+    extract_features(workdir, features_dir, verbose=0)
+    config = fewshot_config(features_dir, method="gen", epochs=1)
+    config.fewshot.n_query = 4
+    config.fewshot.test_episodes = 20
+    config.fewshot.all_way_shots = ()
+    config.fewshot.within_group_way = 0
+    run_dir = str(tmp_path / "gen")
+    train.run(config, run_dir)
+    path, module = export.export_fewshot_predictor(run_dir, str(tmp_path / "export"))
+    assert module.images is not None and export.load_metadata(path)["backbone_workdir"] == workdir
+    feats, labels = read_features(os.path.join(features_dir, "novel.h5"))
+    # The images behind novel.h5, in its row order (as bin/extract_features read them).
+    with open(os.path.join(workdir, "config.json")) as f:
+        import ml_collections
+
+        data_cfg = ml_collections.ConfigDict(json.load(f)["data"])
+    everything = load_dataset(data_cfg).all_images
+    novel_images = everything.images[np.isin(everything.labels, np.unique(labels))]
+    classes = np.unique(labels)[:3]
+    support_idx = np.concatenate([np.flatnonzero(labels == c)[:2] for c in classes])
+    query_idx = np.concatenate([np.flatnonzero(labels == c)[2:4] for c in classes])
+    support_labels = np.repeat(np.arange(3), 2).astype(np.int32)
+    by_images = module.images(tf.constant(novel_images[support_idx]), tf.constant(support_labels),
+                              tf.constant(novel_images[query_idx]))["probabilities"].numpy()
+    by_features = module.serve(tf.constant(feats[support_idx]), tf.constant(support_labels),
+                               tf.constant(feats[query_idx]))["probabilities"].numpy()
+    np.testing.assert_allclose(by_images, by_features, atol=1e-5)
+    loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == {"serving_default", "images"}

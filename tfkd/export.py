@@ -175,7 +175,7 @@ class FewShotPredictorModule(tf.Module):
     request always gets the same answer.
     """
 
-    def __init__(self, variants, feature_dim):
+    def __init__(self, variants, feature_dim, backbone=None):
         super().__init__(name="tfkd_fewshot_predictor")
         self.thresholds = [int(k) for k, _ in variants]
         members = [m for _, ms in variants for m in ms]
@@ -218,6 +218,31 @@ class FewShotPredictorModule(tf.Module):
             return {"probabilities": probabilities}
 
         self.serve = tf.function(predict, input_signature=specs)
+        self.images = None
+        if backbone is not None:
+            # The image variant: the backbone that produced the features embeds the images in-graph.
+            self.backbone_variables = list(backbone.inference_variables())
+            image_spec = (None,) + tuple(backbone.image_shape)
+            expected = tf.constant(backbone.image_shape, tf.int32)
+
+            def embed(images, name):
+                shape = tf.shape(images)
+                ok = tf.logical_and(tf.equal(tf.size(shape), 4),
+                                    tf.reduce_all(tf.equal(tf.pad(shape, [[0, 4]])[1:4], expected)))
+                check = tf.debugging.Assert(ok, [f"{name} must be uint8 [n, {', '.join(map(str, backbone.image_shape))}]",
+                                                 "got shape", shape])
+                with tf.control_dependencies([check]):
+                    images = tf.identity(images)
+                return tf.cast(backbone.embed(tf.cast(images, tf.float32)), tf.float32)
+
+            def predict_images(support_images, support_labels, query_images):
+                return predict(embed(support_images, "support_images"), support_labels,
+                               embed(query_images, "query_images"))
+
+            self.images = tf.function(predict_images, input_signature=[
+                tf.TensorSpec(image_spec, tf.uint8, name="support_images"),
+                tf.TensorSpec((None,), tf.int32, name="support_labels"),
+                tf.TensorSpec(image_spec, tf.uint8, name="query_images")])
 
 
 def export_fewshot_predictor(workdir, path, metadata=None):
@@ -241,15 +266,30 @@ def export_fewshot_predictor(workdir, path, metadata=None):
             method.load_weights(os.path.join(folder(d), train_lib.WEIGHTS))
             members.append(method)
         variants.append((threshold, members))
-    module = FewShotPredictorModule(variants, network["feature_dim"])
+    backbone, backbone_dir = None, None
+    features_meta = os.path.join(config.fewshot.features_dir, "features.json")
+    if os.path.exists(features_meta):
+        with open(features_meta) as f:
+            source = json.load(f)
+        if os.path.exists(os.path.join(source.get("workdir", ""), "network.json")):
+            backbone, _, _, _ = restore_network(source["workdir"], source["checkpoint"])
+            backbone_dir = source["workdir"]
+            if int(backbone.embed(tf.zeros((1,) + tuple(backbone.image_shape))).shape[-1]) != network["feature_dim"]:
+                backbone, backbone_dir = None, None  # not the extractor of these features
+    module = FewShotPredictorModule(variants, network["feature_dim"], backbone)
+    signatures = {"serving_default": module.serve}
+    if module.images is not None:
+        signatures["images"] = module.images
     with io.atomic_directory(path) as tmp:
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        tf.saved_model.save(module, tmp, signatures=signatures)
         meta = dict(metadata or {})
         meta.update({"task": "fewshot", "method": network["method"], "feature_dim": network["feature_dim"],
-                     "ensemble_members": len(member_dirs), "variants_by_min_shots": module.thresholds,
-                     "signatures": ["serving_default"], "git_revision": io.git_revision(),
+                     "ensemble_members": len(member_dirs), "variants_by_min_shots": list(module.thresholds),
+                     "signatures": sorted(signatures), "backbone_workdir": backbone_dir,
+                     "git_revision": io.git_revision(),
                      "inputs": "support_features [n, d] float32, support_labels [n] int32 in 0..C-1, "
-                               "query_features [m, d] float32", "outputs": "probabilities [m, C]"})
+                               "query_features [m, d] float32; images: support_images / query_images uint8 "
+                               "[n, H, W, C] instead of features", "outputs": "probabilities [m, C]"})
         io.write_json_atomic(os.path.join(tmp, METADATA_FILE), meta)
     return path, module
 
