@@ -87,7 +87,7 @@ class MetaDistiller(MultiExitMethod):
         channels = network.stage_channels
         self.generator = LabelGenerator(channels, network.num_classes, fusion_channels or channels[0],
                                         sync_bn=getattr(network, "sync_bn", False), dtype=network.dtype_policy,
-                                        name="label_generator")
+                                        exits=network.exits, name="label_generator")
         self.meta_loss_tracker = keras.metrics.Mean(name="meta_loss")
         self.meta_step_counter = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
                                                  name="meta_step_counter")

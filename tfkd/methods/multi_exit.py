@@ -62,6 +62,9 @@ class SelfDistillation(MultiExitMethod):
         self.alpha, self.tau, self.hint_weight = float(alpha), float(tau), float(hint_weight)
         if not self.hint_weight:
             self.loss_names = ("ce_final", "ce_exits", "kd_exits")
+        elif not getattr(network, "supports_feature_hint", True):
+            raise ConfigError(f"config.self_distill.hint_weight={hint_weight}: the {type(network).__name__} exits "
+                              f"pool their features (no map of the last stage's shape to match); set it to 0")
         super().__init__(network, **kwargs)
 
     def compute_losses(self, images, labels, training):

@@ -1,4 +1,6 @@
 """Backbones with exits, and (later) the label generator, feature generator and cosine classifier."""
+from tfkd.models import zoo  # noqa: F401  (registers the other backbones)
+from tfkd.models.multi_exit import MultiExitNetwork
 from tfkd.models.resnet import MultiExitResNet
 from tfkd.registry import BACKBONES
 
@@ -7,4 +9,4 @@ def build_backbone(name, **kwargs):
     return BACKBONES.get(name)(**kwargs)
 
 
-__all__ = ["MultiExitResNet", "build_backbone"]
+__all__ = ["MultiExitNetwork", "MultiExitResNet", "build_backbone"]

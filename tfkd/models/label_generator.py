@@ -12,7 +12,7 @@ its stage feature maps; it is used only during training and never exported.
 import keras
 from keras import layers, ops
 
-from tfkd.models.resnet import BN_MOMENTUM, ExitHead, _bn, _conv, synchronized_batchnorm
+from tfkd.models.layers import BN_MOMENTUM, ExitHead, _bn, _conv, synchronized_batchnorm
 
 
 @keras.saving.register_keras_serializable("tfkd")
@@ -25,28 +25,33 @@ class LabelGenerator(keras.Model):
     """
 
     def __init__(self, stage_channels, num_classes, fusion_channels=64, bn_momentum=BN_MOMENTUM, sync_bn=False,
-                 **kwargs):
+                 exits=None, **kwargs):
         super().__init__(**kwargs)
         self.sync_bn = bool(sync_bn)
         with synchronized_batchnorm(self.sync_bn):
-            self._create_layers(stage_channels, num_classes, fusion_channels, bn_momentum)
+            self._create_layers(stage_channels, num_classes, fusion_channels, bn_momentum, exits)
 
-    def _create_layers(self, stage_channels, num_classes, fusion_channels, bn_momentum):
+    def _create_layers(self, stage_channels, num_classes, fusion_channels, bn_momentum, exits):
         self.stage_channels = tuple(int(c) for c in stage_channels)
         if len(self.stage_channels) < 2:
             raise ValueError("the label generator needs at least two stages")
+        k_stages = len(self.stage_channels)
+        # The stages (1-based) whose exits get a target; by default every early stage.
+        self.exits = tuple(int(e) for e in (exits if exits is not None else range(1, k_stages)))
+        if any(not 1 <= e < k_stages for e in self.exits):
+            raise ValueError(f"exits must be stages in 1..{k_stages - 1}, got {self.exits}")
         self.num_classes, self.fusion_channels, self.bn_momentum = num_classes, int(fusion_channels), bn_momentum
         k_stages = len(self.stage_channels)
         self.lateral = [_conv(self.fusion_channels, 1, 1, f"lateral_{k + 1}") for k in range(k_stages)]
         self.smooth = [_conv(self.fusion_channels, 3, 1, f"smooth_{k + 1}") for k in range(k_stages - 1)]
         self.smooth_bn = [_bn(f"smooth_bn_{k + 1}", bn_momentum) for k in range(k_stages - 1)]
         # Head for stage k: (K - k) stride-2 bottleneck blocks, pooling, dense -> logits.
-        self.heads = [ExitHead((self.fusion_channels,) * (k_stages - 1 - k), num_classes, bn_momentum,
-                               name=f"target_{k + 1}") for k in range(k_stages - 1)]
+        self.heads = [ExitHead((self.fusion_channels,) * (k_stages - k), num_classes, bn_momentum,
+                               name=f"target_{k}") for k in self.exits]
 
     @property
     def target_names(self):
-        return [f"exit_{k + 1}" for k in range(len(self.stage_channels) - 1)]
+        return [f"exit_{k}" for k in self.exits]
 
     def fuse(self, features, training=None):
         """[F_1..F_K] -> [F^_1..F^_{K-1}] (top-down)."""
@@ -63,8 +68,10 @@ class LabelGenerator(keras.Model):
     def call(self, features, training=None):
         """``features``: list [F_1..F_K]. Returns {exit_k: logits of T_k} for k = 1..K-1."""
         fused = self.fuse(list(features), training=training)
-        return {name: head(f, training=training) for name, head, f in zip(self.target_names, self.heads, fused)}
+        return {name: head(fused[k - 1], training=training)
+                for name, head, k in zip(self.target_names, self.heads, self.exits)}
 
     def get_config(self):
         return {**super().get_config(), "stage_channels": self.stage_channels, "num_classes": self.num_classes,
-                "fusion_channels": self.fusion_channels, "bn_momentum": self.bn_momentum, "sync_bn": self.sync_bn}
+                "fusion_channels": self.fusion_channels, "bn_momentum": self.bn_momentum, "sync_bn": self.sync_bn,
+                "exits": self.exits}

@@ -1,0 +1,149 @@
+"""Building blocks shared by the backbones and the label generator: BatchNorm / conv helpers
+(cross-replica BatchNorm on request), residual blocks, and the two exit heads."""
+import contextlib
+
+import keras
+from keras import layers, ops
+
+# Keras' default BatchNorm momentum (0.99) lags badly in short runs; 0.9 equals PyTorch's 0.1.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def logits_dtype():
+    """float32 logits under mixed precision (softmax/KL are fragile in fp16); else the global dtype."""
+    return "float32" if keras.mixed_precision.global_policy().name.startswith("mixed") else None
+
+
+_SYNC_BN = [False]
+
+
+@contextlib.contextmanager
+def synchronized_batchnorm(enabled):
+    """BatchNorm layers created inside use cross-replica statistics when ``enabled``: under
+    tf.distribute a step then equals one device's step on the global batch (needed by the
+    MetaDistiller lookahead). Without distribution they behave as ordinary BatchNorm."""
+    previous = _SYNC_BN[0]
+    _SYNC_BN[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _SYNC_BN[0] = previous
+
+
+def _bn(name, momentum):
+    return layers.BatchNormalization(momentum=momentum, epsilon=BN_EPSILON, synchronized=_SYNC_BN[0], name=name)
+
+
+def _conv(filters, kernel, stride, name):
+    return layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                         kernel_initializer="he_normal", name=name)
+
+
+class _ResidualBlock(layers.Layer):
+    """Shared shortcut logic: identity, or a strided 1x1 projection when the shape changes."""
+
+    expansion = 1
+
+    def __init__(self, filters, stride=1, bn_momentum=BN_MOMENTUM, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.stride, self.bn_momentum = filters, stride, bn_momentum
+        self.shortcut_conv = self.shortcut_bn = None
+        self._sync_bn = _SYNC_BN[0]  # build() runs later, outside the constructor's context
+
+    def build(self, input_shape):
+        if self.stride != 1 or input_shape[-1] != self.filters * self.expansion:
+            with synchronized_batchnorm(self._sync_bn):
+                self.shortcut_conv = _conv(self.filters * self.expansion, 1, self.stride, "shortcut_conv")
+                self.shortcut_bn = _bn("shortcut_bn", self.bn_momentum)
+
+    def _shortcut(self, x, training):
+        if self.shortcut_conv is None:
+            return x
+        return self.shortcut_bn(self.shortcut_conv(x), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "stride": self.stride,
+                "bn_momentum": self.bn_momentum}
+
+
+class BasicBlock(_ResidualBlock):
+    expansion = 1
+
+    def __init__(self, filters, stride=1, bn_momentum=BN_MOMENTUM, **kwargs):
+        super().__init__(filters, stride, bn_momentum, **kwargs)
+        self.conv1 = _conv(filters, 3, stride, "conv1")
+        self.bn1 = _bn("bn1", bn_momentum)
+        self.conv2 = _conv(filters, 3, 1, "conv2")
+        self.bn2 = _bn("bn2", bn_momentum)
+
+    def call(self, x, training=None):
+        y = ops.relu(self.bn1(self.conv1(x), training=training))
+        y = self.bn2(self.conv2(y), training=training)
+        return ops.relu(y + self._shortcut(x, training))
+
+
+class Bottleneck(_ResidualBlock):
+    expansion = 4
+
+    def __init__(self, filters, stride=1, bn_momentum=BN_MOMENTUM, **kwargs):
+        super().__init__(filters, stride, bn_momentum, **kwargs)
+        # Torchvision's ResNet v1.5: the stride sits on the 3x3 convolution.
+        self.conv1 = _conv(filters, 1, 1, "conv1")
+        self.bn1 = _bn("bn1", bn_momentum)
+        self.conv2 = _conv(filters, 3, stride, "conv2")
+        self.bn2 = _bn("bn2", bn_momentum)
+        self.conv3 = _conv(filters * self.expansion, 1, 1, "conv3")
+        self.bn3 = _bn("bn3", bn_momentum)
+
+    def call(self, x, training=None):
+        y = ops.relu(self.bn1(self.conv1(x), training=training))
+        y = ops.relu(self.bn2(self.conv2(y), training=training))
+        y = self.bn3(self.conv3(y), training=training)
+        return ops.relu(y + self._shortcut(x, training))
+
+
+class ExitHead(layers.Layer):
+    """BYOT-style exit: stride-2 bottleneck blocks up to the final stage's shape, pool, dense."""
+
+    def __init__(self, out_channels, num_classes, bn_momentum=BN_MOMENTUM, **kwargs):
+        super().__init__(**kwargs)
+        self.out_channels = tuple(int(c) for c in out_channels)
+        self.num_classes = num_classes
+        self.bn_momentum = bn_momentum
+        # A bottleneck block whose output width is c: inner width c // 4.
+        self.blocks = [Bottleneck(max(1, c // 4), stride=2, bn_momentum=bn_momentum, name=f"block{i}")
+                       for i, c in enumerate(self.out_channels)]
+        self.pool = layers.GlobalAveragePooling2D(name="pool")
+        self.classifier = layers.Dense(num_classes, dtype=logits_dtype(), name="classifier")
+
+    def call(self, x, training=None, return_features=False):
+        for block in self.blocks:
+            x = block(x, training=training)
+        logits = self.classifier(self.pool(x))
+        return (logits, x) if return_features else logits
+
+    def get_config(self):
+        return {**super().get_config(), "out_channels": self.out_channels, "num_classes": self.num_classes,
+                "bn_momentum": self.bn_momentum}
+
+
+@keras.saving.register_keras_serializable("tfkd")
+
+
+class PoolExit(layers.Layer):
+    """VGG-style exit (MetaDistiller Sec. 4.2): global average pooling and one dense layer."""
+
+    def __init__(self, num_classes, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.pool = layers.GlobalAveragePooling2D(name="pool")
+        self.classifier = layers.Dense(num_classes, dtype=logits_dtype(), name="classifier")
+
+    def call(self, x, training=None, return_features=False):
+        pooled = self.pool(x)
+        logits = self.classifier(pooled)
+        return (logits, pooled) if return_features else logits
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
