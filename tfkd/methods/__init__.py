@@ -1,5 +1,5 @@
 """Training procedures, each a registered keras.Model subclass with its own train_step."""
-from tfkd.methods import distill, fewshot, metadistiller, multi_exit  # noqa: F401  (registers the methods)
+from tfkd.methods import distill, fewshot, metadistiller, multi_exit, teacher_student  # noqa: F401  (registers the methods)
 from tfkd.methods.base import MultiExitMethod, resolve_method_config
 from tfkd.registry import METHODS
 

@@ -57,7 +57,11 @@ class MultiExitMethod(keras.Model):
 
     def build_state(self):
         """Creates every variable a checkpoint holds (call after compile, before load_weights)."""
-        self.optimizer.build(self.network.trainable_variables)
+        self.optimizer.build(self.update_variables())
+
+    def update_variables(self):
+        """What the main step trains: the network (plus e.g. a FitNet regressor or a DML peer)."""
+        return self.network.trainable_variables
 
     # ------------------------------------------------------------------ training phases
     # Epochs with the same phase key share one compiled train step; bin/train runs one `fit` per
@@ -92,7 +96,7 @@ class MultiExitMethod(keras.Model):
     def regularized_total(self, loss_terms):
         total = tf.add_n(list(loss_terms.values()))
         if self.weight_decay:
-            total = total + self.weight_decay * losses.l2_penalty(self.network.trainable_variables)
+            total = total + self.weight_decay * losses.l2_penalty(self.update_variables())
         return total
 
     replica_scale = staticmethod(replica_scale)
@@ -109,7 +113,7 @@ class MultiExitMethod(keras.Model):
 
     def main_step(self, images, labels):
         """One update of the main network on a batch; returns the training metrics."""
-        variables = self.network.trainable_variables
+        variables = self.update_variables()
         with tf.GradientTape() as tape:
             terms, logits = self.compute_losses(images, labels, training=True)
             scaled = self.loss_for_gradients(self.regularized_total(terms))

@@ -1,0 +1,240 @@
+"""Classic teacher-student methods the MetaDistiller paper compares against (its Table 3), with a
+frozen teacher trained by this package (tfkd.teachers), plus deep mutual learning (no teacher).
+
+* ``kd`` (Hinton et al. 2015): (1 - alpha) CE(y, s) + alpha T^2 KL(softmax(t/T) || softmax(s/T)),
+  the soft term computed by Keras' own ``keras.distillation.LogitsDistillation``.
+  Defaults alpha = 0.9, T = 4 (the values of the CRD benchmark code most comparisons reuse).
+* ``fitnet`` (Romero et al. 2015): CE + beta MSE(r(F_s), F_t) between a student stage map,
+  through a learned 1x1 conv regressor r, and the teacher's map at the hint stage (resized
+  bilinearly when the sizes differ). Single-stage as in the CRD benchmark; beta = 100.
+* ``at`` (Zagoruyko & Komodakis 2017): CE + beta/2 sum over stage pairs of the mean squared
+  difference of L2-normalised attention maps mean_c(F^2); beta = 1000. Student and teacher stages
+  are paired from the last one backwards.
+* ``dml`` (Zhang et al. 2018): two students trained together, each with CE + KL(p_other || p_self)
+  (the peer a stop-gradient target). The first is the exported model; the second has the same
+  architecture and its own initialisation.
+
+Only the student's final head is trained and evaluated (``uses_exits = False``).
+"""
+import keras
+import ml_collections
+import tensorflow as tf
+from keras import layers
+
+from tfkd import losses
+from tfkd.errors import ConfigError
+from tfkd.methods.base import MultiExitMethod
+from tfkd.registry import METHODS
+
+
+def student_stages_and_logits(network, images, training):
+    stages = network.backbone(images, training=training)
+    return stages, network.classifier(network.head_features(stages[-1], training=training))
+
+
+class TeacherStudentMethod(MultiExitMethod):
+    uses_exits = False
+    needs_teacher = True
+
+    @classmethod
+    def default_config(cls):
+        return ml_collections.ConfigDict({"teacher": ""})
+
+    @classmethod
+    def check_config(cls, cfg):
+        if cls.needs_teacher and not cfg.teacher:
+            raise ConfigError(f"config.{cls.config_name}.teacher: expected a finished bin/train run folder or a "
+                              f"SavedModel from bin/export (the frozen teacher)")
+
+    def __init__(self, network, teacher="", **kwargs):
+        super().__init__(network, **kwargs)
+        if self.needs_teacher:
+            from tfkd.teachers import Teacher
+
+            # Kept out of Keras' attribute tracking: the teacher is never trained or checkpointed.
+            self.__dict__["teacher"] = Teacher(teacher, f"config.{self.config_name}.teacher")
+            self.teacher.check_compatible(network.num_classes, network.image_shape)
+
+
+@METHODS.register("kd")
+class KnowledgeDistillation(TeacherStudentMethod):
+    config_name = "kd"
+    loss_names = ("ce_final", "kd")
+
+    @classmethod
+    def default_config(cls):
+        cfg = super().default_config()
+        cfg.alpha = 0.9
+        cfg.temperature = 4.0
+        return cfg
+
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        if not 0.0 <= cfg.alpha <= 1.0:
+            raise ConfigError(f"config.kd.alpha={cfg.alpha}: expected a weight in [0, 1]")
+        if not cfg.temperature > 0:
+            raise ConfigError(f"config.kd.temperature={cfg.temperature}: expected a positive temperature")
+
+    def __init__(self, network, alpha=0.9, temperature=4.0, **kwargs):
+        super().__init__(network, **kwargs)
+        self.alpha, self.temperature = float(alpha), float(temperature)
+        # A KLDivergence *instance*: with the default string "kl_divergence" (Keras 3.15) the loss is
+        # applied to the tempered logits as if they were probabilities, without T^2 (see the test).
+        self.distillation = keras.distillation.LogitsDistillation(temperature=self.temperature,
+                                                                  loss=keras.losses.KLDivergence())
+
+    def compute_losses(self, images, labels, training):
+        logits = self.network.final_logits(images, training=training)
+        teacher = self.teacher.logits(images)
+        soft = self.distillation.compute_loss(teacher, tf.cast(logits, tf.float32))
+        return ({"ce_final": (1.0 - self.alpha) * losses.cross_entropy(labels, logits), "kd": self.alpha * soft},
+                {"final": logits})
+
+
+@METHODS.register("fitnet")
+class FitNet(TeacherStudentMethod):
+    config_name = "fitnet"
+    loss_names = ("ce_final", "hint")
+
+    @classmethod
+    def default_config(cls):
+        cfg = super().default_config()
+        cfg.beta = 100.0
+        cfg.student_stage = 2  # the "guided" stage (1-based)
+        cfg.teacher_stage = 2  # the "hint" stage (1-based)
+        return cfg
+
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        if cfg.beta < 0:
+            raise ConfigError(f"config.fitnet.beta={cfg.beta}: expected a non-negative weight")
+        if cfg.student_stage < 1 or cfg.teacher_stage < 1:
+            raise ConfigError("config.fitnet.student_stage / teacher_stage: expected 1-based stage numbers")
+
+    def __init__(self, network, beta=100.0, student_stage=2, teacher_stage=2, **kwargs):
+        super().__init__(network, **kwargs)
+        if not self.teacher.has_stages:
+            self.teacher.stages(None)  # raises the clear error
+        if student_stage > network.num_stages or teacher_stage > self.teacher.network.num_stages:
+            raise ConfigError(f"config.fitnet: student_stage={student_stage} / teacher_stage={teacher_stage} beyond "
+                              f"the student's {network.num_stages} / teacher's {self.teacher.network.num_stages} stages")
+        self.beta, self.student_stage, self.teacher_stage = float(beta), int(student_stage), int(teacher_stage)
+        channels = self.teacher.network.stage_channels[self.teacher_stage - 1]
+        self.regressor = keras.Sequential([layers.Conv2D(channels, 1, use_bias=False, name="conv"),
+                                           layers.BatchNormalization(name="bn")], name="regressor")
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        if not self.regressor.built:
+            stages = self.network.backbone(tf.zeros((1,) + tuple(self.network.image_shape)), training=False)
+            self.regressor(stages[self.student_stage - 1], training=False)
+
+    def update_variables(self):
+        return self.network.trainable_variables + self.regressor.trainable_variables
+
+    def compute_losses(self, images, labels, training):
+        stages, logits = student_stages_and_logits(self.network, images, training)
+        target = self.teacher.stages(images)[self.teacher_stage - 1]
+        guided = self.regressor(stages[self.student_stage - 1], training=training)
+        if guided.shape[1:3] != target.shape[1:3]:
+            guided = tf.image.resize(guided, target.shape[1:3], method="bilinear")
+        hint = losses.feature_hint_loss(guided, target)
+        return {"ce_final": losses.cross_entropy(labels, logits), "hint": self.beta * hint}, {"final": logits}
+
+
+def attention_map(feature_map, p=2):
+    """Zagoruyko & Komodakis: mean over channels of |F|^p, flattened and L2-normalised."""
+    a = tf.reduce_mean(tf.pow(tf.abs(tf.cast(feature_map, tf.float32)), p), axis=-1)
+    return tf.math.l2_normalize(tf.reshape(a, (tf.shape(a)[0], -1)), axis=-1), a
+
+
+def attention_loss(student_map, teacher_map, p=2):
+    """Mean squared difference of the normalised attention maps (student resized to the teacher)."""
+    _, a_s = attention_map(student_map, p)
+    if student_map.shape[1:3] != teacher_map.shape[1:3]:
+        a_s = tf.image.resize(a_s[..., None], teacher_map.shape[1:3], method="bilinear")[..., 0]
+    s = tf.math.l2_normalize(tf.reshape(a_s, (tf.shape(a_s)[0], -1)), axis=-1)
+    t, _ = attention_map(teacher_map, p)
+    return tf.reduce_mean(tf.square(s - tf.stop_gradient(t)))
+
+
+@METHODS.register("at")
+class AttentionTransfer(TeacherStudentMethod):
+    config_name = "at"
+    loss_names = ("ce_final", "attention")
+
+    @classmethod
+    def default_config(cls):
+        cfg = super().default_config()
+        cfg.beta = 1000.0
+        cfg.p = 2.0
+        return cfg
+
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        if cfg.beta < 0 or cfg.p <= 0:
+            raise ConfigError(f"config.at: beta={cfg.beta} must be >= 0 and p={cfg.p} > 0")
+
+    def __init__(self, network, beta=1000.0, p=2.0, **kwargs):
+        super().__init__(network, **kwargs)
+        if not self.teacher.has_stages:
+            self.teacher.stages(None)
+        self.beta, self.p = float(beta), float(p)
+
+    def compute_losses(self, images, labels, training):
+        stages, logits = student_stages_and_logits(self.network, images, training)
+        teacher = self.teacher.stages(images)
+        pairs = list(zip(stages[::-1], teacher[::-1]))  # from the last stage backwards
+        at = tf.add_n([attention_loss(s, t, self.p) for s, t in pairs])
+        return ({"ce_final": losses.cross_entropy(labels, logits), "attention": self.beta / 2.0 * at},
+                {"final": logits})
+
+
+@METHODS.register("dml")
+class DeepMutualLearning(TeacherStudentMethod):
+    config_name = "dml"
+    needs_teacher = False
+    loss_names = ("ce_final", "kl_peer", "ce_peer", "kl_to_first")
+
+    @classmethod
+    def default_config(cls):
+        return ml_collections.ConfigDict()
+
+    def __init__(self, network, **kwargs):
+        super().__init__(network, **kwargs)
+        config = network.get_config()
+        config["name"] = "peer"
+        self.peer = type(network).from_config(config)  # same architecture, its own initialisation
+        self.peer_accuracy = keras.metrics.SparseCategoricalAccuracy(name="peer_accuracy")
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self.peer.ensure_built()
+
+    def update_variables(self):
+        return self.network.trainable_variables + self.peer.trainable_variables
+
+    def compute_losses(self, images, labels, training):
+        first = tf.cast(self.network.final_logits(images, training=training), tf.float32)
+        second = tf.cast(self.peer.final_logits(images, training=training), tf.float32)
+        terms = {
+            "ce_final": losses.cross_entropy(labels, first),
+            "kl_peer": losses.kd_loss(second, first, 1.0),  # the peer is a stop-gradient target
+            "ce_peer": losses.cross_entropy(labels, second),
+            "kl_to_first": losses.kd_loss(first, second, 1.0),
+        }
+        if not training:
+            self.peer_accuracy.update_state(labels, second)
+        return terms, {"final": first}
+
+    @property
+    def metrics(self):
+        return super().metrics + [self.peer_accuracy]
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        logs["peer_accuracy"] = self.peer_accuracy.result()
+        return logs
