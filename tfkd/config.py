@@ -45,6 +45,10 @@ def base_config():
     # Cross-replica BatchNorm under tf.distribute (no effect on one device): a multi-replica step
     # then equals a one-device step on the global batch. Turn off to save all-reduces.
     c.model.sync_bn = True
+    # model.arch=keras_application: a functional model split at named layers (tfkd/models/byo.py).
+    c.model.application = ""  # a keras.applications constructor, e.g. MobileNetV2
+    c.model.builder = ""  # or "package.module:function" returning your functional model
+    c.model.stage_layers = ()  # layer names of the stage outputs, in order
     c.model.head = "linear"  # linear | cosine (few-shot "cosine" pre-trained features, Chen et al. 2019)
 
     # Few-shot backbones (data.class_split=base): each epoch, the validation *classes* are embedded

@@ -35,7 +35,7 @@ from tfkd.distribute import get_strategy, is_chief
 from tfkd.errors import ConfigError, WorkdirError
 from tfkd.methods import build_method, resolve_method_config
 from tfkd.models import build_backbone
-from tfkd.registry import METHODS
+from tfkd.registry import BACKBONES, METHODS
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.weights.h5"
@@ -181,6 +181,8 @@ def build_network(config, data):
     kwargs = {"num_classes": data.num_classes, "width": config.model.width, "input_shape": data.image_shape,
               "mean": data.mean, "std": data.std, "stem": stem, "sync_bn": config.model.sync_bn,
               "head": config.model.head}
+    for option in getattr(BACKBONES.get(config.model.arch), "options", ()):  # e.g. keras_application's
+        kwargs[option] = config.model[option]
     return build_backbone(config.model.arch, **kwargs), kwargs
 
 

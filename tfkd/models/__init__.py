@@ -1,5 +1,5 @@
 """Backbones with exits, and (later) the label generator, feature generator and cosine classifier."""
-from tfkd.models import zoo  # noqa: F401  (registers the other backbones)
+from tfkd.models import byo, zoo  # noqa: F401  (register the other backbones)
 from tfkd.models.multi_exit import MultiExitNetwork
 from tfkd.models.resnet import MultiExitResNet
 from tfkd.registry import BACKBONES
