@@ -200,7 +200,36 @@ def fewshot_table(dataset, name=None):
     return "\n".join(lines)
 
 
-TABLES = {"fewshot_glyphs": lambda: fewshot_table("glyphs"),
+TS_LABELS = {"baseline": "student alone (baseline)", "kd": "KD (Hinton)", "fitnet": "FitNet", "at": "AT",
+             "dml": "DML (two students, no teacher)", "metadistiller": "MetaDistiller (no teacher)"}
+
+
+def teacher_student_table():
+    r = load("teacher_student_table")
+    if r is None:
+        return "_Not measured yet: run `python benchmarks/teacher_student_table.py`._"
+    t = r["teacher"]
+    teacher_time = t.get("seconds") or 0
+    lines = [f"Student ResNet18 (width 0.125) on `{r['config']}`; teacher ResNet34 (width 0.25) trained once "
+             f"({', '.join(r['teacher_overrides'])}): test accuracy {100 * t['test_final_accuracy']:.2f}%, "
+             f"{teacher_time:.0f} s. Test accuracy of the final head (%), mean ± std over seeds "
+             f"{', '.join(map(str, r['seeds']))}; the checkpoint is chosen on validation.", "",
+             "| method | test accuracy | runs | mean wall-clock per run | incl. the teacher's training |",
+             "|---|---|---|---|---|"]
+    for method, e in r["methods"].items():
+        a = e["test_final_accuracy"]
+        secs = e.get("mean_seconds")
+        with_teacher = f"{secs + teacher_time:.0f} s" if (secs and e.get("uses_teacher")) else "–"
+        lines.append(f"| {TS_LABELS.get(method, method)} | {100 * a['mean']:.2f} ± {100 * a['std']:.2f} | {a['n']} | "
+                     f"{secs:.0f} s | {with_teacher} |" if secs else
+                     f"| {TS_LABELS.get(method, method)} | {100 * a['mean']:.2f} ± {100 * a['std']:.2f} | {a['n']} | – | – |")
+    revisions = sorted({short_rev(run.get("git_revision", "?")) for e in r["methods"].values() for run in e["runs"]})
+    lines += ["", provenance(r) + f" Runs trained at git {', '.join(revisions)}."]
+    return "\n".join(lines)
+
+
+TABLES = {"teacher_student": teacher_student_table,
+          "fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "step_cost": step_cost_table, "generator_lr": generator_lr_table}
