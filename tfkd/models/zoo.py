@@ -38,6 +38,15 @@ class _ZooNetwork(MultiExitNetwork):
         self.width, self.stem_type = float(width), stem
         super().__init__(num_classes=num_classes, input_shape=input_shape, **kwargs)
 
+    def backbone(self, images, training=None):
+        """stem, then each stage in turn; subclasses set ``self.stem`` and ``self.stages``."""
+        x = self.stem(self.normalize(images), training=training)
+        features = []
+        for stage in self.stages:
+            x = stage(x, training=training)
+            features.append(x)
+        return features
+
     def arch_config(self):
         return {"width": self.width, "stem": self.stem_type}
 
@@ -184,19 +193,11 @@ class MultiExitWideResNet(_ZooNetwork):
         widths = [_scaled(c * self.widen, self.width) for c in (16, 32, 64)]
         self.stage_channels = tuple(widths)
         stride = 1 if self.stem_type == "cifar" else 2
-        self.stem_conv = _conv(_scaled(16, self.width), 3, stride, "stem_conv")
-        self.groups = [_Sequence([_PreActBlock(w, (1 if g == 0 else 2) if b == 0 else 1, self.bn_momentum,
+        self.stem = _Sequence([_conv(_scaled(16, self.width), 3, stride, "stem_conv")], name="stem")
+        self.stages = [_Sequence([_PreActBlock(w, (1 if g == 0 else 2) if b == 0 else 1, self.bn_momentum,
                                                self.dropout, name=f"group{g + 1}_block{b}") for b in range(n)],
                                  name=f"group{g + 1}") for g, w in enumerate(widths)]
         self.final_bn = _bn("final_bn", self.bn_momentum)
-
-    def backbone(self, images, training=None):
-        x = self.stem_conv(self.normalize(images))
-        features = []
-        for group in self.groups:
-            x = group(x, training=training)
-            features.append(x)
-        return features
 
     def head_features(self, last_stage, training=None):
         return self.pool(ops.relu(self.final_bn(last_stage, training=training)))
@@ -256,19 +257,11 @@ class MultiExitResNeXt29(_ZooNetwork):
                           self.cardinality) for s in range(3)]
         self.stage_channels = tuple(outs)
         stride = 1 if self.stem_type == "cifar" else 2
-        self.stem_conv, self.stem_bn = _conv(_scaled(64, self.width), 3, stride, "stem_conv"), _bn("stem_bn",
-                                                                                                   self.bn_momentum)
+        self.stem = _Sequence([_conv(_scaled(64, self.width), 3, stride, "stem_conv"), _bn("stem_bn", self.bn_momentum),
+                               ReLUMax()], name="stem")
         self.stages = [_Sequence([_ResNeXtBlock(inner, out, self.cardinality, (1 if s == 0 else 2) if b == 0 else 1,
                                                 self.bn_momentum, name=f"stage{s + 1}_block{b}") for b in range(3)],
                                  name=f"stage{s + 1}") for s, (inner, out) in enumerate(zip(inners, outs))]
-
-    def backbone(self, images, training=None):
-        x = ops.relu(self.stem_bn(self.stem_conv(self.normalize(images)), training=training))
-        features = []
-        for stage in self.stages:
-            x = stage(x, training=training)
-            features.append(x)
-        return features
 
     def arch_config(self):
         return {**super().arch_config(), "cardinality": self.cardinality, "base_width": self.base_width}
@@ -333,14 +326,6 @@ class MultiExitMobileNetV2(_ZooNetwork):
         self.final_conv = _Sequence([_conv(self.last_channels, 1, 1, "final_conv"), _bn("final_bn", self.bn_momentum),
                                      ReLUMax(6.0)], name="final")
         self.dropout = layers.Dropout(0.2, name="dropout")
-
-    def backbone(self, images, training=None):
-        x = self.stem(self.normalize(images), training=training)
-        features = []
-        for stage in self.stages:
-            x = stage(x, training=training)
-            features.append(x)
-        return features
 
     def head_features(self, last_stage, training=None):
         return self.dropout(self.pool(self.final_conv(last_stage, training=training)), training=training)
@@ -421,14 +406,6 @@ class MultiExitShuffleNetV2(_ZooNetwork):
         self.stage_channels = tuple(stages)
         self.final_conv = _Sequence([_conv(last, 1, 1, "conv5"), _bn("conv5_bn", self.bn_momentum), ReLUMax()],
                                     name="conv5")
-
-    def backbone(self, images, training=None):
-        x = self.stem(self.normalize(images), training=training)
-        features = []
-        for stage in self.stages:
-            x = stage(x, training=training)
-            features.append(x)
-        return features
 
     def head_features(self, last_stage, training=None):
         return self.pool(self.final_conv(last_stage, training=training))
