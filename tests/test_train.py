@@ -97,7 +97,7 @@ def test_run_writes_provenance_and_logs(tmp_path):
 
 
 @pytest.mark.parametrize("flags,expected", [
-    (["--method=nope"], "config.method='nope': expected one of ['baseline', 'cosine', 'dist', 'dsn', 'gen', 'metadistiller', 'progressive', 'self_distill']"),
+    (["--method=nope"], "config.method='nope': expected one of ['at', 'baseline', 'cosine', 'dist', 'dml', 'dsn'"),
     (["--config.data.data_dir=/nonexistent/fmnist"], "/nonexistent/fmnist"),
     (["--config.train.select_metric=test_final_accuracy"], "config.train.select_metric"),
     (["--config.train.epochs=0"], "config.train.epochs"),
