@@ -1,6 +1,6 @@
-"""Every method's update under MirroredStrategy (2 logical CPUs) equals the one-device update on
-the same global batch: replica loss scaling, all-reduced lookahead gradients, synchronized
-BatchNorm."""
+"""Every image-classification method's update under MirroredStrategy (2 logical CPUs) equals the
+one-device update on the same global batch: replica loss scaling, all-reduced lookahead
+gradients, synchronized BatchNorm, mirrored frozen teachers."""
 import json
 import os
 import subprocess
@@ -16,10 +16,11 @@ def test_mirrored_update_equals_single_device():
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT "):])
-    assert sorted(result) == ["baseline", "dsn", "metadistiller", "self_distill"]
+    assert sorted(result) == ["at", "baseline", "dml", "dsn", "fitnet", "kd", "metadistiller", "self_distill"]
     for method, r in result.items():
         assert r["max_update"] > 1e-3, (method, r)  # the steps really moved the weights
         assert r["max_diff"] < 1e-4, (method, r)
     md = result["metadistiller"]
     assert md["meta_steps"] == 2
     assert md["generator_max_diff"] < 1e-4, md
+    assert result["dml"]["peer_max_diff"] < 1e-4, result["dml"]

@@ -81,8 +81,10 @@ class KnowledgeDistillation(TeacherStudentMethod):
         self.alpha, self.temperature = float(alpha), float(temperature)
         # A KLDivergence *instance*: with the default string "kl_divergence" (Keras 3.15) the loss is
         # applied to the tempered logits as if they were probabilities, without T^2 (see the test).
+        # reduction=None: a Keras Loss reducing by itself also divides by the replica count under
+        # tf.distribute, and MultiExitMethod already does (loss_for_gradients) -- it would count twice.
         self.distillation = keras.distillation.LogitsDistillation(temperature=self.temperature,
-                                                                  loss=keras.losses.KLDivergence())
+                                                                  loss=keras.losses.KLDivergence(reduction=None))
 
     def compute_losses(self, images, labels, training):
         logits = self.network.final_logits(images, training=training)
@@ -122,8 +124,10 @@ class FitNet(TeacherStudentMethod):
                               f"the student's {network.num_stages} / teacher's {self.teacher.network.num_stages} stages")
         self.beta, self.student_stage, self.teacher_stage = float(beta), int(student_stage), int(teacher_stage)
         channels = self.teacher.network.stage_channels[self.teacher_stage - 1]
+        # Cross-replica BatchNorm like the network's, so a mirrored step equals a one-device step.
         self.regressor = keras.Sequential([layers.Conv2D(channels, 1, use_bias=False, name="conv"),
-                                           layers.BatchNormalization(name="bn")], name="regressor")
+                                           layers.BatchNormalization(synchronized=getattr(network, "sync_bn", False),
+                                                                     name="bn")], name="regressor")
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -170,6 +174,7 @@ class AttentionTransfer(TeacherStudentMethod):
         cfg = super().default_config()
         cfg.beta = 1000.0
         cfg.p = 2.0
+        cfg.pairs = 0  # stage pairs, counted from the last stage back; 0 = as many as both networks have
         return cfg
 
     @classmethod
@@ -178,16 +183,18 @@ class AttentionTransfer(TeacherStudentMethod):
         if cfg.beta < 0 or cfg.p <= 0:
             raise ConfigError(f"config.at: beta={cfg.beta} must be >= 0 and p={cfg.p} > 0")
 
-    def __init__(self, network, beta=1000.0, p=2.0, **kwargs):
+    def __init__(self, network, beta=1000.0, p=2.0, pairs=0, **kwargs):
         super().__init__(network, **kwargs)
         if not self.teacher.has_stages:
             self.teacher.stages(None)
-        self.beta, self.p = float(beta), float(p)
+        self.beta, self.p, self.pairs = float(beta), float(p), int(pairs)
 
     def compute_losses(self, images, labels, training):
         stages, logits = student_stages_and_logits(self.network, images, training)
         teacher = self.teacher.stages(images)
         pairs = list(zip(stages[::-1], teacher[::-1]))  # from the last stage backwards
+        if self.pairs:
+            pairs = pairs[: self.pairs]
         at = tf.add_n([attention_loss(s, t, self.p) for s, t in pairs])
         return ({"ce_final": losses.cross_entropy(labels, logits), "attention": self.beta / 2.0 * at},
                 {"final": logits})
