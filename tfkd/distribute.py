@@ -6,13 +6,14 @@ import tensorflow as tf
 
 from tfkd.errors import ConfigError
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
 def get_strategy(name="default"):
     """``default``: no distribution; ``one_device``: the first GPU (else CPU); ``mirrored``: all
     local GPUs (or all logical CPU devices when there is no GPU); ``multi_worker``:
-    MultiWorkerMirroredStrategy configured by the TF_CONFIG environment variable."""
+    MultiWorkerMirroredStrategy configured by the TF_CONFIG environment variable; ``tpu``:
+    TPUStrategy on the TPU named by $TPU_NAME (or the local one)."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":
@@ -26,6 +27,15 @@ def get_strategy(name="default"):
         if "TF_CONFIG" not in os.environ:
             raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable")
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME", ""))
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as e:
+            raise ConfigError(f"--strategy=tpu: no TPU reachable ({str(e).splitlines()[0]}); run on a TPU VM or "
+                              f"set TPU_NAME") from None
+        return tf.distribute.TPUStrategy(resolver)
     raise ConfigError(f"--strategy={name!r}: expected one of {STRATEGIES}")
 
 
