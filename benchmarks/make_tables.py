@@ -228,7 +228,23 @@ def teacher_student_table():
     return "\n".join(lines)
 
 
-TABLES = {"teacher_student": teacher_student_table,
+def scaling_table():
+    r = load("scaling")
+    if r is None:
+        return "_Not measured yet: run `python benchmarks/scaling.py`._"
+    many = f"{r['replicas']} replicas"
+    lines = [f"Global batch {r['batch_size']}, `{r['config_file']}`; {r['note']}.", "",
+             f"| method [phase] | 1 replica (images/s) | {many} (images/s) | ratio |", "|---|---|---|---|"]
+    for method, phases in r["methods"].items():
+        for phase, row in phases.items():
+            label = method if phase == "None" else f"{method} [{phase}]"
+            lines.append(f"| {label} | {row['1 replica']['images_per_s']:.0f} | {row[many]['images_per_s']:.0f} | "
+                         f"{row['throughput_ratio']:.2f} |")
+    lines += ["", provenance(r)]
+    return "\n".join(lines)
+
+
+TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
