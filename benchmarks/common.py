@@ -46,3 +46,13 @@ def write_result(name, payload):
 def read_result(name):
     with open(os.path.join(RESULTS, f"{name}.json")) as f:
         return json.load(f)
+
+
+def load_config(path):
+    """The ConfigDict of a configs/*.py file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

@@ -41,12 +41,11 @@ def main(argv):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.replicas)
     import keras
 
-    from step_cost import load_config
     from tfkd import data as data_lib
     from tfkd import train
     from tfkd.distribute import get_strategy
 
-    base = load_config(FLAGS.config)
+    base = common.load_config(FLAGS.config)
     base.train.batch_size = FLAGS.batch_size
     data = data_lib.load_dataset(base.data)
     strategies = {"1 replica": tf.distribute.get_strategy(), f"{FLAGS.replicas} replicas": get_strategy("mirrored")}

@@ -33,15 +33,6 @@ flags.DEFINE_string("name", "step_cost", "Result file name under benchmarks/resu
 FLAGS = flags.FLAGS
 
 
-def load_config(path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def time_pipeline(ds, batches, batch_size):
     it = iter(ds)
     for _ in range(5):
@@ -60,7 +51,7 @@ def main(argv):
     from tfkd import data as data_lib
     from tfkd import train
 
-    base = load_config(FLAGS.config)
+    base = common.load_config(FLAGS.config)
     base.train.batch_size = FLAGS.batch_size
     data = data_lib.load_dataset(base.data)
     results = {}
