@@ -49,7 +49,7 @@ def main(argv):
     base.train.batch_size = FLAGS.batch_size
     data = data_lib.load_dataset(base.data)
     strategies = {"1 replica": tf.distribute.get_strategy(), f"{FLAGS.replicas} replicas": get_strategy("mirrored")}
-    devices = [d.name for d in strategies[f"{FLAGS.replicas} replicas"].extended.worker_devices]
+    devices = list(strategies[f"{FLAGS.replicas} replicas"].extended.worker_devices)
 
     def timed(method, phase):
         method.set_phase(phase)
