@@ -28,5 +28,5 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.20"],
         "test": ["pytest>=8", "pytest-xdist>=3", "scikit-learn>=1.3"],
     },
-    scripts=["bin/train", "bin/export", "bin/extract_features", "bin/evaluate"],
+    scripts=["bin/train", "bin/export", "bin/extract_features", "bin/evaluate", "bin/tune"],
 )

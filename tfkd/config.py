@@ -102,6 +102,15 @@ def base_config():
     c.fewshot.all_way_draws = 5
     c.fewshot.all_way_queries = 5
 
+    # bin/tune (tfkd/tuning.py): Keras Tuner searches; every trial is a bin/train run.
+    c.tune = ml_collections.ConfigDict()
+    c.tune.tuner = "random"  # random | bayesian | hyperband (budget = train.epochs)
+    c.tune.max_trials = 10
+    c.tune.space = ()  # "field=kind:args" strings (float|log|int|choice); () = the method's default space
+    c.tune.objective = ""  # '' = train.select_metric (few-shot: val_accuracy)
+    c.tune.max_consecutive_failed_trials = 3
+    c.tune.hyperband_factor = 3
+
     c.export = ml_collections.ConfigDict()
     c.export.enabled = True
     c.export.top_k = 5

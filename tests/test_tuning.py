@@ -1,0 +1,89 @@
+"""Keras Tuner searches: every tuner type on a tiny real subset, resume, visible failures, and the
+best config round trip into bin/train."""
+import importlib.util
+import os
+
+import pytest
+
+from tfkd import train, tuning
+from tfkd.errors import ConfigError
+
+
+def search_config(tuner="random", trials=2):
+    from tests.conftest import tiny_config
+
+    c = tiny_config(method="baseline", epochs=1, train_examples=400, eval_examples=200)
+    c.model.width = 0.0625
+    c.export.enabled = False
+    c.tune.tuner = tuner
+    c.tune.max_trials = trials
+    c.tune.space = ("train.learning_rate=log:0.01:0.2", "train.momentum=choice:0.0,0.9")
+    return c
+
+
+@pytest.mark.parametrize("kind", ["random", "bayesian", "hyperband"])
+def test_each_tuner_runs_trials_and_writes_a_ready_to_run_best_config(kind, tmp_path):
+    config = search_config(kind)
+    if kind == "hyperband":
+        config.train.epochs = 2  # the budget: trials of 1 and 2 epochs
+        config.tune.hyperband_factor = 2
+    workdir = str(tmp_path / kind)
+    values, score, path = tuning.tune(config, workdir, verbose=0)
+    assert set(values) == {"train.learning_rate", "train.momentum"} and 0.0 <= score <= 1.0
+    assert 0.01 <= values["train.learning_rate"] <= 0.2 and values["train.momentum"] in (0.0, 0.9)
+    trials = [d for d in os.listdir(os.path.join(workdir, "trials"))]
+    assert len(trials) >= 2
+    table = open(os.path.join(workdir, "trials.md")).read()
+    assert "train.learning_rate" in table and "val_final_accuracy" in table
+    # The best config is a config file bin/train takes as is.
+    spec = importlib.util.spec_from_file_location("best", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    best = module.get_config()
+    assert best.train.learning_rate == pytest.approx(values["train.learning_rate"])
+    assert best.train.momentum == pytest.approx(values["train.momentum"])
+    if kind == "random":
+        rerun = train.run(best, str(tmp_path / "rerun"))
+        assert rerun["val"]["final_accuracy"] == pytest.approx(score, abs=0.05)  # same recipe, same data
+
+
+def test_search_resumes_and_only_runs_the_missing_trials(tmp_path):
+    config = search_config("random", trials=2)
+    workdir = str(tmp_path / "search")
+    tuning.tune(config, workdir, verbose=0)
+    first = sorted(os.listdir(os.path.join(workdir, "trials")))
+    mtimes = {t: os.path.getmtime(os.path.join(workdir, "trials", t, "metrics.json")) for t in first}
+    config.tune.max_trials = 3
+    tuning.tune(config, workdir, verbose=0)
+    after = sorted(os.listdir(os.path.join(workdir, "trials")))
+    assert len(after) == 3 and set(first) <= set(after)
+    for t in first:  # finished trials are not trained again
+        assert os.path.getmtime(os.path.join(workdir, "trials", t, "metrics.json")) == mtimes[t]
+
+
+def test_failing_trials_are_surfaced_and_stop_the_search(tmp_path, capsys):
+    config = search_config("random", trials=5)
+    config.method = "self_distill"
+    config.tune.space = ("self_distill.alpha=float:1.5:2.0",)  # always out of range: every trial fails
+    config.tune.max_consecutive_failed_trials = 2
+    workdir = str(tmp_path / "failing")
+    with pytest.raises(Exception):
+        tuning.tune(config, workdir, verbose=0)
+    text = open(os.path.join(workdir, "failures.txt")).read()
+    assert "config.self_distill.alpha must be in [0, 1]" in text
+    assert text.count("--- trial") == 2  # stopped after 2 consecutive failures
+    assert "config.self_distill.alpha must be in [0, 1]" in capsys.readouterr().out  # the first one, printed
+
+
+def test_bad_search_spaces_name_the_entry():
+    config = search_config()
+    for space, match in ((("train.nope=float:0:1",), "config.train.nope does not exist"),
+                         (("train.learning_rate=gauss:0:1",), "expected 'field=kind:args'"),
+                         (("train.learning_rate=log:0:1",), "log sampling needs low > 0"),
+                         (("train.learning_rate=float:1:0",), "low < high")):
+        with pytest.raises(ConfigError, match=match):
+            tuning.parse_space(space, config)
+    config.tune.tuner = "grid"
+    with pytest.raises(ConfigError, match="config.tune.tuner='grid'"):
+        tuning.tune(config, "/tmp/never-written")
+    assert tuning.parse_space(tuning.default_space("metadistiller"), config)  # defaults are valid
