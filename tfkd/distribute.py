@@ -39,6 +39,12 @@ def get_strategy(name="default"):
     raise ConfigError(f"--strategy={name!r}: expected one of {STRATEGIES}")
 
 
+def barrier(strategy):
+    """Blocks until every worker gets here (a collective all-reduce); no-op without workers."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
 def replica_scale(loss):
     """Divides a replica's mean loss by the number of replicas. Optimizers sum gradients over
     replicas, so the update then equals one device's update on the global batch."""

@@ -31,7 +31,7 @@ from tfkd import data as data_lib
 from tfkd import export as export_lib
 from tfkd import io
 from tfkd.config import validate
-from tfkd.distribute import get_strategy, is_chief
+from tfkd.distribute import barrier, get_strategy, is_chief
 from tfkd.errors import ConfigError, WorkdirError
 from tfkd.methods import build_method, resolve_method_config
 from tfkd.models import build_backbone
@@ -247,7 +247,8 @@ def run(config, workdir, *, strategy="default", overwrite=False):
         from tfkd import train_fewshot
 
         return train_fewshot.run(config, workdir, strategy=strategy, overwrite=overwrite)
-    resuming = prepare_workdir(workdir, config, overwrite)
+    # Under multi_worker every worker runs this; only the chief deletes or writes files.
+    resuming = prepare_workdir(workdir, config, overwrite and is_chief())
     data = data_lib.load_dataset(config.data)  # data errors surface before any file is written
     data_lib.resolve_augment(config.data.augment, data)
     strategy_obj = get_strategy(strategy)
@@ -319,7 +320,9 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
                        shuffle=False)  # order comes from the stateless pipeline
         state = read_state(latest_checkpoint(workdir)) if chief else state
 
-    # Model selection on validation only: the best epoch's weights are evaluated on test.
+    # Model selection on validation only: the best epoch's weights are evaluated on test. Other
+    # workers wait for the chief to have written the best checkpoint.
+    barrier(strategy)
     best_dir = os.path.join(workdir, CHECKPOINTS, "best")
     method.load_weights(os.path.join(best_dir, WEIGHTS))
     best_state = read_state(best_dir)
