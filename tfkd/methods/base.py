@@ -18,12 +18,34 @@ from tfkd.distribute import replica_scale
 from tfkd.errors import ConfigError
 
 
+def _multi_worker_logs(step):
+    """Keras 3 reduces step logs across MultiWorkerMirroredStrategy workers with
+    ``reduce("MEAN", v, axis=0)``, which fails on scalars (tensorflow/tensorflow#72388): there,
+    logs become shape-(1,) tensors, whose mean over workers along axis 0 is the usual scalar."""
+    def wrapper(self, data):
+        logs = step(self, data)
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            logs = {k: tf.reshape(v, (1,)) if len(getattr(v, "shape", ())) == 0 else v for k, v in logs.items()}
+        return logs
+
+    wrapper._multi_worker_logs = True
+    wrapper.__name__, wrapper.__doc__ = step.__name__, step.__doc__
+    return wrapper
+
+
 class MultiExitMethod(keras.Model):
     task = "classification"  # trained by tfkd.train on images (bin/train dispatches on it)
     """Subclasses set ``loss_names`` and implement ``compute_losses``."""
 
     loss_names = ()
     uses_exits = True  # False: only the final head is computed, trained and evaluated
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("train_step", "test_step"):
+            step = cls.__dict__.get(name)
+            if step is not None and not getattr(step, "_multi_worker_logs", False):
+                setattr(cls, name, _multi_worker_logs(step))
 
     @classmethod
     def default_config(cls):
@@ -62,6 +84,15 @@ class MultiExitMethod(keras.Model):
     def update_variables(self):
         """What the main step trains: the network (plus e.g. a FitNet regressor or a DML peer)."""
         return self.network.trainable_variables
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # bin/train builds every variable before fit (build_all). Keras' pre-fit probe reduces
+        # one distributed batch, and that reduce fails under MultiWorkerMirroredStrategy with one
+        # device per worker (Keras 3.15 / TF 2.21): skip the probe when there is nothing to build.
+        if self.built and all(layer.built for layer in self._flatten_layers()) and getattr(
+                self.optimizer, "built", False):
+            return
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # ------------------------------------------------------------------ training phases
     # Epochs with the same phase key share one compiled train step; bin/train runs one `fit` per
@@ -108,6 +139,7 @@ class MultiExitMethod(keras.Model):
             scaled = self.optimizer.scale_loss(scaled)
         return scaled
 
+    @_multi_worker_logs
     def train_step(self, data):
         return self.main_step(*data)
 
@@ -124,6 +156,7 @@ class MultiExitMethod(keras.Model):
         self.train_accuracy.update_state(labels, logits["final"])
         return {m.name: m.result() for m in list(self.loss_trackers.values()) + [self.train_accuracy]}
 
+    @_multi_worker_logs
     def test_step(self, data):
         images, labels = data
         terms, logits = self.compute_losses(images, labels, training=False)

@@ -1,0 +1,26 @@
+"""One worker of tests/test_multi_worker.py: python multi_worker_run.py TF_CONFIG_JSON WORKDIR OUT_JSON.
+Trains the tiny self_distill run with --strategy=multi_worker and writes the metrics this worker
+measured (both workers evaluate the best checkpoint, collectively)."""
+import json
+import os
+import sys
+
+os.environ["TF_CONFIG"] = sys.argv[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.conftest import tiny_config  # noqa: E402
+from tfkd import train  # noqa: E402
+
+
+def main():
+    config = tiny_config(method="self_distill", epochs=2, train_examples=640, eval_examples=200)
+    config.train.batch_size = 64  # 32 per worker
+    config.export.enabled = False
+    metrics = train.run(config, sys.argv[2], strategy="multi_worker")
+    with open(sys.argv[3], "w") as f:
+        json.dump(metrics, f)
+
+
+if __name__ == "__main__":
+    main()
