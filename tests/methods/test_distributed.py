@@ -24,3 +24,21 @@ def test_mirrored_update_equals_single_device():
     assert md["meta_steps"] == 2
     assert md["generator_max_diff"] < 1e-4, md
     assert result["dml"]["peer_max_diff"] < 1e-4, result["dml"]
+
+
+FEWSHOT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fewshot_equivalence.py")
+
+
+def test_fewshot_steps_under_mirrored_equal_single_device():
+    """cosine, gen, dist, progressive: one episode per replica vs two episodes on one device; the
+    generator's randomness is a function of each episode, so it does not depend on the split."""
+    proc = subprocess.run([sys.executable, FEWSHOT_SCRIPT], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT "):])
+    assert sorted(result) == ["cosine", "dist", "gen", "progressive"]
+    for method, r in result.items():
+        assert r["max_update"] > 1e-3, (method, r)
+        assert r["max_diff"] < 1e-4, (method, r)
+        assert r.get("generator_max_diff", 0.0) < 1e-4, (method, r)

@@ -58,6 +58,7 @@ class Episode:
     query: np.ndarray  # (n_way, n_query) example indices
     support_mask: np.ndarray  # (n_way, k_max) bool: the first k_shot are real support examples
     class_index: np.ndarray = None  # (n_way,) position of each class in the sampler's sorted classes
+    index: int = 0  # the episode number i (episode i is a function of (seed, i))
 
 
 class EpisodeSampler:
@@ -117,7 +118,7 @@ class EpisodeSampler:
         mask = np.zeros((self.n_way, self.k_max), bool)
         mask[:, : self.k_shot] = True
         return Episode(classes=classes, support=support, query=query, support_mask=mask,
-                       class_index=np.searchsorted(self.classes, classes).astype(np.int32))
+                       class_index=np.searchsorted(self.classes, classes).astype(np.int32), index=int(index))
 
     def __iter__(self):
         index = 0
@@ -149,6 +150,7 @@ def episode_arrays(features, labels, episode):
         "query": features[episode.query.reshape(-1)].astype(np.float32),
         "query_labels": np.repeat(np.arange(n_way), n_query).astype(np.int32),
         "class_index": episode.class_index,
+        "episode_index": np.int32(episode.index),
     }
 
 
@@ -161,6 +163,7 @@ def episode_signature(sampler: EpisodeSampler, feature_dim, batch=None):
         "query": tf.TensorSpec(lead + (n_way * q, feature_dim), tf.float32),
         "query_labels": tf.TensorSpec(lead + (n_way * q,), tf.int32),
         "class_index": tf.TensorSpec(lead + (n_way,), tf.int32),
+        "episode_index": tf.TensorSpec(lead, tf.int32),
     }
 
 

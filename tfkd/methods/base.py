@@ -33,12 +33,9 @@ def _multi_worker_logs(step):
     return wrapper
 
 
-class MultiExitMethod(keras.Model):
-    task = "classification"  # trained by tfkd.train on images (bin/train dispatches on it)
-    """Subclasses set ``loss_names`` and implement ``compute_losses``."""
-
-    loss_names = ()
-    uses_exits = True  # False: only the final head is computed, trained and evaluated
+class DistributedFit:
+    """Mixin for tfkd's keras.Model methods: works around two Keras 3 ``fit`` problems under
+    tf.distribute (see _multi_worker_logs, and _maybe_symbolic_build below)."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -46,6 +43,24 @@ class MultiExitMethod(keras.Model):
             step = cls.__dict__.get(name)
             if step is not None and not getattr(step, "_multi_worker_logs", False):
                 setattr(cls, name, _multi_worker_logs(step))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # tfkd builds every variable before fit. Keras' pre-fit probe reduces one distributed
+        # batch, which fails under MultiWorkerMirroredStrategy with one device per worker and on
+        # non-float inputs (episode masks) under MirroredStrategy (Keras 3.15 / TF 2.21): skip
+        # the probe when there is nothing to build.
+        if self.built and all(layer.built for layer in self._flatten_layers()) and getattr(
+                self.optimizer, "built", False):
+            return
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+class MultiExitMethod(DistributedFit, keras.Model):
+    """Subclasses set ``loss_names`` and implement ``compute_losses``."""
+
+    task = "classification"  # trained by tfkd.train on images (bin/train dispatches on it)
+    loss_names = ()
+    uses_exits = True  # False: only the final head is computed, trained and evaluated
 
     @classmethod
     def default_config(cls):
@@ -84,15 +99,6 @@ class MultiExitMethod(keras.Model):
     def update_variables(self):
         """What the main step trains: the network (plus e.g. a FitNet regressor or a DML peer)."""
         return self.network.trainable_variables
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # bin/train builds every variable before fit (build_all). Keras' pre-fit probe reduces
-        # one distributed batch, and that reduce fails under MultiWorkerMirroredStrategy with one
-        # device per worker (Keras 3.15 / TF 2.21): skip the probe when there is nothing to build.
-        if self.built and all(layer.built for layer in self._flatten_layers()) and getattr(
-                self.optimizer, "built", False):
-            return
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # ------------------------------------------------------------------ training phases
     # Epochs with the same phase key share one compiled train step; bin/train runs one `fit` per

@@ -18,6 +18,7 @@ import tensorflow as tf
 from tfkd import losses
 from tfkd.data.episodes import episode_arrays, episode_dataset  # noqa: F401  (re-exported)
 from tfkd.distribute import replica_scale
+from tfkd.methods.base import DistributedFit
 from tfkd.models.cosine_classifier import CosineClassifier
 from tfkd.models.feature_generator import FeatureGenerator
 from tfkd.errors import ConfigError
@@ -44,7 +45,7 @@ class SavesSeedStates:
                 generator.state.assign(store[f"seed_generator_{i}"])
 
 
-class EpisodicMethod(SavesSeedStates, keras.Model):
+class EpisodicMethod(SavesSeedStates, DistributedFit, keras.Model):
     """Shared episode loop: query cross-entropy, accuracy metrics, evaluation over episodes.
 
     Episodes may carry a leading batch dimension (several episodes per step); the loss is the mean
@@ -90,7 +91,7 @@ class EpisodicMethod(SavesSeedStates, keras.Model):
         d = self.feature_dim
         self({"support": tf.zeros(lead + (2, 1, d)), "support_mask": tf.ones(lead + (2, 1), tf.bool),
               "query": tf.zeros(lead + (2, d)), "query_labels": tf.zeros(lead + (2,), tf.int32),
-              "class_index": tf.zeros(lead + (2,), tf.int32)})
+              "class_index": tf.zeros(lead + (2,), tf.int32), "episode_index": tf.zeros(lead, tf.int32)})
         return self
 
     def train_step(self, episode):
@@ -175,15 +176,34 @@ class GeneratorAugmented(EpisodicMethod):
         """(..., n_way) real shots per class -> (..., n_way, max_generated) which generated features count."""
         return tf.ones(tf.concat([tf.shape(real_count), [self.max_generated]], 0), tf.bool)
 
-    def generate(self, support, mask):
+    def episode_randomness(self, episode_index, n_way, dtype):
+        """Per-episode (uniform picks (E, n_way, G), noise (E * n_way * G, noise_dim)) from stateless
+        seeds (generator seed, episode index): the same episode gets the same noise however the
+        episodes are batched or split over replicas, and after a resume."""
+        index = tf.reshape(tf.cast(episode_index, tf.int32), (-1,))
+        base = tf.fill(tf.shape(index), tf.constant(self.generator.seed, tf.int32))
+        g, noise_dim = self.max_generated, self.generator.noise_dim
+        picks = tf.map_fn(lambda s: tf.random.stateless_uniform((n_way, g), seed=s),
+                          tf.stack([base, index], axis=1), fn_output_signature=tf.float32)
+        noise = tf.map_fn(lambda s: tf.random.stateless_normal((n_way * g, noise_dim), seed=s, dtype=dtype),
+                          tf.stack([base + 7919, index], axis=1), fn_output_signature=dtype)
+        return picks, tf.reshape(noise, (-1, noise_dim))
+
+    def generate(self, support, mask, episode_index=None):
         """(..., n_way, k_max, d) support, (..., n_way, k_max) mask -> (..., n_way, max_generated, d):
-        G(x, z, q) with x drawn uniformly among each class's real (unmasked) shots, q the class mean."""
+        G(x, z, q) with x drawn uniformly among each class's real (unmasked) shots, q the class mean.
+        With ``episode_index`` (training episodes) the randomness is a function of the episode;
+        without it (evaluation) it comes from the model's SeedGenerators (or the serving seed)."""
         maskf = tf.cast(mask, support.dtype)
         count = tf.reduce_sum(maskf, axis=-1, keepdims=True)  # real shots per class
         class_mean = tf.reduce_sum(support * maskf[..., None], axis=-2) / tf.maximum(count, 1.0)
         lead = tf.shape(support)[:-2]  # (..., n_way)
         pick_shape = tf.concat([lead, [self.max_generated]], 0)
-        if self.serving_seed is None:
+        noise = None
+        if episode_index is not None:
+            u, noise = self.episode_randomness(episode_index, support.shape[-3], support.dtype)
+            u = tf.reshape(u, pick_shape)
+        elif self.serving_seed is None:
             u = keras.random.uniform(pick_shape, seed=self.pick_seed)
         else:
             u = tf.random.stateless_uniform(pick_shape, seed=self.serving_seed)
@@ -191,8 +211,7 @@ class GeneratorAugmented(EpisodicMethod):
         x = tf.gather(support, pick, batch_dims=len(support.shape) - 2)
         q = tf.broadcast_to(class_mean[..., None, :], tf.shape(x))
         d = support.shape[-1]
-        noise = None
-        if self.serving_seed is not None:
+        if noise is None and self.serving_seed is not None:
             noise = tf.random.stateless_normal(tf.stack([tf.reduce_prod(pick_shape), self.generator.noise_dim]),
                                                seed=self.serving_seed + 1, dtype=support.dtype)
         generated = self.generator((tf.reshape(x, (-1, d)), tf.reshape(q, (-1, d))), noise=noise)
@@ -200,7 +219,7 @@ class GeneratorAugmented(EpisodicMethod):
 
     def support_set(self, episode, training):
         support, mask = episode["support"], episode["support_mask"]
-        generated = self.generate(support, mask)
+        generated = self.generate(support, mask, episode.get("episode_index") if training else None)
         extra = self.generated_mask(tf.reduce_sum(tf.cast(mask, tf.int32), axis=-1))
         return tf.concat([support, generated], axis=-2), tf.concat([mask, extra], axis=-1)
 
