@@ -15,6 +15,10 @@ from tfkd.errors import ConfigError, DataError, WorkdirError
 
 @pytest.fixture(scope="module")
 def pixel_features(tmp_path_factory):
+    return write_pixel_features(tmp_path_factory.mktemp("pixels"))
+
+
+def write_pixel_features(folder):
     """base.h5 / validation.npz / novel.h5 of 14x14 average-pooled pixels (196-d), 120 per class."""
     from tests.conftest import tiny_config
     from tfkd.data import load_dataset
@@ -24,7 +28,6 @@ def pixel_features(tmp_path_factory):
     data = load_dataset(cfg)
     images, labels = data.all_images.images, data.all_images.labels
     rng = np.random.default_rng(0)
-    folder = tmp_path_factory.mktemp("pixels")
     for split, ext in (("base", ".h5"), ("validation", ".npz"), ("novel", ".h5")):
         idx = np.concatenate([rng.choice(np.flatnonzero(labels == c), 120, replace=False)
                               for c in data.class_split[split]])

@@ -87,3 +87,26 @@ def test_bad_search_spaces_name_the_entry():
     with pytest.raises(ConfigError, match="config.tune.tuner='grid'"):
         tuning.tune(config, "/tmp/never-written")
     assert tuning.parse_space(tuning.default_space("metadistiller"), config)  # defaults are valid
+
+
+def test_fewshot_search_selects_on_validation_episodes(tmp_path):
+    """A few-shot method's trials are scored on validation-class episodes (val_accuracy)."""
+    from tests.test_train_fewshot import fewshot_config, write_pixel_features
+
+    features_dir = write_pixel_features(tmp_path / "pixels")
+    config = fewshot_config(features_dir, method="gen", epochs=1)
+    config.fewshot.test_episodes = 20
+    config.fewshot.all_way_shots = ()
+    config.export.enabled = False
+    config.tune.max_trials = 2
+    config.tune.space = ("gen.scale_init=choice:5.0,20.0", "train.learning_rate=log:1e-4:1e-2")
+    workdir = str(tmp_path / "search")
+    values, score, _ = tuning.tune(config, workdir, verbose=0)
+    assert 0.0 < score <= 1.0 and set(values) == {"gen.scale_init", "train.learning_rate"}
+    import json
+
+    for trial in os.listdir(os.path.join(workdir, "trials")):
+        with open(os.path.join(workdir, "trials", trial, "metrics.json")) as f:
+            metrics = json.load(f)
+        with open(os.path.join(workdir, "trials", trial, "trial.json")) as f:
+            assert json.load(f)["score"] == metrics["val_accuracy"]  # validation, never the novel classes
