@@ -114,3 +114,20 @@ def test_failed_export_leaves_previous_export_intact(finished_run, tmp_path, mon
     assert sorted(os.listdir(path)) == before
     assert sorted(os.listdir(tmp_path)) == ["export"]
     assert json.load(open(os.path.join(path, export.METADATA_FILE)))["num_classes"] == 10
+
+
+def test_saved_model_cli_shows_the_documented_signatures(finished_run):
+    """The serving contract as TensorFlow's own tool reads it."""
+    import shutil
+    import subprocess
+
+    workdir = finished_run
+    cli = shutil.which("saved_model_cli")
+    if cli is None:
+        pytest.skip("saved_model_cli is not on PATH")
+    out = subprocess.run([cli, "show", "--all", "--dir", os.path.join(workdir, "export")], capture_output=True,
+                         text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    for text in ("signature_def['serving_default']", "signature_def['logits']", "inputs['images']",
+                 "DT_UINT8", "outputs['probabilities']", "outputs['top_k_classes']", "(-1, 28, 28, 1)"):
+        assert text in out.stdout, text

@@ -157,3 +157,25 @@ def test_teacher_student_methods_train_end_to_end_with_bin_train(teacher_run, tm
     metrics = train.run(config, str(tmp_path / "student"))
     assert metrics["test"]["final_accuracy"] > 0.3  # 10 classes: chance 0.1
     assert os.path.exists(str(tmp_path / "student" / "export" / "saved_model.pb"))
+
+
+def test_fitnet_hint_matches_hand_computation(teacher_run):
+    """beta * mean((BN(conv1x1(F_s)) - F_t)^2) with the regressor at initialisation (BN in inference
+    mode: moving mean 0, variance 1)."""
+    workdir, _ = teacher_run
+    keras.utils.set_random_seed(0)
+    model = build_method("fitnet", _student(), {"beta": 100.0, "student_stage": 2, "teacher_stage": 2,
+                                                "teacher": workdir})
+    model(tf.zeros((1, 28, 28, 1)), training=False)
+    images, labels = _batch(3)
+    terms, _ = model.compute_losses(images, labels, training=False)
+    student = model.network.backbone(images, training=False)[1].numpy()
+    target = model.teacher.stages(images)[1].numpy()
+    kernel = model.regressor.get_layer("conv").kernel.numpy()[0, 0]  # (c_in, c_out)
+    bn = model.regressor.get_layer("bn")
+    regressed = (student @ kernel - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    regressed = regressed * bn.gamma.numpy() + bn.beta.numpy()
+    if regressed.shape[1:3] != target.shape[1:3]:
+        regressed = tf.image.resize(regressed, target.shape[1:3], method="bilinear").numpy()
+    expected = 100.0 * np.mean((regressed - target) ** 2)
+    assert float(terms["hint"]) == pytest.approx(expected, rel=1e-4)
