@@ -216,7 +216,9 @@ def teacher_student_table():
              f"{', '.join(map(str, r['seeds']))}; the checkpoint is chosen on validation.", "",
              "| method | test accuracy | runs | mean wall-clock per run | incl. the teacher's training |",
              "|---|---|---|---|---|"]
-    for method, e in r["methods"].items():
+    order = [m for m in TS_LABELS if m in r["methods"]] + [m for m in r["methods"] if m not in TS_LABELS]
+    for method in order:
+        e = r["methods"][method]
         a = e["test_final_accuracy"]
         secs = e.get("mean_seconds")
         with_teacher = f"{secs + teacher_time:.0f} s" if (secs and e.get("uses_teacher")) else "–"
