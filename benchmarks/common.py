@@ -56,3 +56,23 @@ def load_config(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def time_fit(method, data, phase, *, batch_size, augment, seed, warmup, steps, repeats):
+    """Median images/s of ``fit`` in one training phase (MetaDistiller: 'meta' or 'main'), after
+    ``warmup`` untimed steps (tracing); returns (median, every repeat's rate)."""
+    import statistics
+    import time
+
+    from tfkd import data as data_lib
+
+    method.set_phase(phase)
+    ds = data_lib.train_dataset(data, batch_size=batch_size, seed=seed, augment=augment,
+                                meta_split=method.phase_needs_meta_split(phase))
+    method.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0, shuffle=False)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        method.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
+        rates.append(steps * batch_size / (time.perf_counter() - start))
+    return statistics.median(rates), rates

@@ -10,9 +10,7 @@ Without GPUs the replicas are logical CPU devices on the same cores, so this mea
 of the distribution machinery, not a speed-up; on a machine with N GPUs they are the GPUs.
 """
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -52,16 +50,8 @@ def main(argv):
     devices = list(strategies[f"{FLAGS.replicas} replicas"].extended.worker_devices)
 
     def timed(method, phase):
-        method.set_phase(phase)
-        ds = data_lib.train_dataset(data, batch_size=FLAGS.batch_size, seed=0, augment=base.data.augment,
-                                    meta_split=method.phase_needs_meta_split(phase))
-        method.fit(ds, epochs=1, steps_per_epoch=FLAGS.warmup, verbose=0, shuffle=False)
-        rates = []
-        for _ in range(FLAGS.repeats):
-            start = time.perf_counter()
-            method.fit(ds, epochs=1, steps_per_epoch=FLAGS.steps, verbose=0, shuffle=False)
-            rates.append(FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - start))
-        return statistics.median(rates), rates
+        return common.time_fit(method, data, phase, batch_size=FLAGS.batch_size, augment=base.data.augment,
+                               seed=0, warmup=FLAGS.warmup, steps=FLAGS.steps, repeats=FLAGS.repeats)
 
     results = {}
     for name in FLAGS.methods:

@@ -58,17 +58,8 @@ def main(argv):
     pipe = data_lib.train_dataset(data, batch_size=FLAGS.batch_size, seed=FLAGS.seed, augment=base.data.augment)
     pipeline_rates = [time_pipeline(pipe, 100, FLAGS.batch_size) for _ in range(FLAGS.repeats)]
     def timed(method, phase):
-        """Median images/s of `fit` in one training phase (MetaDistiller: 'meta' or 'main')."""
-        method.set_phase(phase)
-        ds = data_lib.train_dataset(data, batch_size=FLAGS.batch_size, seed=FLAGS.seed, augment=base.data.augment,
-                                    meta_split=method.phase_needs_meta_split(phase))
-        method.fit(ds, epochs=1, steps_per_epoch=FLAGS.warmup, verbose=0, shuffle=False)
-        rates = []
-        for _ in range(FLAGS.repeats):
-            start = time.perf_counter()
-            method.fit(ds, epochs=1, steps_per_epoch=FLAGS.steps, verbose=0, shuffle=False)
-            rates.append(FLAGS.steps * FLAGS.batch_size / (time.perf_counter() - start))
-        return statistics.median(rates), rates
+        return common.time_fit(method, data, phase, batch_size=FLAGS.batch_size, augment=base.data.augment,
+                               seed=FLAGS.seed, warmup=FLAGS.warmup, steps=FLAGS.steps, repeats=FLAGS.repeats)
 
     phases = {}
     for name in FLAGS.methods:
