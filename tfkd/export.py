@@ -99,6 +99,10 @@ def restore_network(workdir, checkpoint="best"):
     kwargs["input_shape"] = tuple(kwargs["input_shape"])
     network = build_backbone(net["arch"], **kwargs)
     network.ensure_built()
+    network_weights = os.path.join(ckpt, train.NETWORK_WEIGHTS)
+    if os.path.exists(network_weights):  # the network alone: no method (nor teacher) to rebuild
+        network.load_weights(network_weights)
+        return network, config, net.get("class_names"), ckpt
     method = build_method(config.method, network, config[config.method], weight_decay=0.0)
     method(tf.zeros((1,) + tuple(network.image_shape)), training=False)
     method.compile(optimizer=train.build_optimizer(config.train, steps=1))

@@ -6,7 +6,8 @@ Workdir layout::
     config.json          resolved config (the run refuses to continue with a different one)
     run_info.json        seed, git revision, command, versions, devices -- one entry per start
     network.json         how to rebuild the network without loading data (for bin/export)
-    checkpoints/epoch_NNNN/{model.weights.h5,state.json}   last ``keep_checkpoints`` epochs
+    checkpoints/epoch_NNNN/{model.weights.h5,network.weights.h5,state.json}   last ``keep_checkpoints``
+                         epochs (model = method + network + optimizer; network = what exports need)
     checkpoints/best/{model.weights.h5,state.json}          best epoch on the validation metric
     logs/                TensorBoard (train/, validation/)
     history.csv          one row per epoch (rewritten atomically from the checkpoint state)
@@ -39,6 +40,7 @@ from tfkd.registry import BACKBONES, METHODS
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.weights.h5"
+NETWORK_WEIGHTS = "network.weights.h5"  # the network alone, for export / feature extraction / teachers
 
 
 # ---------------------------------------------------------------------- config
@@ -144,10 +146,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
         root = os.path.join(self.workdir, CHECKPOINTS)
         with io.atomic_directory(os.path.join(root, f"epoch_{done:04d}")) as epoch_tmp:
             self.model.save_weights(os.path.join(epoch_tmp, WEIGHTS))
+            network = getattr(self.model, "network", None)
+            if network is not None:
+                network.save_weights(os.path.join(epoch_tmp, NETWORK_WEIGHTS))
             io.write_json_atomic(os.path.join(epoch_tmp, "state.json"), state)
             if improved:  # best lands first: if killed before the epoch folder, the epoch re-runs
                 with io.atomic_directory(os.path.join(root, "best")) as best_tmp:
-                    shutil.copy2(os.path.join(epoch_tmp, WEIGHTS), os.path.join(best_tmp, WEIGHTS))
+                    for name in (WEIGHTS, NETWORK_WEIGHTS):
+                        if os.path.exists(os.path.join(epoch_tmp, name)):
+                            shutil.copy2(os.path.join(epoch_tmp, name), os.path.join(best_tmp, name))
                     io.write_json_atomic(os.path.join(best_tmp, "state.json"), state)
         self._write_history()
         old = sorted(d for d in os.listdir(root) if d.startswith("epoch_"))[:-self.keep]

@@ -157,6 +157,16 @@ def test_teacher_student_methods_train_end_to_end_with_bin_train(teacher_run, tm
     metrics = train.run(config, str(tmp_path / "student"))
     assert metrics["test"]["final_accuracy"] > 0.3  # 10 classes: chance 0.1
     assert os.path.exists(str(tmp_path / "student" / "export" / "saved_model.pb"))
+    # The student can be restored (bin/export, bin/extract_features) after its teacher is gone.
+    from tfkd.export import restore_network
+
+    moved = workdir + ".moved"
+    os.rename(workdir, moved)
+    try:
+        network, _, _, _ = restore_network(str(tmp_path / "student"))
+        assert network.num_classes == 10
+    finally:
+        os.rename(moved, workdir)
 
 
 def test_fitnet_hint_matches_hand_computation(teacher_run):
