@@ -41,10 +41,6 @@ class Teacher:
             raise ConfigError(f"{field}={path!r}: expected a bin/train run folder (with network.json) or a "
                               f"SavedModel exported by bin/export")
 
-    @property
-    def has_stages(self):
-        return self.network is not None
-
     def check_compatible(self, num_classes, image_shape):
         if self.num_classes != num_classes:
             raise ConfigError(f"{self.field}: the teacher ({self.description}) predicts {self.num_classes} classes, "
@@ -59,9 +55,12 @@ class Teacher:
         pixels = tf.cast(tf.clip_by_value(tf.round(tf.cast(images, tf.float32)), 0.0, 255.0), tf.uint8)
         return tf.stop_gradient(self.saved.signatures["logits"](images=pixels)["logits"])
 
-    def stages(self, images):
+    def require_stages(self):
         if self.network is None:
             raise ConfigError(f"{self.field}: feature-based distillation needs the teacher's stage feature maps; "
                               f"give its bin/train run folder, not a SavedModel")
+
+    def stages(self, images):
+        self.require_stages()
         return [tf.stop_gradient(f) for f in self.network.backbone(images, training=False)]
 

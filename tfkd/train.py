@@ -104,6 +104,23 @@ def _diff(old, new, prefix=""):
     return out
 
 
+def write_run_files(workdir, config, network_info, start_info):
+    """config.json, network.json (how to rebuild the model) and one more run_info.json entry
+    (seed, git revision, ``start_info``); on the chief only."""
+    if not is_chief():
+        return
+    os.makedirs(workdir, exist_ok=True)
+    io.write_json_atomic(os.path.join(workdir, "config.json"), config_json(config))
+    io.write_json_atomic(os.path.join(workdir, "network.json"), network_info)
+    info_path = os.path.join(workdir, "run_info.json")
+    starts = []
+    if os.path.exists(info_path):
+        with open(info_path) as f:
+            starts = json.load(f)
+    starts.append(io.run_info(config.seed, start_info))
+    io.write_json_atomic(info_path, starts)
+
+
 def latest_checkpoint(workdir):
     root = os.path.join(workdir, CHECKPOINTS)
     if not os.path.isdir(root):
@@ -277,20 +294,8 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
     keras.utils.set_random_seed(config.seed)
     method, net_kwargs, steps = build_all(config, data, strategy)
     chief = is_chief()
-    if chief:
-        os.makedirs(workdir, exist_ok=True)
-        io.write_json_atomic(os.path.join(workdir, "config.json"), config_json(config))
-        io.write_json_atomic(os.path.join(workdir, "network.json"),
-                             {"arch": config.model.arch, "kwargs": net_kwargs, "class_names": data.class_names})
-        starts = []
-        info_path = os.path.join(workdir, "run_info.json")
-        if os.path.exists(info_path):
-            with open(info_path) as f:
-                starts = json.load(f)
-        starts.append(io.run_info(config.seed, {"strategy": strategy_name,
-                                                "replicas": strategy.num_replicas_in_sync,
-                                                "resumed": resuming}))
-        io.write_json_atomic(info_path, starts)
+    write_run_files(workdir, config, {"arch": config.model.arch, "kwargs": net_kwargs, "class_names": data.class_names},
+                    {"strategy": strategy_name, "replicas": strategy.num_replicas_in_sync, "resumed": resuming})
 
     state, initial_epoch = {}, 0
     latest = latest_checkpoint(workdir)

@@ -81,9 +81,7 @@ class FeatureSplits:
 
 def samplers(config, feats):
     f = config.fewshot
-    method_cls = METHODS.get(config.method)
-    k_shot, k_max = (method_cls.sampler_shots(config[config.method], f) if hasattr(method_cls, "sampler_shots")
-                     else (f.k_shot, max(f.k_max, f.k_shot)))
+    k_shot, k_max = METHODS.get(config.method).sampler_shots(config[config.method], f)
     base_f, base_l = feats["base"]
     val_f, val_l = feats["validation"]
     try:
@@ -201,16 +199,10 @@ def run_ensemble(config, workdir, *, strategy="default", overwrite=False):
     parent = train_lib.resolve(config)
     resuming = train_lib.prepare_workdir(workdir, parent, overwrite, may_contain=("members",))
     feats = FeatureSplits(parent.fewshot.features_dir)
-    if is_chief():
-        os.makedirs(workdir, exist_ok=True)
-        io.write_json_atomic(os.path.join(workdir, "config.json"), train_lib.config_json(parent))
-        io.write_json_atomic(os.path.join(workdir, "network.json"),
-                             {"task": "fewshot", "method": config.method, "feature_dim": feats.feature_dim,
-                              "ensemble_members": [os.path.relpath(m, workdir) for m in members]})
-        info_path = os.path.join(workdir, "run_info.json")
-        starts = json.load(open(info_path)) if os.path.exists(info_path) else []
-        starts.append(io.run_info(config.seed, {"strategy": strategy, "resumed": resuming, "ensemble_size": size}))
-        io.write_json_atomic(info_path, starts)
+    train_lib.write_run_files(workdir, parent,
+                              {"task": "fewshot", "method": config.method, "feature_dim": feats.feature_dim,
+                               "ensemble_members": [os.path.relpath(m, workdir) for m in members]},
+                              {"strategy": strategy, "resumed": resuming, "ensemble_size": size})
     member_metrics = []
     for i, member_dir in enumerate(members):
         done = os.path.join(member_dir, "metrics.json")
@@ -277,10 +269,7 @@ def run_single(config, workdir, *, strategy="default", overwrite=False):
     novel_classes = feats.classes("novel")
     if len(novel_classes) < f.test_way:
         raise ConfigError(f"config.fewshot.test_way={f.test_way} but the novel split has {len(novel_classes)} classes")
-    method_cfg = config[config.method]
-    if method_cfg.get("direction") == "strengthen" and method_cfg.k_start != f.k_shot:
-        raise ConfigError(f"config.{config.method}.k_start={method_cfg.k_start}: strengthening starts the teacher at "
-                          f"the student's shots, config.fewshot.k_shot={f.k_shot}")
+    METHODS.get(config.method).check_fewshot_config(config[config.method], f)
     strategy_obj = get_strategy(strategy)
     if f.episodes_per_batch % strategy_obj.num_replicas_in_sync:
         raise ConfigError(f"config.fewshot.episodes_per_batch={f.episodes_per_batch} must be divisible by the "
@@ -293,20 +282,13 @@ def run_single(config, workdir, *, strategy="default", overwrite=False):
     keras.utils.set_random_seed(config.seed)
     method = build_fewshot_method(config, feats.feature_dim, strategy_obj, steps)
     base_f, base_l = feats["base"]
-    if hasattr(method, "set_teacher"):
-        method.set_teacher(base_f, base_l, train_sampler.classes)
+    method.use_base_split(base_f, base_l, train_sampler.classes)
     chief = is_chief()
-    if chief:
-        os.makedirs(workdir, exist_ok=True)
-        io.write_json_atomic(os.path.join(workdir, "config.json"), train_lib.config_json(config))
-        io.write_json_atomic(os.path.join(workdir, "network.json"),
-                             {"task": "fewshot", "method": config.method, "feature_dim": feats.feature_dim,
-                              "features": {s: os.path.abspath(p) for s, p in feats.paths.items()}})
-        info_path = os.path.join(workdir, "run_info.json")
-        starts = json.load(open(info_path)) if os.path.exists(info_path) else []
-        starts.append(io.run_info(config.seed, {"strategy": strategy, "resumed": resuming,
-                                                "replicas": strategy_obj.num_replicas_in_sync}))
-        io.write_json_atomic(info_path, starts)
+    train_lib.write_run_files(workdir, config,
+                              {"task": "fewshot", "method": config.method, "feature_dim": feats.feature_dim,
+                               "features": {s: os.path.abspath(p) for s, p in feats.paths.items()}},
+                              {"strategy": strategy, "resumed": resuming,
+                               "replicas": strategy_obj.num_replicas_in_sync})
 
     state, initial_epoch = {}, 0
     latest = train_lib.latest_checkpoint(workdir)
@@ -315,10 +297,8 @@ def run_single(config, workdir, *, strategy="default", overwrite=False):
         method.load_weights(os.path.join(latest, train_lib.WEIGHTS))
         initial_epoch = state["epoch"]
         print(f"Resuming from {latest} (epoch {initial_epoch} of {config.train.epochs})", flush=True)
-    elif hasattr(method, "pretrain_teacher"):
-        accuracy = method.pretrain_teacher(seed=config.seed)  # saved with the checkpoints from here on
-        if accuracy is not None:
-            print(f"Teacher embedding pre-trained on S_teacher (training accuracy {accuracy:.3f})", flush=True)
+    else:
+        method.start_training(seed=config.seed)  # e.g. pre-trains a teacher; saved with the checkpoints
 
     val_f, val_l = feats["validation"]
     if initial_epoch < config.train.epochs:
@@ -330,10 +310,9 @@ def run_single(config, workdir, *, strategy="default", overwrite=False):
         val_steps = max(1, f.val_episodes // per_batch)
         val_ds = episode_dataset(val_f, val_l, val_sampler, episodes_per_batch=per_batch,
                                  num_episodes=val_steps * per_batch)
-        callbacks = [train_lib.LearningRateLogger(),
-                     train_lib.EpochCheckpoint(workdir, "val_accuracy", config.train.keep_checkpoints, state)]
-        if method_cfg.get("direction") == "weaken":
-            callbacks.insert(0, KSnapshots(workdir, method_cfg.save_at_k))
+        callbacks = method.training_callbacks(workdir) + [
+            train_lib.LearningRateLogger(),
+            train_lib.EpochCheckpoint(workdir, "val_accuracy", config.train.keep_checkpoints, state)]
         if chief:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq="epoch"))
         with warnings.catch_warnings():  # the finite validation stream ends by design each epoch
@@ -373,14 +352,10 @@ def export_predictor(config, workdir):
         return
     from tfkd import export
 
-    export.export_fewshot_predictor(workdir, os.path.join(workdir, "export"),
-                                    {"config": train_config_json(config)})
-
-
-def train_config_json(config):
     from tfkd import train as train_lib
 
-    return train_lib.config_json(config)
+    export.export_fewshot_predictor(workdir, os.path.join(workdir, "export"),
+                                    {"config": train_lib.config_json(config)})
 
 
 def print_results(title, results):
@@ -398,11 +373,6 @@ def evaluate_predictor(predictor_for_shot, feats, fewshot_cfg, verbose=1):
     bar = keras.utils.Progbar(n, verbose=1 if verbose else 0, unit_name="episode")
     return evaluation.protocol_suite(predictor_for_shot, novel_f, novel_l, feats.classes("novel"), fewshot_cfg,
                                      class_groups=feats.class_groups, progress=bar)
-
-
-def evaluate_method(method, feats, fewshot_cfg, verbose=1):
-    """Every protocol with one fixed model (no snapshots)."""
-    return evaluate_predictor(method.predictor(), feats, fewshot_cfg, verbose)
 
 
 def restore_fewshot_method(workdir, checkpoint="best"):

@@ -48,8 +48,7 @@ def make(name, strategy, features, labels, classes):
         method.build_from_dim(batch=2)
         method.compile(optimizer=keras.optimizers.Adam(1e-2))
         method.optimizer.build(method.trainable_variables)
-    if hasattr(method, "set_teacher"):
-        method.set_teacher(features, labels, classes)
+    method.use_base_split(features, labels, classes)
     return method
 
 

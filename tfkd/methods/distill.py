@@ -106,11 +106,6 @@ class Distill(GeneratorAugmented):
             raise ConfigError(f"teacher_embedding_units={tuple(cfg.teacher_embedding_units)}: expected () or one "
                               f"width (a linear embedding, Appendix A)")
 
-    @classmethod
-    def sampler_shots(cls, cfg, fewshot_cfg):
-        """(k_shot, k_max) of the meta-training sampler."""
-        return fewshot_cfg.k_shot, max(fewshot_cfg.k_max, fewshot_cfg.k_shot)
-
     def __init__(self, feature_dim, gamma=5.0, temperature_init=7.0, k_teacher=0, teacher_seed=0, teacher_scale=0.0,
                  teacher_embedding_units=(), teacher_pretrain_steps=200, fill_to=0, ensemble_size=1,
                  ensemble_member=-1, **kwargs):
@@ -159,6 +154,14 @@ class Distill(GeneratorAugmented):
         self._teacher_support = (tf.constant(support), tf.constant(counts))
         self.k_teacher.assign(support.shape[1])
         return support.shape[1]
+
+    def use_base_split(self, features, labels, classes):
+        self.set_teacher(features, labels, classes)
+
+    def start_training(self, seed):
+        accuracy = self.pretrain_teacher(seed=seed)
+        if accuracy is not None:
+            print(f"Teacher embedding pre-trained on S_teacher (training accuracy {accuracy:.3f})", flush=True)
 
     def teacher_embed(self, x):
         for layer in self.teacher_embedding:
@@ -302,6 +305,19 @@ class ProgressiveDistill(Distill):
         if cfg.direction == "weaken":
             return cfg.k_start, cfg.k_start
         return super().sampler_shots(cfg, fewshot_cfg)
+
+    @classmethod
+    def check_fewshot_config(cls, cfg, fewshot_cfg):
+        if cfg.direction == "strengthen" and cfg.k_start != fewshot_cfg.k_shot:
+            raise ConfigError(f"config.progressive.k_start={cfg.k_start}: strengthening starts the teacher at the "
+                              f"student's shots, config.fewshot.k_shot={fewshot_cfg.k_shot}")
+
+    def training_callbacks(self, workdir):
+        if self.direction != "weaken":
+            return []
+        from tfkd.train_fewshot import KSnapshots
+
+        return [KSnapshots(workdir, self.save_at_k)]
 
     def __init__(self, feature_dim, direction="weaken", schedule="log", k_start=16, k_end=1, schedule_steps=2000,
                  save_at_k=(16, 8, 4, 2, 1), **kwargs):

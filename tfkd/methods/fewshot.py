@@ -66,6 +66,25 @@ class EpisodicMethod(SavesSeedStates, DistributedFit, keras.Model):
         if not cfg.scale_init > 0:
             raise ConfigError(f"scale_init={cfg.scale_init}: expected a positive scale")
 
+    @classmethod
+    def sampler_shots(cls, cfg, fewshot_cfg):
+        """(k_shot, k_max) of the meta-training episode sampler."""
+        return fewshot_cfg.k_shot, max(fewshot_cfg.k_max, fewshot_cfg.k_shot)
+
+    @classmethod
+    def check_fewshot_config(cls, cfg, fewshot_cfg):
+        """Raises ConfigError when this method's knobs contradict config.fewshot."""
+
+    # Hooks of the training driver (tfkd/train_fewshot.py); no-ops by default.
+    def use_base_split(self, features, labels, classes):
+        """Sees the base-class features before training (distillation builds its teacher here)."""
+
+    def start_training(self, seed):
+        """Called once before the first epoch of a new (not resumed) run."""
+
+    def training_callbacks(self, workdir):
+        return []
+
     def __init__(self, feature_dim, embedding_units=(), scale_init=75.0, **kwargs):
         super().__init__(**kwargs)
         self.feature_dim = int(feature_dim)

@@ -117,8 +117,7 @@ class FitNet(TeacherStudentMethod):
 
     def __init__(self, network, beta=100.0, student_stage=2, teacher_stage=2, **kwargs):
         super().__init__(network, **kwargs)
-        if not self.teacher.has_stages:
-            self.teacher.stages(None)  # raises the clear error
+        self.teacher.require_stages()
         if student_stage > network.num_stages or teacher_stage > self.teacher.network.num_stages:
             raise ConfigError(f"config.fitnet: student_stage={student_stage} / teacher_stage={teacher_stage} beyond "
                               f"the student's {network.num_stages} / teacher's {self.teacher.network.num_stages} stages")
@@ -185,8 +184,7 @@ class AttentionTransfer(TeacherStudentMethod):
 
     def __init__(self, network, beta=1000.0, p=2.0, pairs=0, **kwargs):
         super().__init__(network, **kwargs)
-        if not self.teacher.has_stages:
-            self.teacher.stages(None)
+        self.teacher.require_stages()
         self.beta, self.p, self.pairs = float(beta), float(p), int(pairs)
 
     def compute_losses(self, images, labels, training):
