@@ -1,21 +1,29 @@
 #!/usr/bin/env python3
 """Table-1/Table-4-style comparison: baseline, DSN, self-distillation and MetaDistiller.
 
-    python benchmarks/self_boosting_table.py [--datasets=fashion_mnist,glyphs] [--seeds=0,1,2]
-        [--runs_dir=/tmp/tfkd_bench] [--threads=0]
+    python benchmarks/self_boosting_table.py [--regime=short|converge] [--datasets=fashion_mnist,glyphs]
+        [--seeds=0,1,2] [--jobs=2] [--runs_dir=/tmp/tfkd_bench] [--threads=0]
 
-Every (dataset, method, seed) is one `bin/train` run (configs/bench_<dataset>.py) in its own
-workdir under --runs_dir, so an interrupted benchmark resumes where it stopped (finished runs are
-read back, unfinished ones resume from their last epoch). The checkpoint is chosen on validation;
-the table reports test accuracy of the final exit and of the exit ensemble, mean +- std over
-seeds. Results go to benchmarks/results/self_boosting_table.json after every run.
+Regimes: ``short`` (configs/bench_<dataset>.py, 6 epochs) and ``converge``
+(configs/bench_<dataset>_converge.py, 40 epochs, step schedule). Every (dataset, method, seed)
+is one ``bin/train`` run in its own workdir under --runs_dir. Results go to
+benchmarks/results/<name>.json after *every* finished run, and runs already in that file are not
+run again: a table can be completed over several sessions on different machines from the
+committed file alone (unfinished runs in --runs_dir also resume from their last epoch).
+
+``--jobs=N`` runs N trainings side by side (each with ``--threads`` TensorFlow threads; on a
+2-core CPU two 1-thread runs have more throughput than one 2-thread run). The checkpoint is
+chosen on validation; the table reports test accuracy of the final exit, each exit and the exit
+ensemble (mean +- std over seeds), the best epoch, wall time and the validation curve.
 """
+import concurrent.futures
 import csv
 import json
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -24,22 +32,47 @@ from absl import app, flags  # noqa: E402
 
 import common  # noqa: E402
 
-flags.DEFINE_list("datasets", ["fashion_mnist", "glyphs"], "Datasets (configs/bench_<name>.py).")
+REGIMES = {"short": "", "converge": "_converge"}
+DEFAULT_NAMES = {"short": "self_boosting_table", "converge": "self_boosting_converge"}
+
+flags.DEFINE_enum("regime", "short", list(REGIMES), "short: configs/bench_<dataset>.py (6 epochs); "
+                  "converge: configs/bench_<dataset>_converge.py (40 epochs).")
+flags.DEFINE_list("datasets", ["fashion_mnist", "glyphs"], "Datasets (configs/bench_<name>[_converge].py).")
 flags.DEFINE_list("methods", ["baseline", "dsn", "self_distill", "metadistiller"], "Methods.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_string("runs_dir", "/tmp/tfkd_bench", "Where the runs' workdirs go (not committed).")
 flags.DEFINE_integer("threads", 0, "TF intra/inter-op threads per run (0 = TensorFlow's default).")
+flags.DEFINE_integer("jobs", 1, "Runs trained side by side.")
 flags.DEFINE_multi_string("override", [], "Extra --config.* flags for every run, e.g. train.epochs=2.")
-flags.DEFINE_string("name", "self_boosting_table", "Result file name under benchmarks/results/.")
+flags.DEFINE_string("name", "", "Result file name under benchmarks/results/ ('' = by regime).")
 FLAGS = flags.FLAGS
+
+RUN_KEYS = ("seed", "best_epoch", "test", "val", "command", "num_train_examples", "num_test_examples",
+            "meta_loss_first_last", "git_revision", "seconds", "val_curve", "epochs_in_history", "resumed")
+
+
+def config_path(dataset):
+    return os.path.join(common.REPO, "configs", f"bench_{dataset}{REGIMES[FLAGS.regime]}.py")
+
+
+def regime(dataset):
+    """What a reader needs to know about how long and how big the runs were."""
+    c = common.load_config(config_path(dataset))  # before --override (listed beside it)
+    return {"epochs": c.train.epochs, "arch": c.model.arch, "width": c.model.width,
+            "batch_size": c.train.batch_size, "learning_rate": c.train.learning_rate,
+            "weight_decay": c.train.weight_decay, "schedule": c.train.lr_schedule,
+            "lr_boundaries": list(c.train.lr_boundaries), "max_train_examples": c.data.max_train_examples,
+            "select_metric": c.train.select_metric,
+            "method_knobs": {m: c[m].to_dict() for m in ("self_distill", "metadistiller") if m in c}}
 
 
 def run_one(dataset, method, seed):
-    workdir = os.path.join(FLAGS.runs_dir, dataset, method, f"seed{seed}")
+    workdir = os.path.join(FLAGS.runs_dir, FLAGS.regime, dataset, method, f"seed{seed}")
     metrics_path = os.path.join(workdir, "metrics.json")
-    config = os.path.join(common.REPO, "configs", f"bench_{dataset}.py")
-    cmd = [sys.executable, os.path.join(common.REPO, "bin", "train"), f"--config={config}", f"--method={method}",
-           f"--seed={seed}", f"--workdir={workdir}"] + [f"--config.{o}" for o in FLAGS.override]
+    cmd = [sys.executable, os.path.join(common.REPO, "bin", "train"), f"--config={config_path(dataset)}",
+           f"--method={method}", f"--seed={seed}", f"--workdir={workdir}", "--config.export.enabled=False"]
+    cmd += [f"--config.{o}" for o in FLAGS.override]
+    seconds = None
     if not os.path.exists(metrics_path):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         if FLAGS.threads:
@@ -51,21 +84,25 @@ def run_one(dataset, method, seed):
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"run failed ({proc.returncode}): {' '.join(cmd)}; see {log_path}")
-        print(f"{dataset}/{method}/seed{seed}: {time.time() - start:.0f}s", flush=True)
+        seconds = time.time() - start  # includes a resumed run's earlier part only if not resumed
+        print(f"{dataset}/{method}/seed{seed}: {seconds:.0f}s", flush=True)
     with open(metrics_path) as f:
         metrics = json.load(f)
     with open(os.path.join(workdir, "history.csv")) as f:
         history = list(csv.DictReader(f))
-    epochs = len(history)
     # MetaDistiller's outer (meta) loss at its first and last meta epoch: a diverging or flat
     # curve flags a generator learning rate problem.
     meta = [float(h["meta_loss"]) for h in history if h.get("meta_loss")]
     if meta:
         metrics["meta_loss_first_last"] = [meta[0], meta[-1]]
+    metrics["val_curve"] = [round(float(h["val_final_accuracy"]), 5) for h in history]
     with open(os.path.join(workdir, "run_info.json")) as f:
-        metrics["git_revision"] = json.load(f)[0]["git_revision"]  # the code that trained this run
-    metrics["command"] = " ".join(os.path.relpath(c, common.REPO) if c.startswith(common.REPO) else c for c in cmd)
-    metrics["epochs_in_history"] = epochs
+        starts = json.load(f)
+    metrics["git_revision"] = starts[0]["git_revision"]  # the code that trained this run
+    metrics["resumed"] = len(starts) > 1
+    metrics["command"] = " ".join(["python"] + cmd[1:]).replace(common.REPO + os.sep, "")
+    metrics["epochs_in_history"] = len(history)
+    metrics["seconds"] = seconds
     return metrics
 
 
@@ -76,23 +113,48 @@ def summarize(values):
             "n": len(values), "values": values}
 
 
+def add_run(results, dataset, method, m):
+    entry = results["datasets"][dataset]["methods"].setdefault(method, {"runs": []})
+    entry["runs"] = sorted([r for r in entry["runs"] if r["seed"] != m["seed"]] +
+                           [{k: m[k] for k in RUN_KEYS if k in m}], key=lambda r: r["seed"])
+    heads = sorted(k for k in entry["runs"][0]["test"] if k.endswith("_accuracy"))
+    for head in heads:
+        entry[head[: -len("_accuracy")]] = summarize([r["test"][head] for r in entry["runs"] if head in r["test"]])
+    entry["best_epoch"] = summarize([r["best_epoch"] for r in entry["runs"]])
+    entry["seconds"] = summarize([r["seconds"] for r in entry["runs"] if r.get("seconds")])
+
+
 def main(argv):
     del argv
-    results = {"benchmark": "self_boosting_table", "datasets": {}, "seeds": [int(s) for s in FLAGS.seeds],
-               "overrides": FLAGS.override, "threads": FLAGS.threads}
+    name = FLAGS.name or DEFAULT_NAMES[FLAGS.regime]
+    try:
+        results = common.read_result(name)  # continue a table started earlier (maybe elsewhere)
+    except FileNotFoundError:
+        results = {"benchmark": "self_boosting_table", "datasets": {}}
+    results.update({"regime_name": FLAGS.regime, "seeds": sorted({int(s) for s in FLAGS.seeds} |
+                                                                    set(results.get("seeds", []))),
+                    "overrides": FLAGS.override, "threads": FLAGS.threads, "jobs": FLAGS.jobs})
+    for key in ("command", "date_utc", "machine", "git_revision"):
+        results.pop(key, None)  # rewritten for this invocation
     for dataset in FLAGS.datasets:
-        results["datasets"][dataset] = {"config_file": f"configs/bench_{dataset}.py", "methods": {}}
-    for seed in FLAGS.seeds:  # seed-major: a partial table still covers every method
-        for dataset in FLAGS.datasets:
-            for method in FLAGS.methods:
-                m = run_one(dataset, method, int(seed))
-                entry = results["datasets"][dataset]["methods"].setdefault(method, {"runs": []})
-                keys = ("seed", "best_epoch", "test", "val", "command", "num_train_examples", "num_test_examples",
-                        "meta_loss_first_last", "git_revision")
-                entry["runs"].append({k: m[k] for k in keys if k in m})
-                for key, field in (("final", "final_accuracy"), ("ensemble", "ensemble_accuracy")):
-                    entry[key] = summarize([r["test"][field] for r in entry["runs"]])
-                common.write_result(FLAGS.name, results)
+        d = results["datasets"].setdefault(dataset, {"methods": {}})
+        d["config_file"] = os.path.relpath(config_path(dataset), common.REPO)
+        d["regime"] = regime(dataset)
+    done = {(ds, m, r["seed"]) for ds, d in results["datasets"].items() for m, e in d["methods"].items()
+            for r in e["runs"]}
+    # Seed-major: a partial table still covers every method.
+    todo = [(ds, m, int(s)) for s in FLAGS.seeds for ds in FLAGS.datasets for m in FLAGS.methods
+            if (ds, m, int(s)) not in done]
+    print(f"{len(done)} runs already in benchmarks/results/{name}.json; {len(todo)} to go", flush=True)
+    lock = threading.Lock()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, FLAGS.jobs)) as pool:
+        futures = {pool.submit(run_one, *job): job for job in todo}
+        for future in concurrent.futures.as_completed(futures):
+            dataset, method, _ = futures[future]
+            m = future.result()
+            with lock:
+                add_run(results, dataset, method, m)
+                common.write_result(name, results)
 
 
 if __name__ == "__main__":
