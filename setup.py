@@ -10,23 +10,27 @@ setup(
     python_requires=">=3.10",
     # TensorFlow itself comes from an extra: `.[cpu]` (tensorflow-cpu, CI and laptops) or `.[gpu]`
     # (tensorflow[and-cuda]); the two wheels provide the same module and must not be mixed.
+    # Compatible ranges (next major excluded); constraints.txt pins the exact versions CI passes on.
     install_requires=[
-        "keras>=3.10",
-        "tensorflow-datasets>=4.9",
+        "keras>=3.10,<4",
+        "tensorflow-datasets>=4.9,<5",
         # Not pulled in by TF 2.21 any more, but needed: Keras Tuner imports tensorboard,
         # TFDS needs importlib_resources to build datasets.
-        "tensorboard>=2.16",
-        "importlib_resources",
-        "ml-collections>=0.1.1",
-        "absl-py>=2.0",
-        "numpy>=1.26",
-        "h5py",
-        "keras-tuner>=1.4",
+        "tensorboard>=2.16,<3",
+        "importlib_resources<8",
+        "ml-collections>=0.1.1,<2",
+        "absl-py>=2.0,<3",
+        "numpy>=1.26,<3",
+        "h5py>=3.8,<4",
+        "keras-tuner>=1.4,<2",
+        # bin/visualize (diagnostic figures; t-SNE of few-shot features).
+        "matplotlib>=3.7,<4",
+        "scikit-learn>=1.3,<2",
     ],
     extras_require={
-        "cpu": ["tensorflow-cpu>=2.20; platform_machine=='x86_64'", "tensorflow>=2.20; platform_machine!='x86_64'"],
-        "gpu": ["tensorflow[and-cuda]>=2.20"],
-        "test": ["pytest>=8", "pytest-xdist>=3", "scikit-learn>=1.3"],
+        "cpu": ["tensorflow-cpu>=2.20,<3; platform_machine=='x86_64'", "tensorflow>=2.20,<3; platform_machine!='x86_64'"],
+        "gpu": ["tensorflow[and-cuda]>=2.20,<3"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3,<4"],
     },
     scripts=["bin/train", "bin/export", "bin/extract_features", "bin/evaluate", "bin/tune"],
 )

@@ -246,11 +246,49 @@ def scaling_table():
     return "\n".join(lines)
 
 
+def self_boosting_converge_table():
+    """The convergent-regime table: every exit, the ensemble, best epoch and wall time per run."""
+    r = load("self_boosting_converge")
+    if r is None:
+        return "_Not measured yet: run `python benchmarks/self_boosting_table.py --regime=converge`._"
+    lines = []
+    for dataset, d in r["datasets"].items():
+        methods = d["methods"]
+        if not methods:
+            continue
+        g = d["regime"]
+        any_run = next(iter(methods.values()))["runs"][0]
+        lines.append(f"**{dataset}** (`{d['config_file']}`: {g['arch']} width {g['width']}, {g['epochs']} epochs, "
+                     f"SGD lr {g['learning_rate']} ÷10 at epochs {', '.join(map(str, g['lr_boundaries']))}, weight "
+                     f"decay {g['weight_decay']}, batch {g['batch_size']}; {any_run['num_train_examples']} training "
+                     f"images, {any_run['num_test_examples']} test images. Test accuracy %, mean ± std over seeds, "
+                     f"each run's checkpoint chosen on validation `{g['select_metric']}`)\n")
+        lines.append("| method | final exit | exit 1 | exit 2 | exit 3 | ensemble of exits | best epoch | "
+                     "wall time per run | seeds |")
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for name in ("baseline", "dsn", "self_distill", "metadistiller"):
+            if name not in methods:
+                continue
+            e = methods[name]
+            seeds = ", ".join(str(run["seed"]) for run in e["runs"])
+            exits = [pct(e.get(f"exit_{k}")) for k in (1, 2, 3)]
+            ens = pct(e.get("ensemble")) if name != "baseline" else "– (no exits)"
+            best = ", ".join(str(run["best_epoch"]) for run in e["runs"])
+            secs = e.get("seconds")
+            wall = f"{secs['mean'] / 60:.0f} min" if secs else "–"
+            lines.append(f"| {METHOD_LABELS[name]} | {pct(e.get('final'))} | {' | '.join(exits)} | {ens} | {best} | "
+                         f"{wall} | {seeds} |")
+        lines.append("")
+    lines.append(provenance(r) + run_revisions(r) + " Wall time: two runs side by side, one TensorFlow thread each.")
+    return "\n".join(lines)
+
+
 TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
-          "self_boosting": self_boosting_table, "step_cost": step_cost_table, "generator_lr": generator_lr_table}
+          "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
+          "step_cost": step_cost_table, "generator_lr": generator_lr_table}
 
 
 def render(text):

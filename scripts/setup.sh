@@ -11,4 +11,5 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 PYTHON=${PYTHON:-python3}
 # TFKD_TF_EXTRA=gpu installs tensorflow[and-cuda] instead of tensorflow-cpu.
-"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[${TFKD_TF_EXTRA:-cpu},test]"
+# constraints.txt: the exact versions CI passes on (README, "Pinned versions").
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[${TFKD_TF_EXTRA:-cpu},test]"
