@@ -20,7 +20,7 @@ import numpy as np
 from tfkd import evaluation
 from tfkd import io
 from tfkd.data.episodes import SPLITS, EpisodeSampler, episode_dataset
-from tfkd.data.features import read_features
+from tfkd.data.features import check_labels_against_metadata, read_feature_metadata, read_features
 from tfkd.distribute import get_strategy, is_chief
 from tfkd.errors import ConfigError, DataError
 from tfkd.registry import METHODS
@@ -60,12 +60,11 @@ class FeatureSplits:
             if shared:
                 raise DataError(f"{features_dir}: classes {sorted(shared)[:5]} are in both {a} and {b}; "
                                 f"few-shot splits must have disjoint classes")
-        self.class_groups = None
-        meta_path = os.path.join(features_dir, "features.json")
-        if os.path.exists(meta_path):
-            with open(meta_path) as f:
-                groups = json.load(f).get("class_groups")
-            self.class_groups = np.asarray(groups) if groups else None
+        meta = read_feature_metadata(features_dir)
+        for s, (_, labels) in self.splits.items():
+            check_labels_against_metadata(labels, self.paths[s], meta)
+        groups = meta.get("class_groups")
+        self.class_groups = np.asarray(groups) if groups else None
 
     def __getitem__(self, split):
         return self.splits[split]
