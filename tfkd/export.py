@@ -8,15 +8,18 @@ Signatures:
 Normalisation happens inside the graph. A request of the wrong dtype or shape is rejected by the
 signature (TensorFlow raises naming the expected TensorSpec) instead of producing wrong answers.
 Metadata (method, config, git revision, class names) is written to ``assets.extra/tfkd.json``.
+
+Layer: reads run folders through tfkd.runs (and tfkd.teachers for old teacher-student
+checkpoints); never imports a driver.
 """
 import json
 import os
 
 import tensorflow as tf
 
-from tfkd import io
+from tfkd import io, runs, teachers
 
-METADATA_FILE = os.path.join("assets.extra", "tfkd.json")
+METADATA_FILE = runs.METADATA_FILE
 
 
 class InferenceModule(tf.Module):
@@ -66,49 +69,14 @@ def export_saved_model(network, path, metadata=None, top_k=5):
 
 
 def load_metadata(path):
-    with open(os.path.join(path, METADATA_FILE)) as f:
-        return json.load(f)
+    return runs.load_metadata(path)
 
 
 def restore_network(workdir, checkpoint="best"):
     """Rebuilds a run's network from its workdir (no data needed) and loads a checkpoint:
-    'best', 'latest', or the path of a checkpoint folder."""
-    import ml_collections
-
-    from tfkd.errors import WorkdirError
-    from tfkd.methods import build_method
-    from tfkd.models import build_backbone
-    from tfkd import train
-
-    for name in ("config.json", "network.json"):
-        if not os.path.exists(os.path.join(workdir, name)):
-            raise WorkdirError(f"--workdir={workdir} has no {name}: not a tfkd run folder")
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    with open(os.path.join(workdir, "network.json")) as f:
-        net = json.load(f)
-    if checkpoint == "best":
-        ckpt = os.path.join(workdir, train.CHECKPOINTS, "best")
-    elif checkpoint == "latest":
-        ckpt = train.latest_checkpoint(workdir)
-    else:
-        ckpt = checkpoint
-    if not ckpt or not os.path.exists(os.path.join(ckpt, train.WEIGHTS)):
-        raise WorkdirError(f"--checkpoint={checkpoint}: no {train.WEIGHTS} found in {ckpt or workdir}")
-    kwargs = dict(net["kwargs"])
-    kwargs["input_shape"] = tuple(kwargs["input_shape"])
-    network = build_backbone(net["arch"], **kwargs)
-    network.ensure_built()
-    network_weights = os.path.join(ckpt, train.NETWORK_WEIGHTS)
-    if os.path.exists(network_weights):  # the network alone: no method (nor teacher) to rebuild
-        network.load_weights(network_weights)
-        return network, config, net.get("class_names"), ckpt
-    method = build_method(config.method, network, config[config.method], weight_decay=0.0)
-    method(tf.zeros((1,) + tuple(network.image_shape)), training=False)
-    method.compile(optimizer=train.build_optimizer(config.train, steps=1))
-    method.build_state()
-    method.load_weights(os.path.join(ckpt, train.WEIGHTS))
-    return network, config, net.get("class_names"), ckpt
+    'best', 'latest', or the path of a checkpoint folder (tfkd.runs.restore_network; a
+    teacher-student run's old full-model checkpoint is restored with its teacher)."""
+    return runs.restore_network(workdir, checkpoint, load_teacher=teachers.Teacher)
 
 
 CHECK_SCRIPT = r"""
@@ -251,23 +219,20 @@ class FewShotPredictorModule(tf.Module):
 
 def export_fewshot_predictor(workdir, path, metadata=None):
     """SavedModel few-shot predictor of a finished few-shot run or ensemble (see FewShotPredictorModule)."""
-    from tfkd import train as train_lib
-    from tfkd.train_fewshot import SNAPSHOTS, restore_fewshot_method
-
     with open(os.path.join(workdir, "network.json")) as f:
         network = json.load(f)
     member_dirs = [os.path.join(workdir, m) for m in network.get("ensemble_members", [])] or [workdir]
-    snapshot_root = os.path.join(member_dirs[0], SNAPSHOTS)
+    snapshot_root = os.path.join(member_dirs[0], runs.SNAPSHOTS)
     snapshots = sorted(os.listdir(snapshot_root)) if os.path.isdir(snapshot_root) else []
     variants, config = [], None
-    sources = [(int(s[2:]), lambda d, s=s: os.path.join(d, SNAPSHOTS, s)) for s in snapshots]
+    sources = [(int(s[2:]), lambda d, s=s: os.path.join(d, runs.SNAPSHOTS, s)) for s in snapshots]
     if not sources or sources[0][0] > 1:
-        sources.insert(0, (0, lambda d: os.path.join(d, train_lib.CHECKPOINTS, "best")))
+        sources.insert(0, (0, runs.best_checkpoint))
     for threshold, folder in sources:
         members = []
         for d in member_dirs:
-            method, config = restore_fewshot_method(d)
-            method.load_weights(os.path.join(folder(d), train_lib.WEIGHTS))
+            method, config = runs.restore_fewshot_method(d)
+            method.load_weights(os.path.join(folder(d), runs.WEIGHTS))
             members.append(method)
         variants.append((threshold, members))
     backbone, backbone_dir = None, None
