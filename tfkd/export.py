@@ -59,7 +59,9 @@ class InferenceModule(tf.Module):
 def export_saved_model(network, path, metadata=None, top_k=5):
     """Writes the SavedModel atomically: to a temp folder, then renamed over ``path``."""
     module = InferenceModule(network, top_k)
-    with io.atomic_directory(path) as tmp:
+    # Refused up front when it cannot fit (variables + a few MB of graph), instead of failing midway.
+    needed = runs.variables_nbytes(module.inference_variables) + (8 << 20)
+    with io.atomic_directory(path, needed_bytes=needed) as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve, "logits": module.logits})
         meta = dict(metadata or {})
         meta.update({"input_shape": list(network.image_shape), "num_classes": int(network.num_classes),
@@ -222,12 +224,12 @@ def export_fewshot_predictor(workdir, path, metadata=None):
     with open(os.path.join(workdir, "network.json")) as f:
         network = json.load(f)
     member_dirs = [os.path.join(workdir, m) for m in network.get("ensemble_members", [])] or [workdir]
-    snapshot_root = os.path.join(member_dirs[0], runs.SNAPSHOTS)
-    snapshots = sorted(os.listdir(snapshot_root)) if os.path.isdir(snapshot_root) else []
+    snapshots = runs.snapshot_dirs(member_dirs[0])  # the intact ones, {k_train: folder}
     variants, config = [], None
-    sources = [(int(s[2:]), lambda d, s=s: os.path.join(d, runs.SNAPSHOTS, s)) for s in snapshots]
+    sources = [(k, lambda d, name=os.path.basename(folder): os.path.join(d, runs.SNAPSHOTS, name))
+               for k, folder in sorted(snapshots.items())]
     if not sources or sources[0][0] > 1:
-        sources.insert(0, (0, runs.best_checkpoint))
+        sources.insert(0, (0, runs.verified_best))
     for threshold, folder in sources:
         members = []
         for d in member_dirs:
@@ -249,7 +251,9 @@ def export_fewshot_predictor(workdir, path, metadata=None):
     signatures = {"serving_default": module.serve}
     if module.images is not None:
         signatures["images"] = module.images
-    with io.atomic_directory(path) as tmp:
+    variables = module.prediction_variables + getattr(module, "backbone_variables", [])
+    needed = runs.variables_nbytes(variables) + (8 << 20)  # refused up front when it cannot fit
+    with io.atomic_directory(path, needed_bytes=needed) as tmp:
         tf.saved_model.save(module, tmp, signatures=signatures)
         meta = dict(metadata or {})
         meta.update({"task": "fewshot", "method": network["method"], "feature_dim": network["feature_dim"],

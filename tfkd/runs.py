@@ -13,6 +13,8 @@ Layout::
     checkpoints/epoch_NNNN/{model.weights.h5,network.weights.h5,state.json}   last ``keep_checkpoints``
                          epochs (model = method + network + optimizer; network = what exports need)
     checkpoints/best/    the same files, of the best epoch on the validation metric
+    checkpoints/*/manifest.json   size and sha256 of every file of the checkpoint
+    run.lock             pid and host of the process training in this folder
     snapshots/k_NNN/     progressive weakening: the model when k_train first reached NNN
     members/member_i/    ensembles: one run folder per member
     logs/                TensorBoard (train/, validation/)
@@ -23,14 +25,29 @@ Layout::
 
 Every file is written atomically (tfkd.io); killing the process at any point leaves the last
 completed epoch intact, and re-running the same command resumes from it.
+
+Faults are caught, not crashed on: a checkpoint whose files do not match its manifest (truncated,
+overwritten, garbage) is reported in one line and skipped for the previous intact one, and a bad
+``best`` is rebuilt from its epoch's checkpoint; a checkpoint that would not fit on the disk is
+refused before it is written; a second training process on the same folder is refused at once
+(``run.lock``; a lock left by a dead process on this host is taken over); temp files left by a
+killed process are removed at the next start.
 """
+import contextlib
 import csv
+import errno
+import hashlib
 import io as _stdio
 import json
 import os
 import shutil
+import socket
+import sys
+import tempfile
+import time
 
 import keras
+import h5py
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -51,6 +68,8 @@ BEST = "best"
 WEIGHTS = "model.weights.h5"
 NETWORK_WEIGHTS = "network.weights.h5"  # the network alone, for export / feature extraction / teachers
 STATE = "state.json"
+MANIFEST = "manifest.json"
+LOCK = "run.lock"
 SNAPSHOTS = "snapshots"
 HISTORY = "history.csv"
 METRICS = "metrics.json"
@@ -101,7 +120,30 @@ def load_metadata(export_path):
         return json.load(f)
 
 
+def report(message):
+    """One warning line on stderr (a fault tfkd worked around)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def variables_nbytes(variables):
+    """Bytes the values of these variables take (what their weights file needs, roughly)."""
+    total = 0
+    for v in variables:
+        dtype = getattr(v.dtype, "as_numpy_dtype", v.dtype)
+        total += int(np.prod(v.shape)) * np.dtype(dtype).itemsize
+    return total
+
+
+def folder_nbytes(folder):
+    return sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)
+               if os.path.isfile(os.path.join(folder, n)))
+
+
 # ---------------------------------------------------------------------- starting a run
+
+
+def _is_temporary(name):
+    return name.startswith(".tmp-") or name.startswith(".old-")
 
 
 def prepare_workdir(workdir, config, overwrite=False, may_contain=()):
@@ -112,9 +154,13 @@ def prepare_workdir(workdir, config, overwrite=False, may_contain=()):
     if is_finished(workdir) and not overwrite:
         raise WorkdirError(f"--workdir={workdir} holds a finished run ({METRICS}); "
                            f"use a new --workdir or pass --overwrite to discard it")
-    if overwrite and os.path.exists(workdir):
-        shutil.rmtree(workdir)
-    if os.path.exists(cfg_path):
+    if overwrite and os.path.isdir(workdir):
+        for name in os.listdir(workdir):
+            if name != LOCK:  # this process's own lock stays
+                path = os.path.join(workdir, name)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    resuming = os.path.exists(cfg_path)
+    if resuming:
         with open(cfg_path) as f:
             old = json.load(f)
         new = config_json(config)
@@ -122,10 +168,40 @@ def prepare_workdir(workdir, config, overwrite=False, may_contain=()):
             diffs = _diff(old, new)
             raise WorkdirError(f"--workdir={workdir} was started with a different config "
                                f"({'; '.join(diffs[:5])}); use a new --workdir, or --overwrite to discard it")
-        return True
-    if os.path.isdir(workdir) and set(os.listdir(workdir)) - set(may_contain):
+    elif os.path.isdir(workdir) and {n for n in os.listdir(workdir) if n != LOCK and not _is_temporary(n)} - set(
+            may_contain):
         raise WorkdirError(f"--workdir={workdir} exists, is not empty and holds no tfkd run ({CONFIG})")
-    return False
+    if is_chief():
+        clean_stale_temporaries(workdir)
+    return resuming
+
+
+def clean_stale_temporaries(workdir):
+    """Removes the temp files and folders (``.tmp-*``) a killed process left in the run folder, and
+    undoes a folder swap it interrupted (``.old-X-*`` whose X is missing is put back). Call only
+    while holding the lock: a live writer's temp files look the same. Returns what was removed."""
+    removed, restored = [], []
+    for sub in ("", CHECKPOINTS, SNAPSHOTS):
+        folder = os.path.join(workdir, sub)
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if name.startswith(".old-"):
+                original = os.path.join(folder, name[len(".old-"):].rsplit("-", 1)[0])
+                if not os.path.exists(original):
+                    os.replace(path, original)
+                    restored.append(os.path.join(sub, os.path.basename(original)))
+                    continue
+            elif not name.startswith(".tmp-"):
+                continue
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+            removed.append(os.path.join(sub, name))
+    if removed or restored:
+        parts = [f"removed {', '.join(removed)}"] if removed else []
+        parts += [f"put back {', '.join(restored)}"] if restored else []
+        report(f"cleaned up after an interrupted process in {workdir}: {'; '.join(parts)}")
+    return removed
 
 
 def _diff(old, new, prefix=""):
@@ -159,13 +235,99 @@ def write_run_files(workdir, config, network_info, start_info):
 # ---------------------------------------------------------------------- checkpoints
 
 
-def latest_checkpoint(workdir):
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder):
+    """manifest.json: size and sha256 of every file of a checkpoint folder (written last)."""
+    files = {n: {"size": os.path.getsize(os.path.join(folder, n)), "sha256": _sha256(os.path.join(folder, n))}
+             for n in sorted(os.listdir(folder)) if n != MANIFEST and os.path.isfile(os.path.join(folder, n))}
+    io.write_json_atomic(os.path.join(folder, MANIFEST), {"files": files})
+
+
+def _h5_problem(path):
+    if os.path.getsize(path) == 0:
+        return "is empty"
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except Exception:  # noqa: BLE001  (h5py raises OSError / RuntimeError on damaged files)
+        return "cannot be read as HDF5 (truncated or damaged)"
+    return None
+
+
+def checkpoint_problem(folder):
+    """None when a checkpoint folder is intact, else what is wrong with it (a short phrase)."""
+    if not os.path.isdir(folder):
+        return "it is missing"
+    manifest = os.path.join(folder, MANIFEST)
+    if os.path.exists(manifest):
+        try:
+            with open(manifest) as f:
+                files = json.load(f)["files"]
+            entries = [(name, int(e["size"]), str(e["sha256"])) for name, e in sorted(files.items())]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{MANIFEST} is unreadable"
+        if STATE not in files:
+            return f"{MANIFEST} lists no {STATE}"
+        for name, size, digest in entries:
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                return f"{name} is missing"
+            actual = os.path.getsize(path)
+            if actual != size:
+                return (f"{name} is empty" if actual == 0 else
+                        f"{name} is truncated ({actual} of {size} bytes)" if actual < size else
+                        f"{name} has {actual} bytes, {size} expected")
+            if _sha256(path) != digest:
+                return f"{name} does not match its checksum"
+        return None
+    # Checkpoints written before manifests existed: what can be checked without one.
+    try:
+        with open(os.path.join(folder, STATE)) as f:
+            if not isinstance(json.load(f), dict):
+                raise ValueError
+    except FileNotFoundError:
+        return f"{STATE} is missing"
+    except (OSError, ValueError):
+        return f"{STATE} is not valid JSON"
+    if not os.path.exists(os.path.join(folder, WEIGHTS)):
+        return f"{WEIGHTS} is missing"
+    for name in (WEIGHTS, NETWORK_WEIGHTS):
+        if os.path.exists(os.path.join(folder, name)):
+            problem = _h5_problem(os.path.join(folder, name))
+            if problem:
+                return f"{name} {problem}"
+    return None
+
+
+def _epoch_dirs(workdir):
     root = os.path.join(workdir, CHECKPOINTS)
     if not os.path.isdir(root):
-        return None
-    epochs = sorted(d for d in os.listdir(root) if d.startswith("epoch_") and
-                    os.path.exists(os.path.join(root, d, STATE)))
-    return os.path.join(root, epochs[-1]) if epochs else None
+        return []
+    return [os.path.join(root, d) for d in sorted(os.listdir(root)) if d.startswith("epoch_")]
+
+
+def latest_checkpoint(workdir, quiet=False):
+    """The newest intact epoch checkpoint, or None. A damaged newer one is reported in one line
+    and skipped (its epoch is trained again)."""
+    damaged = False
+    for folder in reversed(_epoch_dirs(workdir)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        damaged = True
+        if not quiet:
+            report(f"{folder} is unusable ({problem}); falling back to the previous checkpoint")
+    if damaged and not quiet:
+        report(f"no intact epoch checkpoint in {os.path.join(workdir, CHECKPOINTS)}; training starts from the "
+               f"first epoch")
+    return None
 
 
 def read_state(checkpoint_dir):
@@ -173,16 +335,42 @@ def read_state(checkpoint_dir):
         return json.load(f)
 
 
+def verified_best(workdir):
+    """checkpoints/best, checked against its manifest. A damaged one is rebuilt from the checkpoint
+    of its epoch (reported in one line); when that is no longer kept, WorkdirError (exit 2)."""
+    best = best_checkpoint(workdir)
+    problem = checkpoint_problem(best)
+    if problem is None:
+        return best
+    latest = latest_checkpoint(workdir, quiet=True)
+    epoch = read_state(latest)["best_epoch"] if latest else None
+    source = os.path.join(workdir, CHECKPOINTS, f"epoch_{epoch:04d}") if epoch else None
+    if source is None or checkpoint_problem(source) is not None:
+        known = (f"the checkpoint of its epoch {epoch} is no longer kept" if epoch else
+                 "no intact epoch checkpoint says which epoch it was")
+        raise WorkdirError(f"{best} is unusable ({problem}) and {known}; restore {best}, or train again with "
+                           f"--overwrite")
+    if not is_chief():
+        return source  # only the chief writes; workers read the epoch's copy
+    with io.atomic_directory(best) as tmp:
+        for name in os.listdir(source):
+            if name != MANIFEST:
+                shutil.copy2(os.path.join(source, name), os.path.join(tmp, name))
+        write_manifest(tmp)
+    report(f"{best} was unusable ({problem}); rebuilt from {source}")
+    return best
+
+
 def resolve_checkpoint(workdir, checkpoint):
-    """'best', 'latest' or a checkpoint folder -> the folder holding model.weights.h5."""
+    """'best', 'latest' or a checkpoint folder -> the intact folder holding model.weights.h5."""
     if checkpoint == "best":
-        ckpt = best_checkpoint(workdir)
-    elif checkpoint == "latest":
-        ckpt = latest_checkpoint(workdir)
-    else:
-        ckpt = checkpoint
+        return verified_best(workdir)
+    ckpt = latest_checkpoint(workdir) if checkpoint == "latest" else checkpoint
     if not ckpt or not os.path.exists(os.path.join(ckpt, WEIGHTS)):
         raise WorkdirError(f"--checkpoint={checkpoint}: no {WEIGHTS} found in {ckpt or workdir}")
+    problem = checkpoint_problem(ckpt)
+    if problem:
+        raise WorkdirError(f"--checkpoint={checkpoint}: {ckpt} is unusable ({problem})")
     return ckpt
 
 
@@ -212,22 +400,33 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if not is_chief():
             return
         root = os.path.join(self.workdir, CHECKPOINTS)
-        with io.atomic_directory(os.path.join(root, f"epoch_{done:04d}")) as epoch_tmp:
+        # Checked up front: h5py crashes the process on a full disk instead of raising.
+        needed = self._checkpoint_nbytes() * (2 if improved else 1)
+        with io.atomic_directory(os.path.join(root, f"epoch_{done:04d}"), needed_bytes=needed) as epoch_tmp:
             self.model.save_weights(os.path.join(epoch_tmp, WEIGHTS))
             network = getattr(self.model, "network", None)
             if network is not None:
                 network.save_weights(os.path.join(epoch_tmp, NETWORK_WEIGHTS))
             io.write_json_atomic(os.path.join(epoch_tmp, STATE), state)
+            write_manifest(epoch_tmp)
             if improved:  # best lands first: if killed before the epoch folder, the epoch re-runs
                 with io.atomic_directory(os.path.join(root, BEST)) as best_tmp:
-                    for name in (WEIGHTS, NETWORK_WEIGHTS):
-                        if os.path.exists(os.path.join(epoch_tmp, name)):
-                            shutil.copy2(os.path.join(epoch_tmp, name), os.path.join(best_tmp, name))
-                    io.write_json_atomic(os.path.join(best_tmp, STATE), state)
+                    for name in os.listdir(epoch_tmp):
+                        shutil.copy2(os.path.join(epoch_tmp, name), os.path.join(best_tmp, name))
         self._write_history()
         old = sorted(d for d in os.listdir(root) if d.startswith("epoch_"))[:-self.keep]
         for d in old:
             shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+
+    def _checkpoint_nbytes(self):
+        """The size of the newest checkpoint, or an estimate from the variables before the first."""
+        newest = _epoch_dirs(self.workdir)
+        if newest:
+            return folder_nbytes(newest[-1]) + (1 << 20)
+        optimizer = getattr(self.model, "optimizer", None)
+        network = getattr(self.model, "network", None)
+        return (variables_nbytes(self.model.weights) + variables_nbytes(getattr(optimizer, "variables", []))
+                + (variables_nbytes(network.weights) if network is not None else 0) + (1 << 20))
 
     def _write_history(self):
         keys = sorted({k for h in self.history for k in h} - {"epoch"})
@@ -265,27 +464,37 @@ class KSnapshots(keras.callbacks.Callback):
         for k in [k for k in self.pending if k_train <= k]:
             self.pending.remove(k)
             path = os.path.join(self.root, f"k_{k:03d}")
-            if os.path.exists(path) or not is_chief():
+            if (os.path.exists(path) and checkpoint_problem(path) is None) or not is_chief():
                 continue
             step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-            with io.atomic_directory(path) as tmp:
+            needed = variables_nbytes(self.model.weights) + variables_nbytes(self.model.optimizer.variables) + (1 << 20)
+            with io.atomic_directory(path, needed_bytes=needed) as tmp:
                 self.model.save_weights(os.path.join(tmp, WEIGHTS))
                 io.write_json_atomic(os.path.join(tmp, STATE), {"k_train": k_train, "saved_for_k": k, "step": step})
+                write_manifest(tmp)
 
 
 def snapshot_dirs(workdir):
-    """{k_train: folder} of the run's saved snapshots."""
+    """{k_train: folder} of the run's intact snapshots (a damaged one is reported and left out)."""
     root = os.path.join(workdir, SNAPSHOTS)
     if not os.path.isdir(root):
         return {}
-    return {int(d[2:]): os.path.join(root, d) for d in sorted(os.listdir(root))
-            if d.startswith("k_") and os.path.exists(os.path.join(root, d, WEIGHTS))}
+    found = {}
+    for d in sorted(os.listdir(root)):
+        if d.startswith("k_"):
+            problem = checkpoint_problem(os.path.join(root, d))
+            if problem:
+                report(f"{os.path.join(root, d)} is unusable ({problem}); left out")
+            else:
+                found[int(d[2:])] = os.path.join(root, d)
+    return found
 
 
 def snapshot_for_shot(workdir, k):
     """The snapshot folder whose k_train is the largest saved value <= k, or None."""
-    usable = [s for s in snapshot_dirs(workdir) if s <= k]
-    return snapshot_dirs(workdir)[max(usable)] if usable else None
+    saved = snapshot_dirs(workdir)
+    usable = [s for s in saved if s <= k]
+    return saved[max(usable)] if usable else None
 
 
 # ---------------------------------------------------------------------- rebuilding a run's model
@@ -337,3 +546,101 @@ def restore_fewshot_method(workdir, checkpoint="best"):
         return method, config  # an ensemble's parent: the members hold the weights
     method.load_weights(os.path.join(resolve_checkpoint(workdir, checkpoint), WEIGHTS))
     return method, config
+
+
+# ---------------------------------------------------------------------- the lock
+
+
+def _read_lock(path):
+    try:
+        with open(path) as f:
+            owner = json.load(f)
+        return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _acquire(workdir):
+    """Creates WORKDIR/run.lock (pid, host, start time) or raises WorkdirError naming its owner."""
+    lock = os.path.join(workdir, LOCK)
+    host = socket.gethostname()
+    mine = {"pid": os.getpid(), "host": host, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(sys.argv)}
+    # Written whole to a private name, then hard-linked into place: the link fails when a lock
+    # exists, so two processes can never both create it, and a reader never sees half of one.
+    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=f".{LOCK}-")
+    try:
+        os.fchmod(fd, io.file_mode())
+        with os.fdopen(fd, "w") as f:
+            json.dump(mine, f)
+        for _ in range(3):
+            try:
+                os.link(tmp, lock)
+                return
+            except FileExistsError:
+                owner = _read_lock(lock)
+            if owner is None:
+                raise WorkdirError(f"--workdir={workdir} has an unreadable lock file {lock}; delete it if no other "
+                                   f"run uses this folder")
+            if owner.get("host") == host and owner["pid"] != os.getpid() and not _alive(owner["pid"]):
+                report(f"took over the lock of pid {owner['pid']} on {host}, which is no longer running")
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock)
+                continue
+            raise WorkdirError(f"--workdir={workdir} is in use by another run (pid {owner['pid']} on "
+                               f"{owner.get('host')}, since {owner.get('started_utc', '?')}); wait for it to end, or "
+                               f"delete {lock} if that process is gone")
+        raise WorkdirError(f"--workdir={workdir}: could not take the lock {lock}")
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise WorkdirError(f"--workdir={workdir} is not writable ({e.strerror})") from None
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def locked(workdir):
+    """Holds WORKDIR/run.lock while a run trains there: a second process on the same folder is
+    refused at once (WorkdirError naming the owner's pid and host), a lock left by a dead process
+    on this host is taken over. Under multi_worker the workers share the folder: only the chief
+    takes the lock. A folder created only for the lock is removed again if the run wrote nothing."""
+    if not is_chief():
+        yield
+        return
+    if os.path.lexists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"--workdir={workdir} is a file, not a folder; expected a new or existing folder")
+    created = not os.path.exists(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"--workdir={workdir} cannot be created ({e.strerror})") from None
+    try:
+        _acquire(workdir)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(workdir)
+        raise
+    lock = os.path.join(workdir, LOCK)
+    try:
+        yield
+    finally:
+        owner = _read_lock(lock)
+        if owner and owner["pid"] == os.getpid() and owner.get("host") == socket.gethostname():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(workdir)  # only when empty: a refused or failed start leaves nothing

@@ -91,6 +91,11 @@ def run(config, workdir, *, strategy="default", overwrite=False):
 
     if not config.train.mixed_precision:
         return _run(config, workdir, data, strategy_obj, strategy, resuming)
+    with runs.locked(workdir):  # a second process training in this workdir stops here
+        return _start(config, workdir, strategy, overwrite)
+
+
+def _start(config, workdir, strategy, overwrite):
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -143,7 +148,7 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
     # Model selection on validation only: the best epoch's weights are evaluated on test. Other
     # workers wait for the chief to have written the best checkpoint.
     barrier(strategy)
-    best_dir = runs.best_checkpoint(workdir)
+    best_dir = runs.verified_best(workdir)  # a damaged best is rebuilt from its epoch's checkpoint
     method.load_weights(os.path.join(best_dir, runs.WEIGHTS))
     best_state = runs.read_state(best_dir)
     evaluate = lambda split: method.evaluate(  # noqa: E731

@@ -147,12 +147,18 @@ def run_ensemble(config, workdir, *, strategy="default", overwrite=False):
     if only >= 0:
         return run_single(member_config(config, only), members[only], strategy=strategy, overwrite=overwrite)
     parent = resolve(config)
+    with runs.locked(workdir):  # the parent folder; each member locks its own
+        return _train_ensemble(config, workdir, members, strategy, overwrite)
+
+
+def _train_ensemble(config, workdir, members, strategy, overwrite):
+    size = len(members)
     resuming = runs.prepare_workdir(workdir, parent, overwrite, may_contain=("members",))
     feats = FeatureSplits(parent.fewshot.features_dir)
     runs.write_run_files(workdir, parent,
-                              {"task": "fewshot", "method": config.method, "feature_dim": feats.feature_dim,
-                               "ensemble_members": [os.path.relpath(m, workdir) for m in members]},
-                              {"strategy": strategy, "resumed": resuming, "ensemble_size": size})
+                         {"task": "fewshot", "method": config.method, "feature_dim": feats.feature_dim,
+                          "ensemble_members": [os.path.relpath(m, workdir) for m in members]},
+                         {"strategy": strategy, "resumed": resuming, "ensemble_size": size})
     member_metrics = []
     for i, member_dir in enumerate(members):
         done = os.path.join(member_dir, runs.METRICS)
@@ -183,7 +189,7 @@ def ensemble_predictor_for_shot(member_dirs):
     for member_dir in member_dirs:
         method, _ = restore_fewshot_method(member_dir)
         methods.append(method)
-        loaders.append(method_predictor_for_shot(method, member_dir, runs.best_checkpoint(member_dir)))
+        loaders.append(method_predictor_for_shot(method, member_dir, runs.verified_best(member_dir)))
     predict = episode_predictor(methods)  # one function for all members and shot counts: traced once
 
     @evaluation.per_shot
@@ -197,6 +203,11 @@ def ensemble_predictor_for_shot(member_dirs):
 
 def run_single(config, workdir, *, strategy="default", overwrite=False):
     config = resolve(config)
+    with runs.locked(workdir):  # a second process training in this workdir stops here
+        return _run_single(config, workdir, strategy, overwrite)
+
+
+def _run_single(config, workdir, strategy, overwrite):
     resuming = runs.prepare_workdir(workdir, config, overwrite)
     f = config.fewshot
     feats = FeatureSplits(f.features_dir)  # data errors surface before any file is written
@@ -256,7 +267,7 @@ def run_single(config, workdir, *, strategy="default", overwrite=False):
                        validation_data=val_ds, callbacks=callbacks,
                        verbose=config.train.verbose, shuffle=False)  # episode order comes from the sampler
 
-    best_dir = runs.best_checkpoint(workdir)
+    best_dir = runs.verified_best(workdir)  # a damaged best is rebuilt from its epoch's checkpoint
     best_state = runs.read_state(best_dir)
     results = evaluate_predictor(method_predictor_for_shot(method, workdir, best_dir), feats, f,
                                  verbose=config.train.verbose)
@@ -312,7 +323,7 @@ def run_predictor_for_shot(workdir):
     if network.get("ensemble_members"):
         members = [os.path.join(workdir, m) for m in network["ensemble_members"]]
         return ensemble_predictor_for_shot(members), config, method.feature_dim
-    return method_predictor_for_shot(method, workdir, runs.best_checkpoint(workdir)), config, method.feature_dim
+    return method_predictor_for_shot(method, workdir, runs.verified_best(workdir)), config, method.feature_dim
 
 
 def evaluate_runs(workdirs, fewshot_overrides=None, features_dir=None, output=None, verbose=1):
