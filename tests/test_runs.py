@@ -314,6 +314,21 @@ def test_a_stale_lock_is_taken_over_and_released(tmp_path, capsys):
     assert len(lines) == 1 and f"pid {stale}" in lines[0]
 
 
+def test_the_lock_works_without_hard_links(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(runs.os, "link", no_links)
+    workdir = str(tmp_path / "run")
+    with runs.locked(workdir):
+        with open(os.path.join(workdir, runs.LOCK)) as f:
+            assert json.load(f)["pid"] == os.getpid()
+        with pytest.raises(WorkdirError, match=f"pid {os.getpid()} on"):  # a second holder is refused
+            with runs.locked(workdir):
+                pass
+    assert not os.path.exists(workdir)  # created for the lock only, so removed with it
+
+
 def test_workers_share_the_workdir_only_the_chief_locks(tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
     write_lock(workdir, os.getppid())  # held (e.g. by the chief)

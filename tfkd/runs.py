@@ -581,11 +581,25 @@ def _acquire(workdir):
     fd, tmp = tempfile.mkstemp(dir=workdir, prefix=f".{LOCK}-")
     try:
         os.fchmod(fd, io.file_mode())
+def _create_exclusively(tmp, lock, text):
+    """Puts the finished file ``tmp`` at ``lock`` unless something is there (FileExistsError)."""
+    try:
+        os.link(tmp, lock)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+        # No hard links on this file system: exclusive create, then write (a reader may briefly
+        # see it empty, and is then told the lock is unreadable).
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, io.file_mode())
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+
         with os.fdopen(fd, "w") as f:
             json.dump(mine, f)
         for _ in range(3):
             try:
-                os.link(tmp, lock)
+                _create_exclusively(tmp, lock, json.dumps(mine))
                 return
             except FileExistsError:
                 owner = _read_lock(lock)
