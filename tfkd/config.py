@@ -9,6 +9,7 @@ Layer: above methods and models (it reads their registries), below the run folde
 the drivers.
 """
 import json
+import os
 
 import ml_collections
 
@@ -141,7 +142,19 @@ def resolve(config, method=None, seed=None):
         if name in config and name != config.method:
             del config[name]
     config[config.method] = method_cfg
+    _absolute_paths(config)
     return config
+
+
+def _absolute_paths(config):
+    """Relative paths are made absolute, so config.json means the same files wherever bin/export,
+    bin/evaluate or bin/extract_features run later (URLs such as gs://... are kept as given)."""
+    fields = [(config.data, "data_dir"), (config.data, "class_split_file"), (config.fewshot, "features_dir"),
+              (config[config.method], "teacher")]
+    for section, key in fields:
+        value = section.get(key)
+        if isinstance(value, str) and value and "://" not in value:
+            section[key] = os.path.abspath(os.path.expanduser(value))
 
 
 def config_json(config):

@@ -548,6 +548,17 @@ def restore_fewshot_method(workdir, checkpoint="best"):
     return method, config
 
 
+def fewshot_features_dir(workdir, config):
+    """The absolute feature folder of a few-shot run. config.json holds it absolute
+    (tfkd.config.resolve); runs written before held it relative to where bin/train ran, so then the
+    absolute file paths in network.json (or, for an ensemble's parent, the current folder) are used."""
+    folder = config.fewshot.features_dir
+    if os.path.isabs(folder):
+        return folder
+    files = read_network_info(workdir).get("features") or {}
+    return os.path.dirname(next(iter(files.values()))) if files else os.path.abspath(folder)
+
+
 # ---------------------------------------------------------------------- the lock
 
 
@@ -570,17 +581,6 @@ def _alive(pid):
     return True
 
 
-def _acquire(workdir):
-    """Creates WORKDIR/run.lock (pid, host, start time) or raises WorkdirError naming its owner."""
-    lock = os.path.join(workdir, LOCK)
-    host = socket.gethostname()
-    mine = {"pid": os.getpid(), "host": host, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": " ".join(sys.argv)}
-    # Written whole to a private name, then hard-linked into place: the link fails when a lock
-    # exists, so two processes can never both create it, and a reader never sees half of one.
-    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=f".{LOCK}-")
-    try:
-        os.fchmod(fd, io.file_mode())
 def _create_exclusively(tmp, lock, text):
     """Puts the finished file ``tmp`` at ``lock`` unless something is there (FileExistsError)."""
     try:
@@ -595,6 +595,17 @@ def _create_exclusively(tmp, lock, text):
             f.write(text)
 
 
+def _acquire(workdir):
+    """Creates WORKDIR/run.lock (pid, host, start time) or raises WorkdirError naming its owner."""
+    lock = os.path.join(workdir, LOCK)
+    host = socket.gethostname()
+    mine = {"pid": os.getpid(), "host": host, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(sys.argv)}
+    # Written whole to a private name, then hard-linked into place: the link fails when a lock
+    # exists, so two processes can never both create it, and a reader never sees half of one.
+    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=f".{LOCK}-")
+    try:
+        os.fchmod(fd, io.file_mode())
         with os.fdopen(fd, "w") as f:
             json.dump(mine, f)
         for _ in range(3):

@@ -21,6 +21,7 @@ from tfkd.errors import ConfigError
 from tfkd.evaluation import ValidationClassEpisodes, validation_class_images
 from tfkd.methods import build_method, build_optimizer
 from tfkd.models import build_backbone
+from tfkd.progress import RunProgress, print_run_paths
 from tfkd.registry import BACKBONES, METHODS
 from tfkd.teachers import teacher_kwargs
 
@@ -75,11 +76,26 @@ def phase_segments(method, start, end):
     return [tuple(s) for s in segments]
 
 
+def phase_header(phase, start, end, config, meta_split):
+    """The line announcing a run of epochs of one phase (None for single-phase methods)."""
+    if phase is None:
+        return None
+    header = f"{str(phase).capitalize()} phase, epochs {start + 1}-{end} of {config.train.epochs}"
+    if meta_split:
+        header += f" (D_train/D_test halves drawn with seed ({config.seed}, epoch))"
+    return header
+
+
 def run(config, workdir, *, strategy="default", overwrite=False):
     """Trains (or resumes) the run in ``workdir``; returns the final metrics dict."""
     config = resolve(config)
     if METHODS.get(config.method).task == "fewshot":  # episodic methods train on feature files
         return train_fewshot.run(config, workdir, strategy=strategy, overwrite=overwrite)
+    with runs.locked(workdir):  # a second process training in this workdir stops here
+        return _start(config, workdir, strategy, overwrite)
+
+
+def _start(config, workdir, strategy, overwrite):
     # Under multi_worker every worker runs this; only the chief deletes or writes files.
     resuming = runs.prepare_workdir(workdir, config, overwrite and is_chief())
     data = data_lib.load_dataset(config.data)  # data errors surface before any file is written
@@ -91,11 +107,6 @@ def run(config, workdir, *, strategy="default", overwrite=False):
 
     if not config.train.mixed_precision:
         return _run(config, workdir, data, strategy_obj, strategy, resuming)
-    with runs.locked(workdir):  # a second process training in this workdir stops here
-        return _start(config, workdir, strategy, overwrite)
-
-
-def _start(config, workdir, strategy, overwrite):
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -122,7 +133,8 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
 
     if initial_epoch < config.train.epochs:
         val_ds = data_lib.eval_dataset(data, "val", batch_size=config.train.eval_batch_size)
-        callbacks = [runs.LearningRateLogger()]
+        progress = RunProgress(config.train.epochs)  # "Epoch k/N" of the run, first-step tracing timed
+        callbacks = [progress, runs.LearningRateLogger()]
         if config.fewshot_val.episodes:
             images, labels = validation_class_images(data, config.fewshot_val.max_images, config.data.split_seed)
             callbacks.append(ValidationClassEpisodes(images, labels, config.fewshot_val, seed=config.data.split_seed))
@@ -134,9 +146,8 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
         for start, end, phase in phase_segments(method, initial_epoch, config.train.epochs):
             method.set_phase(phase)
             meta_split = method.phase_needs_meta_split(phase)
-            if meta_split:
-                print(f"Meta phase, epochs {start + 1}-{end}: D_train/D_test halves drawn with seed "
-                      f"({config.seed}, epoch)", flush=True)
+            progress.start_fit(f"{phase} step" if phase else "training step",
+                               phase_header(phase, start, end, config, meta_split))
             train_ds = data_lib.train_dataset(data, batch_size=config.train.batch_size, seed=config.seed,
                                               augment=config.data.augment, initial_epoch=start, end_epoch=end,
                                               meta_split=meta_split)
@@ -175,14 +186,25 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
                     "best_epoch": best_state["best_epoch"]}
             export_lib.export_saved_model(method.network, runs.export_dir(workdir), meta, top_k=config.export.top_k)
         runs.write_metrics(workdir, metrics)  # last: marks the run finished
-    print_summary(metrics)
+    print_summary(metrics, run_title(config))
+    print_run_paths(workdir, best_dir, best_state["best_epoch"],
+                    runs.export_dir(workdir) if config.export.enabled else None)
     return metrics
 
 
-def print_summary(metrics):
+def run_title(config):
+    """What the run is, as the summary names it: a class-split run trains a few-shot backbone."""
+    if config.data.class_split:
+        return (f"few-shot backbone ({config.method}) on the {config.data.class_split} classes of "
+                f"{config.data.name}")
+    return f"{config.method} on {config.data.name}"
+
+
+def print_summary(metrics, title):
     heads = [k[: -len("_accuracy")] for k in metrics["test"] if k.endswith("_accuracy")]
-    print(f"\n{metrics['method']} on {metrics['dataset']} (best epoch {metrics['best_epoch']} "
-          f"by {metrics['select_metric']})")
+    if len(heads) <= 2 and "ensemble" in heads:  # one head (no exits): its "ensemble" is itself
+        heads.remove("ensemble")
+    print(f"\n{title} (best epoch {metrics['best_epoch']} by {metrics['select_metric']})")
     print(f"{'head':<10} {'val acc':>8} {'test acc':>9}")
     for h in heads:
         print(f"{h:<10} {metrics['val'][h + '_accuracy']:>8.4f} {metrics['test'][h + '_accuracy']:>9.4f}")

@@ -31,6 +31,7 @@ from tfkd.distribute import get_strategy, is_chief
 from tfkd.errors import ConfigError, DataError
 from tfkd.methods import build_fewshot_method  # noqa: F401  (part of this driver's API)
 from tfkd.methods.fewshot import episode_predictor
+from tfkd.progress import RunProgress, print_run_paths
 from tfkd.registry import METHODS
 from tfkd.runs import restore_fewshot_method, snapshot_for_shot  # noqa: F401  (bin/export, tests)
 
@@ -146,13 +147,13 @@ def run_ensemble(config, workdir, *, strategy="default", overwrite=False):
     members = [os.path.join(workdir, "members", f"member_{i}") for i in range(size)]
     if only >= 0:
         return run_single(member_config(config, only), members[only], strategy=strategy, overwrite=overwrite)
-    parent = resolve(config)
     with runs.locked(workdir):  # the parent folder; each member locks its own
         return _train_ensemble(config, workdir, members, strategy, overwrite)
 
 
 def _train_ensemble(config, workdir, members, strategy, overwrite):
     size = len(members)
+    parent = resolve(config)
     resuming = runs.prepare_workdir(workdir, parent, overwrite, may_contain=("members",))
     feats = FeatureSplits(parent.fewshot.features_dir)
     runs.write_run_files(workdir, parent,
@@ -202,12 +203,12 @@ def ensemble_predictor_for_shot(member_dirs):
 
 
 def run_single(config, workdir, *, strategy="default", overwrite=False):
-    config = resolve(config)
     with runs.locked(workdir):  # a second process training in this workdir stops here
         return _run_single(config, workdir, strategy, overwrite)
 
 
 def _run_single(config, workdir, strategy, overwrite):
+    config = resolve(config)
     resuming = runs.prepare_workdir(workdir, config, overwrite)
     f = config.fewshot
     feats = FeatureSplits(f.features_dir)  # data errors surface before any file is written
@@ -257,7 +258,7 @@ def _run_single(config, workdir, strategy, overwrite):
         val_ds = episode_dataset(val_f, val_l, val_sampler, episodes_per_batch=per_batch,
                                  num_episodes=val_steps * per_batch)
         callbacks = [runs.KSnapshots(workdir, method.snapshot_at_k())] if method.snapshot_at_k() else []
-        callbacks += [runs.LearningRateLogger(),
+        callbacks += [RunProgress(config.train.epochs), runs.LearningRateLogger(),
                       runs.EpochCheckpoint(workdir, "val_accuracy", config.train.keep_checkpoints, state)]
         if chief:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, runs.LOGS), update_freq="epoch"))
@@ -288,6 +289,8 @@ def _run_single(config, workdir, strategy, overwrite):
         runs.write_metrics(workdir, metrics)  # last: marks the run finished
     print_results(f"{config.method} few-shot (best epoch {best_state['best_epoch']} by validation-class episode "
                   f"accuracy {best_state['best_value']:.4f})", results)
+    print_run_paths(workdir, best_dir, best_state["best_epoch"],
+                    runs.export_dir(workdir) if config.export.enabled else None)
     return metrics
 
 
@@ -341,7 +344,7 @@ def evaluate_runs(workdirs, fewshot_overrides=None, features_dir=None, output=No
                 if key not in protocol_cfg:
                     raise ConfigError(f"--{key}: not a field of config.fewshot")
                 protocol_cfg[key] = value
-        feats = FeatureSplits(features_dir or config.fewshot.features_dir)
+        feats = FeatureSplits(features_dir or runs.fewshot_features_dir(workdir, config))
         feats.check_dim(feature_dim, f"--workdir={workdir} ({config.method})")
         results[workdir] = {"method": config.method, "seed": config.seed,
                             "results": evaluate_predictor(predictor_for_shot, feats, protocol_cfg, verbose)}
