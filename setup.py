@@ -32,5 +32,5 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.20,<3"],
         "test": ["pytest>=8,<10", "pytest-xdist>=3,<4"],
     },
-    scripts=["bin/train", "bin/export", "bin/extract_features", "bin/evaluate", "bin/tune"],
+    scripts=["bin/train", "bin/export", "bin/extract_features", "bin/evaluate", "bin/tune", "bin/visualize"],
 )

@@ -69,7 +69,7 @@ def test_bad_requests_are_rejected(finished_run, bad):
     assert "images must be uint8 of shape [batch, 28, 28, 1]" in str(e.value) or "uint8" in str(e.value)
 
 
-def test_bin_export_check_and_atomic_replace(finished_run, tmp_path):
+def test_bin_export_check_refuses_then_replaces_atomically(finished_run, tmp_path):
     out_dir = tmp_path / "exported"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     cmd = [sys.executable, os.path.join(REPO, "bin", "export"), f"--workdir={finished_run}",
@@ -77,9 +77,17 @@ def test_bin_export_check_and_atomic_replace(finished_run, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "check passed" in proc.stdout
-    # Re-exporting replaces the folder whole; no temp folders are left beside it.
+    # An existing export is not replaced silently: one line, exit 2, the export untouched.
+    before = {f: os.path.getmtime(os.path.join(out_dir, f)) for f in os.listdir(out_dir)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: --output={out_dir} already exists (an earlier export?); pass --overwrite to replace it, or choose "
+        f"another --output"]
+    assert {f: os.path.getmtime(os.path.join(out_dir, f)) for f in os.listdir(out_dir)} == before
+    # --overwrite replaces the folder whole; no temp folders are left beside it.
+    proc = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(os.listdir(tmp_path)) == ["exported"]
     # A folder that is not a run gives a clear error and writes nothing.
     proc = subprocess.run([sys.executable, os.path.join(REPO, "bin", "export"), f"--workdir={tmp_path}/nope"],
@@ -131,3 +139,20 @@ def test_saved_model_cli_shows_the_documented_signatures(finished_run):
     for text in ("signature_def['serving_default']", "signature_def['logits']", "inputs['images']",
                  "DT_UINT8", "outputs['probabilities']", "outputs['top_k_classes']", "(-1, 28, 28, 1)"):
         assert text in out.stdout, text
+
+
+def test_large_batches_are_served_slice_by_slice_with_one_pass_answers(finished_run):
+    """A request larger than SERVING_CHUNK runs through the network in slices (4096 28x28 images in
+    one pass peaked at 1 GB), with the answers of one pass; empty and partial slices included."""
+    loaded = tf.saved_model.load(os.path.join(finished_run, "export"))
+    network, *_ = export.restore_network(finished_run, "best")
+    images = np.random.default_rng(2).integers(0, 256, (export.SERVING_CHUNK + 37, 28, 28, 1), dtype=np.uint8)
+    out = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+    want = tf.nn.softmax(network.predict_final(tf.cast(images, tf.float32))).numpy()
+    assert out.shape == (len(images), 10)
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    empty = loaded.signatures["logits"](images=tf.zeros((0, 28, 28, 1), tf.uint8))["logits"]
+    assert empty.shape == (0, 10)
+    logits = lambda x: network.predict_final(tf.cast(x, tf.float32))  # noqa: E731
+    np.testing.assert_allclose(export.in_chunks(logits, tf.constant(images[:8]), 10, chunk=3).numpy(),
+                               logits(images[:8]).numpy(), atol=1e-5)

@@ -67,8 +67,10 @@ def test_extract_writes_every_split_and_refuses_overwrite(glyphs_base_run, tmp_p
         extract_features(workdir, out, verbose=0)
 
 
-def test_fewshot_export_has_an_image_signature_matching_the_feature_path(glyphs_base_run, tmp_path):
-    """Backbone -> features -> a few-shot run -> export: images in, same probabilities as features in."""
+def test_fewshot_export_has_an_image_signature_matching_the_feature_path(glyphs_base_run, tmp_path, monkeypatch):
+    """Backbone -> features -> a few-shot run -> export: images in, same probabilities as features in.
+    The features folder is given relative to where the commands run, and the export runs from
+    another folder: config.json holds the folder absolute, so the backbone is still found."""
     import tensorflow as tf
 
     from tests.test_train_fewshot import fewshot_config
@@ -77,8 +79,9 @@ def test_fewshot_export_has_an_image_signature_matching_the_feature_path(glyphs_
     from tfkd.extract import extract_features
 
     workdir, _ = glyphs_base_run
-    features_dir = str(tmp_path / "features")
-    extract_features(workdir, features_dir, verbose=0)
+    monkeypatch.chdir(tmp_path)
+    extract_features(workdir, "features", verbose=0)
+    features_dir = "features"
     config = fewshot_config(features_dir, method="gen", epochs=1)
     config.fewshot.n_query = 4
     config.fewshot.test_episodes = 20
@@ -86,9 +89,13 @@ def test_fewshot_export_has_an_image_signature_matching_the_feature_path(glyphs_
     config.fewshot.within_group_way = 0
     run_dir = str(tmp_path / "gen")
     train.run(config, run_dir)
+    with open(os.path.join(run_dir, "config.json")) as f:
+        assert json.load(f)["fewshot"]["features_dir"] == str(tmp_path / "features")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     path, module = export.export_fewshot_predictor(run_dir, str(tmp_path / "export"))
     assert module.images is not None and export.load_metadata(path)["backbone_workdir"] == workdir
-    feats, labels = read_features(os.path.join(features_dir, "novel.h5"))
+    feats, labels = read_features(str(tmp_path / "features" / "novel.h5"))
     # The images behind novel.h5, in its row order (as bin/extract_features read them).
     with open(os.path.join(workdir, "config.json")) as f:
         import ml_collections
@@ -106,4 +113,9 @@ def test_fewshot_export_has_an_image_signature_matching_the_feature_path(glyphs_
                                tf.constant(feats[query_idx]))["probabilities"].numpy()
     np.testing.assert_allclose(by_images, by_features, atol=1e-5)
     loaded = tf.saved_model.load(path)
-    assert set(loaded.signatures) == {"serving_default", "images"}
+    assert set(loaded.signatures) == {"serving_default", "serving_int64", "class_ids", "images", "images_class_ids"}
+    out = loaded.signatures["images_class_ids"](support_images=tf.constant(novel_images[support_idx]),
+                                                support_labels=tf.constant(np.array([5, 50, 500])[support_labels]),
+                                                query_images=tf.constant(novel_images[query_idx]))
+    assert out["class_ids"].numpy().tolist() == [5, 50, 500]
+    np.testing.assert_allclose(out["probabilities"].numpy(), by_images, atol=1e-5)

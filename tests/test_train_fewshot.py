@@ -216,6 +216,42 @@ def test_export_serves_any_way_and_shot_and_reloads_identically(gen_run, pixel_f
         module.serve(tf.constant(support), tf.constant(labels), tf.constant(query[:, :10]))
 
 
+def test_export_takes_int64_labels_any_class_ids_and_rejects_non_finite_features(gen_run, pixel_features):
+    """The run's own export: numpy's int64 labels, a catalogue's class ids, and NaN / inf requests
+    (which used to return all-NaN probabilities)."""
+    import tensorflow as tf
+
+    workdir, _ = gen_run
+    loaded = tf.saved_model.load(os.path.join(workdir, "export"))
+    support, labels, query = _requests(pixel_features)[0]
+
+    def serve(signature, support=support, labels=labels, query=query):
+        return loaded.signatures[signature](support_features=tf.constant(support), support_labels=tf.constant(labels),
+                                            query_features=tf.constant(query))
+
+    expected = serve("serving_default")["probabilities"].numpy()
+    np.testing.assert_array_equal(serve("serving_int64", labels=labels.astype(np.int64))["probabilities"], expected)
+    np.testing.assert_array_equal(loaded.serve(support, labels.astype(np.int64), query)["probabilities"], expected)
+    # Any class ids: columns in increasing id order, the ids returned with the probabilities.
+    catalogue = np.array([9001, 17, 530, 4, 77])  # the id of request class 0..4
+    out = serve("class_ids", labels=catalogue[labels])
+    order = np.argsort(catalogue)
+    np.testing.assert_array_equal(out["class_ids"].numpy(), catalogue[order])
+    renumbered = serve("serving_default", labels=np.argsort(order)[labels].astype(np.int32))["probabilities"].numpy()
+    np.testing.assert_array_equal(out["probabilities"].numpy(), renumbered)
+    np.testing.assert_array_equal(out["predicted_class_ids"].numpy(), catalogue[order][renumbered.argmax(1)])
+    # Non-finite features are refused, naming the input.
+    nan_support, inf_query = support.copy(), query.copy()
+    nan_support[1, 3], inf_query[-1, 0] = np.nan, np.inf
+    with pytest.raises(tf.errors.InvalidArgumentError, match="support_features contains NaN or inf"):
+        serve("serving_default", support=nan_support)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="query_features contains NaN or inf"):
+        serve("class_ids", labels=catalogue[labels], query=inf_query)
+    # Labels must be 0..C-1: a huge one is refused before it sizes any tensor.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="support_labels must be 0..C-1"):
+        serve("serving_int64", labels=np.where(np.arange(len(labels)) == 0, 2 ** 40, labels))
+
+
 def progressive_config(features_dir, **overrides):
     c = fewshot_config(features_dir, method="progressive", epochs=2)
     c.fewshot.n_query = 4

@@ -4,17 +4,23 @@ validation.
 The base config is locked: a config file or a ``--config.a.b=v`` flag that names a field that
 does not exist fails at once with ml_collections' "Key ... does not exist" error. Each registered
 method has a section named after it (``config.self_distill.alpha``) holding its own knobs.
+
+Layer: above methods and models (it reads their registries), below the run folder (tfkd.runs) and
+the drivers.
 """
+import json
+import os
+
 import ml_collections
 
+import tfkd.methods  # noqa: F401  (registers the methods, so their config sections exist)
+import tfkd.models  # noqa: F401  (registers the backbones)
 from tfkd.errors import ConfigError
+from tfkd.methods import resolve_method_config
 from tfkd.registry import BACKBONES, METHODS
 
 
 def base_config():
-    import tfkd.methods  # noqa: F401  (registers methods, so their sections exist)
-    import tfkd.models  # noqa: F401
-
     c = ml_collections.ConfigDict()
     c.method = "self_distill"
     c.seed = 0
@@ -121,7 +127,61 @@ def base_config():
     return c
 
 
+def resolve(config, method=None, seed=None):
+    """Applies flag overrides (--method, --seed), validates, and returns a new resolved config."""
+    config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+    if method:
+        config.method = method
+    if seed is not None:
+        check_seed(seed, "--seed")
+        config.seed = int(seed)
+    validate(config)
+    # Only the chosen method's section is kept: it is what the run used.
+    method_cfg = resolve_method_config(METHODS.get(config.method), config.get(config.method), config.method)
+    for name in METHODS.names():
+        if name in config and name != config.method:
+            del config[name]
+    config[config.method] = method_cfg
+    _absolute_paths(config)
+    return config
+
+
+def _absolute_paths(config):
+    """Relative paths are made absolute, so config.json means the same files wherever bin/export,
+    bin/evaluate or bin/extract_features run later (URLs such as gs://... are kept as given)."""
+    fields = [(config.data, "data_dir"), (config.data, "class_split_file"), (config.fewshot, "features_dir"),
+              (config[config.method], "teacher")]
+    for section, key in fields:
+        value = section.get(key)
+        if isinstance(value, str) and value and "://" not in value:
+            section[key] = os.path.abspath(os.path.expanduser(value))
+
+
+def config_json(config):
+    """The config as plain JSON values (what config.json holds and is compared against)."""
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
 OUTPUT_METRICS = ("final", "ensemble", "exit_1", "exit_2", "exit_3")
+
+
+# Seeds are offset per ensemble member, split and generator, and some become int32 tensors: the
+# bound leaves room for the offsets (and numpy / Keras refuse negative seeds).
+SEED_LIMIT = 2 ** 30
+
+
+def check_seed(value, name):
+    """Raises ConfigError unless ``value`` is a seed in [0, SEED_LIMIT)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{name}={value!r}: expected an integer seed in [0, {SEED_LIMIT})")
+
+
+def _seed_fields(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _seed_fields(value, f"{prefix}{key}.")
+        elif key == "seed" or key.endswith("_seed"):
+            yield prefix + key, value
 
 
 def validate(config):
@@ -129,6 +189,8 @@ def validate(config):
     def fail(field, expected):
         raise ConfigError(f"config.{field}={_get(config, field)!r}: expected {expected}")
 
+    for field, value in _seed_fields(config):
+        check_seed(value, f"config.{field}")
     if config.method not in METHODS:
         fail("method", f"one of {METHODS.names()}")
     if config.model.arch not in BACKBONES:

@@ -15,3 +15,12 @@ class DataError(UserError):
 
 class WorkdirError(UserError):
     pass
+
+
+class DiskFullError(WorkdirError):
+    """No space left on the device for a file or folder (``path``); raised before or instead of a
+    half-written file, so bin/ reports it in one line and a re-run can resume."""
+
+    def __init__(self, message, path=None):
+        super().__init__(message)
+        self.path = path

@@ -7,16 +7,38 @@ Signatures:
 * ``logits``: same input -> ``logits`` float32 [batch, classes].
 Normalisation happens inside the graph. A request of the wrong dtype or shape is rejected by the
 signature (TensorFlow raises naming the expected TensorSpec) instead of producing wrong answers.
+Any batch size is served in slices of ``SERVING_CHUNK`` images, so a large request costs the
+memory of one slice, not of the whole batch.
 Metadata (method, config, git revision, class names) is written to ``assets.extra/tfkd.json``.
+
+Layer: reads run folders through tfkd.runs (and tfkd.teachers for old teacher-student
+checkpoints); never imports a driver.
 """
 import json
 import os
 
 import tensorflow as tf
 
-from tfkd import io
+from tfkd import io, runs, teachers
 
-METADATA_FILE = os.path.join("assets.extra", "tfkd.json")
+METADATA_FILE = runs.METADATA_FILE
+# Images per forward pass inside a signature: activation memory stays that of SERVING_CHUNK images
+# whatever the request's batch size (4096 28x28 images in one pass peaked at 1 GB).
+SERVING_CHUNK = 256
+
+
+def in_chunks(fn, images, out_dim, chunk=SERVING_CHUNK):
+    """``fn`` ([k, ...] -> [k, out_dim] float32) over ``images`` [n, ...] in slices of ``chunk`` rows,
+    one after another (parallel iterations would bring the whole batch's memory back)."""
+    n = tf.shape(images)[0]
+    steps = (n + chunk - 1) // chunk
+    parts = tf.TensorArray(tf.float32, size=steps, infer_shape=False, element_shape=tf.TensorShape([None, out_dim]))
+
+    def body(i, parts):
+        return i + 1, parts.write(i, tf.cast(fn(images[i * chunk:(i + 1) * chunk]), tf.float32))
+
+    _, parts = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), parts), parallel_iterations=1)
+    return tf.ensure_shape(parts.concat(), [None, out_dim])
 
 
 class InferenceModule(tf.Module):
@@ -41,7 +63,8 @@ class InferenceModule(tf.Module):
             check = tf.debugging.Assert(ok, [message, "got shape", shape])
             with tf.control_dependencies([check]):  # before any kernel sees a malformed tensor
                 images = tf.identity(images)
-            return {"logits": tf.cast(network.predict_final(tf.cast(images, tf.float32)), tf.float32)}
+            return {"logits": in_chunks(lambda x: network.predict_final(tf.cast(x, tf.float32)), images,
+                                        int(network.num_classes))}
 
         def serve(images):
             probabilities = tf.nn.softmax(logits(images)["logits"], axis=-1)
@@ -56,7 +79,9 @@ class InferenceModule(tf.Module):
 def export_saved_model(network, path, metadata=None, top_k=5):
     """Writes the SavedModel atomically: to a temp folder, then renamed over ``path``."""
     module = InferenceModule(network, top_k)
-    with io.atomic_directory(path) as tmp:
+    # Refused up front when it cannot fit (variables + a few MB of graph), instead of failing midway.
+    needed = runs.variables_nbytes(module.inference_variables) + (8 << 20)
+    with io.atomic_directory(path, needed_bytes=needed) as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve, "logits": module.logits})
         meta = dict(metadata or {})
         meta.update({"input_shape": list(network.image_shape), "num_classes": int(network.num_classes),
@@ -66,49 +91,14 @@ def export_saved_model(network, path, metadata=None, top_k=5):
 
 
 def load_metadata(path):
-    with open(os.path.join(path, METADATA_FILE)) as f:
-        return json.load(f)
+    return runs.load_metadata(path)
 
 
 def restore_network(workdir, checkpoint="best"):
     """Rebuilds a run's network from its workdir (no data needed) and loads a checkpoint:
-    'best', 'latest', or the path of a checkpoint folder."""
-    import ml_collections
-
-    from tfkd.errors import WorkdirError
-    from tfkd.methods import build_method
-    from tfkd.models import build_backbone
-    from tfkd import train
-
-    for name in ("config.json", "network.json"):
-        if not os.path.exists(os.path.join(workdir, name)):
-            raise WorkdirError(f"--workdir={workdir} has no {name}: not a tfkd run folder")
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    with open(os.path.join(workdir, "network.json")) as f:
-        net = json.load(f)
-    if checkpoint == "best":
-        ckpt = os.path.join(workdir, train.CHECKPOINTS, "best")
-    elif checkpoint == "latest":
-        ckpt = train.latest_checkpoint(workdir)
-    else:
-        ckpt = checkpoint
-    if not ckpt or not os.path.exists(os.path.join(ckpt, train.WEIGHTS)):
-        raise WorkdirError(f"--checkpoint={checkpoint}: no {train.WEIGHTS} found in {ckpt or workdir}")
-    kwargs = dict(net["kwargs"])
-    kwargs["input_shape"] = tuple(kwargs["input_shape"])
-    network = build_backbone(net["arch"], **kwargs)
-    network.ensure_built()
-    network_weights = os.path.join(ckpt, train.NETWORK_WEIGHTS)
-    if os.path.exists(network_weights):  # the network alone: no method (nor teacher) to rebuild
-        network.load_weights(network_weights)
-        return network, config, net.get("class_names"), ckpt
-    method = build_method(config.method, network, config[config.method], weight_decay=0.0)
-    method(tf.zeros((1,) + tuple(network.image_shape)), training=False)
-    method.compile(optimizer=train.build_optimizer(config.train, steps=1))
-    method.build_state()
-    method.load_weights(os.path.join(ckpt, train.WEIGHTS))
-    return network, config, net.get("class_names"), ckpt
+    'best', 'latest', or the path of a checkpoint folder (tfkd.runs.restore_network; a
+    teacher-student run's old full-model checkpoint is restored with its teacher)."""
+    return runs.restore_network(workdir, checkpoint, load_teacher=teachers.Teacher)
 
 
 CHECK_SCRIPT = r"""
@@ -169,8 +159,21 @@ def pad_by_label(support_features, support_labels):
 
 
 class FewShotPredictorModule(tf.Module):
-    """``serving_default``: (support_features [n, d] float32, support_labels [n] int32 in 0..C-1,
-    query_features [m, d] float32) -> probabilities [m, C], for any number of classes and shots.
+    """Signatures (any number of classes and shots; ``C`` = classes of the request):
+
+    * ``serving_default``: support_features [n, d] float32, support_labels [n] int32 in 0..C-1,
+      query_features [m, d] float32 -> probabilities [m, C];
+    * ``serving_int64``: the same with int64 labels (numpy's default integer type);
+    * ``class_ids``: support_labels int64, any class ids (e.g. a catalogue's) -> probabilities
+      [m, C] with columns in increasing id order, ``class_ids`` [C] (those ids) and
+      ``predicted_class_ids`` [m];
+    * with the backbone that extracted the features: ``images`` and ``images_class_ids``, the same
+      with support_images / query_images uint8 [n, H, W, C] embedded in the graph (in slices of
+      SERVING_CHUNK images).
+
+    On the loaded object, the functions ``serve``, ``class_ids``, ``images`` and ``images_class_ids``
+    take int32 or int64 labels alike. A malformed request (lengths, widths, labels, NaN or inf
+    features) fails with an error naming the input instead of returning NaN probabilities.
 
     ``variants`` = [(k_threshold, [members])]: progressive runs keep one variant per snapshot, and
     a request uses the variant with the largest threshold <= its smallest class's shot count (the
@@ -189,23 +192,26 @@ class FewShotPredictorModule(tf.Module):
             if hasattr(m, "serving_seed"):
                 m.serving_seed = tf.constant([int(getattr(m.generator, "seed", 0)), i], tf.int32)
         d = int(feature_dim)
-        specs = [tf.TensorSpec((None, d), tf.float32, name="support_features"),
-                 tf.TensorSpec((None,), tf.int32, name="support_labels"),
-                 tf.TensorSpec((None, d), tf.float32, name="query_features")]
 
-        def predict(support_features, support_labels, query_features):
+        def predict(support_features, support_labels, query_features,
+                    names=("support_features", "query_features")):
+            n = tf.shape(support_labels, out_type=support_labels.dtype)[0]
             checks = [
                 tf.debugging.assert_equal(tf.shape(support_features)[0], tf.shape(support_labels)[0],
-                                          message="support_features and support_labels must have the same length"),
+                                          message=f"{names[0]} and support_labels must have the same length"),
                 tf.debugging.assert_greater(tf.size(support_labels), 0, message="the support set is empty"),
                 tf.debugging.assert_non_negative(support_labels, message="support_labels must be in 0..C-1"),
-                tf.debugging.assert_equal(tf.shape(support_features)[1], d,
-                                          message=f"support_features must have {d} columns"),
-                tf.debugging.assert_equal(tf.shape(query_features)[1], d,
-                                          message=f"query_features must have {d} columns"),
+                # C <= n (every class has an example): also keeps a huge label from sizing the tensors.
+                tf.debugging.assert_less(support_labels, n, message="support_labels must be 0..C-1 with every "
+                                         "class present (the class_ids signature takes any class ids)"),
+                tf.debugging.assert_equal(tf.shape(support_features)[1], d, message=f"{names[0]} must have {d} columns"),
+                tf.debugging.assert_equal(tf.shape(query_features)[1], d, message=f"{names[1]} must have {d} columns"),
             ]
             with tf.control_dependencies(checks):
-                support, mask, counts = pad_by_label(tf.identity(support_features), support_labels)
+                # One NaN in the support spoils every prototype, hence every query's probabilities.
+                support_features = tf.debugging.assert_all_finite(support_features, f"{names[0]} contains NaN or inf")
+                query_features = tf.debugging.assert_all_finite(query_features, f"{names[1]} contains NaN or inf")
+                support, mask, counts = pad_by_label(support_features, tf.cast(support_labels, tf.int32))
             with tf.control_dependencies([tf.debugging.assert_positive(
                     counts, message="every class 0..C-1 needs at least one support example")]):
                 episode = {"support": support[None], "support_mask": mask[None], "query": query_features[None]}
@@ -221,13 +227,34 @@ class FewShotPredictorModule(tf.Module):
                 probabilities = tf.switch_case(chosen, branches) if len(branches) > 1 else branches[0]()
             return {"probabilities": probabilities}
 
-        self.serve = tf.function(predict, input_signature=specs)
+        def by_class_id(predict_fn):
+            """predict_fn with any class ids: mapped to 0..C-1 in increasing id order, returned too."""
+            def predict_ids(support, support_labels, query):
+                class_ids = tf.sort(tf.unique(support_labels).y)
+                probabilities = predict_fn(support, tf.searchsorted(class_ids, support_labels), query)["probabilities"]
+                return {"probabilities": probabilities, "class_ids": class_ids,
+                        "predicted_class_ids": tf.gather(class_ids, tf.argmax(probabilities, axis=-1))}
+            return predict_ids
+
+        def traced(fn, shape, dtype, kind):
+            """(tf.function, {label dtype: concrete function}): traced for int32 and int64 labels."""
+            function = tf.function(fn, reduce_retracing=True)
+            concrete = {labels: function.get_concrete_function(
+                tf.TensorSpec(shape, dtype, name=f"support_{kind}"), tf.TensorSpec((None,), labels, name="support_labels"),
+                tf.TensorSpec(shape, dtype, name=f"query_{kind}")) for labels in (tf.int32, tf.int64)}
+            return function, concrete
+
+        self.serve, serve = traced(predict, (None, d), tf.float32, "features")
+        self.class_ids, class_ids = traced(by_class_id(predict), (None, d), tf.float32, "features")
+        self._signatures = {"serving_default": serve[tf.int32], "serving_int64": serve[tf.int64],
+                            "class_ids": class_ids[tf.int64]}
         self.images = None
         if backbone is not None:
             # The image variant: the backbone that produced the features embeds the images in-graph.
             self.backbone_variables = list(backbone.inference_variables())
             image_spec = (None,) + tuple(backbone.image_shape)
             expected = tf.constant(backbone.image_shape, tf.int32)
+            feature_width = int(backbone.embed(tf.zeros((1,) + tuple(backbone.image_shape))).shape[-1])
 
             def embed(images, name):
                 shape = tf.shape(images)
@@ -237,41 +264,44 @@ class FewShotPredictorModule(tf.Module):
                                                  "got shape", shape])
                 with tf.control_dependencies([check]):
                     images = tf.identity(images)
-                return tf.cast(backbone.embed(tf.cast(images, tf.float32)), tf.float32)
+                return in_chunks(lambda x: backbone.embed(tf.cast(x, tf.float32)), images, feature_width)
 
+            # uint8 pixels cannot be NaN; the finite check still guards the embedded features.
             def predict_images(support_images, support_labels, query_images):
                 return predict(embed(support_images, "support_images"), support_labels,
-                               embed(query_images, "query_images"))
+                               embed(query_images, "query_images"),
+                               names=("support_images' features", "query_images' features"))
 
-            self.images = tf.function(predict_images, input_signature=[
-                tf.TensorSpec(image_spec, tf.uint8, name="support_images"),
-                tf.TensorSpec((None,), tf.int32, name="support_labels"),
-                tf.TensorSpec(image_spec, tf.uint8, name="query_images")])
+            self.images, images = traced(predict_images, image_spec, tf.uint8, "images")
+            self.images_class_ids, images_class_ids = traced(by_class_id(predict_images), image_spec, tf.uint8,
+                                                             "images")
+            self._signatures.update(images=images[tf.int32], images_class_ids=images_class_ids[tf.int64])
+
+    def signatures(self):
+        """{name: concrete function} for tf.saved_model.save."""
+        return dict(self._signatures)
 
 
 def export_fewshot_predictor(workdir, path, metadata=None):
     """SavedModel few-shot predictor of a finished few-shot run or ensemble (see FewShotPredictorModule)."""
-    from tfkd import train as train_lib
-    from tfkd.train_fewshot import SNAPSHOTS, restore_fewshot_method
-
     with open(os.path.join(workdir, "network.json")) as f:
         network = json.load(f)
     member_dirs = [os.path.join(workdir, m) for m in network.get("ensemble_members", [])] or [workdir]
-    snapshot_root = os.path.join(member_dirs[0], SNAPSHOTS)
-    snapshots = sorted(os.listdir(snapshot_root)) if os.path.isdir(snapshot_root) else []
+    snapshots = runs.snapshot_dirs(member_dirs[0])  # the intact ones, {k_train: folder}
     variants, config = [], None
-    sources = [(int(s[2:]), lambda d, s=s: os.path.join(d, SNAPSHOTS, s)) for s in snapshots]
+    sources = [(k, lambda d, name=os.path.basename(folder): os.path.join(d, runs.SNAPSHOTS, name))
+               for k, folder in sorted(snapshots.items())]
     if not sources or sources[0][0] > 1:
-        sources.insert(0, (0, lambda d: os.path.join(d, train_lib.CHECKPOINTS, "best")))
+        sources.insert(0, (0, runs.verified_best))
     for threshold, folder in sources:
         members = []
         for d in member_dirs:
-            method, config = restore_fewshot_method(d)
-            method.load_weights(os.path.join(folder(d), train_lib.WEIGHTS))
+            method, config = runs.restore_fewshot_method(d)
+            method.load_weights(os.path.join(folder(d), runs.WEIGHTS))
             members.append(method)
         variants.append((threshold, members))
     backbone, backbone_dir = None, None
-    features_meta = os.path.join(config.fewshot.features_dir, "features.json")
+    features_meta = os.path.join(runs.fewshot_features_dir(member_dirs[0], config), "features.json")
     if os.path.exists(features_meta):
         with open(features_meta) as f:
             source = json.load(f)
@@ -281,19 +311,20 @@ def export_fewshot_predictor(workdir, path, metadata=None):
             if int(backbone.embed(tf.zeros((1,) + tuple(backbone.image_shape))).shape[-1]) != network["feature_dim"]:
                 backbone, backbone_dir = None, None  # not the extractor of these features
     module = FewShotPredictorModule(variants, network["feature_dim"], backbone)
-    signatures = {"serving_default": module.serve}
-    if module.images is not None:
-        signatures["images"] = module.images
-    with io.atomic_directory(path) as tmp:
+    signatures = module.signatures()
+    variables = module.prediction_variables + getattr(module, "backbone_variables", [])
+    needed = runs.variables_nbytes(variables) + (8 << 20)  # refused up front when it cannot fit
+    with io.atomic_directory(path, needed_bytes=needed) as tmp:
         tf.saved_model.save(module, tmp, signatures=signatures)
         meta = dict(metadata or {})
         meta.update({"task": "fewshot", "method": network["method"], "feature_dim": network["feature_dim"],
                      "ensemble_members": len(member_dirs), "variants_by_min_shots": list(module.thresholds),
                      "signatures": sorted(signatures), "backbone_workdir": backbone_dir,
                      "git_revision": io.git_revision(),
-                     "inputs": "support_features [n, d] float32, support_labels [n] int32 in 0..C-1, "
-                               "query_features [m, d] float32; images: support_images / query_images uint8 "
-                               "[n, H, W, C] instead of features", "outputs": "probabilities [m, C]"})
+                     "inputs": "support_features [n, d] float32, support_labels [n] int32 in 0..C-1 "
+                               "(serving_int64: int64; class_ids: int64, any ids), query_features [m, d] float32; "
+                               "images*: support_images / query_images uint8 [n, H, W, C] instead of features",
+                     "outputs": "probabilities [m, C] (class_ids*: also class_ids [C], predicted_class_ids [m])"})
         io.write_json_atomic(os.path.join(tmp, METADATA_FILE), meta)
     return path, module
 

@@ -19,6 +19,7 @@ from tfkd.export import restore_network
 
 
 def extract_features(workdir, output_dir, checkpoint="best", overwrite=False, batch_size=256, verbose=1):
+    io.check_output_folder(output_dir, "--output")
     network, config, _, ckpt = restore_network(workdir, checkpoint)
     if not config.data.class_split:
         raise DataError(f"{workdir} was trained on all classes of {config.data.name!r}; few-shot features need a "

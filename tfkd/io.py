@@ -1,5 +1,12 @@
-"""Atomic file writes and run provenance (resolved config, seed, git revision)."""
+"""Atomic file writes and run provenance (resolved config, seed, git revision).
+
+Atomic writes give their files and folders the modes of an ordinary ``open``/``mkdir`` under the
+process umask (0644 / 0755 under umask 022), not the owner-only modes of ``tempfile``, so a model
+server running as another user can read an export. Running out of disk space while writing is a
+one-line DiskFullError naming the file, and never leaves a half-written file behind.
+"""
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -9,22 +16,91 @@ import sys
 import tempfile
 import time
 
+from tfkd.errors import DiskFullError, WorkdirError
+
+
+def umask():
+    """The process umask, read without changing it where /proc tells it (os.umask can only swap)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode():
+    return 0o666 & ~umask()
+
+
+def folder_mode():
+    return 0o777 & ~umask()
+
+
+def is_disk_full(error):
+    """ENOSPC, as an OSError or inside the message of a TensorFlow / h5py error."""
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
+
+
+def _megabytes(n):
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def disk_full_error(path, free=None, needed=None):
+    space = f": {_megabytes(free)} free, about {_megabytes(needed)} needed" if free is not None else ""
+    return DiskFullError(f"no space left on device while writing {path}{space}; free some space and run the "
+                         f"command again (a training run resumes from its last checkpoint)", path)
+
+
+def ensure_free_space(path, needed_bytes):
+    """Raises DiskFullError when the file system that will hold ``path`` has less than
+    ``needed_bytes`` free: checked before writing, because h5py crashes the process once it hits
+    a full disk instead of raising."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise disk_full_error(path, free, needed_bytes)
+
+
+@contextlib.contextmanager
+def disk_full_reported(path, inside=None):
+    """Turns running out of space in the block into DiskFullError naming ``path``; one raised for a
+    file inside the temp folder ``inside`` is renamed to ``path`` (the user never sees temp names)."""
+    try:
+        yield
+    except DiskFullError as e:
+        if inside and e.path and os.path.abspath(e.path).startswith(os.path.abspath(inside) + os.sep):
+            raise disk_full_error(path) from None
+        raise
+    except Exception as e:  # noqa: BLE001  (OSError, tf.errors.OpError, h5py's RuntimeError ...)
+        if is_disk_full(e):
+            raise disk_full_error(path) from None
+        raise
+
 
 def write_text_atomic(path, text):
     """Writes via a temp file in the same folder and os.replace: readers never see half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    with disk_full_reported(path):
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
+        try:
+            os.fchmod(fd, file_mode())  # mkstemp's 0600 would hide the file from other users
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
 
 
 def write_json_atomic(path, obj):
@@ -40,14 +116,20 @@ def _jsonable(x):
 
 
 @contextlib.contextmanager
-def atomic_directory(path):
+def atomic_directory(path, needed_bytes=0):
     """Yields a temp folder beside ``path``; on success it replaces ``path`` (old one removed only
-    after the new one is in place); on failure it is deleted and ``path`` is untouched."""
+    after the new one is in place); on failure it is deleted and ``path`` is untouched.
+    ``needed_bytes``: refuse with DiskFullError before anything is written when less is free."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(path) + "-")
+    if needed_bytes:
+        ensure_free_space(path, needed_bytes)
+    with disk_full_reported(path):
+        tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(path) + "-")
+        os.chmod(tmp, folder_mode())  # mkdtemp's 0700 would hide the folder from other users
     try:
-        yield tmp
+        with disk_full_reported(path, inside=tmp):
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -93,3 +175,29 @@ def run_info(seed, extra=None):
     }
     info.update(extra or {})
     return info
+
+
+def check_output_folder(path, flag):
+    """Raises WorkdirError unless ``path`` is a folder this process can write in, or can create:
+    checked before any work, so a run never dies at its first write (a regular file in the way, a
+    read-only file system, no permission). Writes nothing."""
+    path = os.path.abspath(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise WorkdirError(f"{flag}={path} is a file, not a folder; expected a new or existing folder")
+    existing = path
+    while not os.path.isdir(existing):
+        if os.path.lexists(existing):
+            raise WorkdirError(f"{flag}={path}: {existing} is a file, so the folder cannot be created there")
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = ("is on a read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY
+               else "is not writable by this user")
+        where = existing if existing == path else f"{existing} (where it would be created)"
+        raise WorkdirError(f"{flag}={path}: {where} {why}; expected a writable folder")
+
+
+def check_output_file(path, flag):
+    """check_output_folder for a file's folder; the file itself must not be a folder."""
+    if os.path.isdir(path):
+        raise WorkdirError(f"{flag}={path} is a folder; expected a file name")
+    check_output_folder(os.path.dirname(os.path.abspath(path)), flag)

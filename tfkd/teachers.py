@@ -1,11 +1,24 @@
 """Frozen teachers for teacher-student methods: a finished ``bin/train`` run of this package (its
 best checkpoint; stage feature maps available) or a SavedModel written by ``bin/export`` (logits
-only). Checked against the student's data before any training starts."""
+only). Checked against the student's data before any training starts.
+
+Layer: beside export and extract (reads run folders through tfkd.runs); the drivers load a teacher
+here and pass it to the method (``teacher_kwargs``), so methods never read run folders."""
 import os
 
 import tensorflow as tf
 
+from tfkd import runs
 from tfkd.errors import ConfigError
+from tfkd.registry import METHODS
+
+
+def teacher_kwargs(method_name, method_cfg):
+    """``{"teacher": Teacher}`` for a method that distils a frozen teacher (``needs_teacher``),
+    loaded from ``config.<method>.teacher``; ``{}`` for every other method."""
+    if not getattr(METHODS.get(method_name), "needs_teacher", False):
+        return {}
+    return {"teacher": Teacher(method_cfg.teacher, f"config.{method_name}.teacher")}
 
 
 class Teacher:
@@ -17,20 +30,17 @@ class Teacher:
         self.path, self.field = path, field
         self.network = None
         self.saved = None
-        if os.path.exists(os.path.join(path, "network.json")):
-            from tfkd.export import restore_network
-
-            if not os.path.exists(os.path.join(path, "checkpoints", "best")):
+        if os.path.exists(os.path.join(path, runs.NETWORK)):
+            if not os.path.exists(runs.best_checkpoint(path)):
                 raise ConfigError(f"{field}={path!r}: the run has no best checkpoint yet (train it first)")
-            self.network, config, _, _ = restore_network(path, "best")
+            # A teacher that was itself a student loads its own teacher only for old checkpoints.
+            self.network, config, _, _ = runs.restore_network(path, "best", load_teacher=Teacher)
             self.network.trainable = False
             self.num_classes = self.network.num_classes
             self.image_shape = tuple(self.network.image_shape)
             self.description = f"{config.model.arch} ({config.method}) from {path}"
         elif os.path.exists(os.path.join(path, "saved_model.pb")):
-            from tfkd.export import load_metadata
-
-            meta = load_metadata(path)
+            meta = runs.load_metadata(path)
             if meta.get("task") == "fewshot":
                 raise ConfigError(f"{field}={path!r} is a few-shot predictor, not an image classifier")
             self.saved = tf.saved_model.load(path)

@@ -1,198 +1,29 @@
-"""Training driver behind ``bin/train``: workdir handling, resume, checkpoints, logs, evaluation,
-export.
+"""Training driver behind ``bin/train``: builds the data, network, method and optimizer, trains (or
+resumes) in a run folder, selects the best epoch on validation, evaluates it on test, exports it.
+Episodic few-shot methods are dispatched to tfkd.train_fewshot.
 
-Workdir layout::
-
-    config.json          resolved config (the run refuses to continue with a different one)
-    run_info.json        seed, git revision, command, versions, devices -- one entry per start
-    network.json         how to rebuild the network without loading data (for bin/export)
-    checkpoints/epoch_NNNN/{model.weights.h5,network.weights.h5,state.json}   last ``keep_checkpoints``
-                         epochs (model = method + network + optimizer; network = what exports need)
-    checkpoints/best/{model.weights.h5,state.json}          best epoch on the validation metric
-    logs/                TensorBoard (train/, validation/)
-    history.csv          one row per epoch (rewritten atomically from the checkpoint state)
-    export/              SavedModel of the best checkpoint (inference path only)
-    metrics.json         final validation and test metrics; its presence marks a finished run
-
-Every file is written atomically; killing the process at any point leaves the last completed
-epoch intact, and re-running the same command resumes from it.
+The run folder (layout, checkpoints, resume state, history, metrics) is tfkd.runs; teachers of
+teacher-student methods are loaded by tfkd.teachers and injected into the method here.
+Layer: a driver (imports runs, export, teachers; nothing below imports it).
 """
-import csv
-import io as _stdio
-import json
 import os
-import shutil
 
 import keras
-import ml_collections
-import numpy as np
-import tensorflow as tf
 
 from tfkd import data as data_lib
 from tfkd import export as export_lib
 from tfkd import io
-from tfkd.config import validate
+from tfkd import runs
+from tfkd import train_fewshot
+from tfkd.config import config_json, resolve  # noqa: F401  (resolve: part of this module's API)
 from tfkd.distribute import barrier, get_strategy, is_chief
-from tfkd.errors import ConfigError, WorkdirError
-from tfkd.methods import build_method, resolve_method_config
+from tfkd.errors import ConfigError
+from tfkd.evaluation import ValidationClassEpisodes, validation_class_images
+from tfkd.methods import build_method, build_optimizer
 from tfkd.models import build_backbone
+from tfkd.progress import RunProgress, print_run_paths
 from tfkd.registry import BACKBONES, METHODS
-
-CHECKPOINTS = "checkpoints"
-WEIGHTS = "model.weights.h5"
-NETWORK_WEIGHTS = "network.weights.h5"  # the network alone, for export / feature extraction / teachers
-
-
-# ---------------------------------------------------------------------- config
-
-
-def resolve(config, method=None, seed=None):
-    """Applies flag overrides (--method, --seed), validates, and returns a new resolved config."""
-    config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
-    if method:
-        config.method = method
-    if seed is not None:
-        config.seed = int(seed)
-    validate(config)
-    # Only the chosen method's section is kept: it is what the run used.
-    method_cfg = resolve_method_config(METHODS.get(config.method), config.get(config.method), config.method)
-    for name in METHODS.names():
-        if name in config and name != config.method:
-            del config[name]
-    config[config.method] = method_cfg
-    return config
-
-
-def config_json(config):
-    return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-# ---------------------------------------------------------------------- workdir
-
-
-def prepare_workdir(workdir, config, overwrite=False, may_contain=()):
-    """Returns True when resuming. Never silently overwrites a finished or different run.
-    ``may_contain``: entries a new run's folder may already hold (an ensemble's members/)."""
-    cfg_path = os.path.join(workdir, "config.json")
-    if os.path.exists(os.path.join(workdir, "metrics.json")) and not overwrite:
-        raise WorkdirError(f"--workdir={workdir} holds a finished run (metrics.json); "
-                           f"use a new --workdir or pass --overwrite to discard it")
-    if overwrite and os.path.exists(workdir):
-        shutil.rmtree(workdir)
-    if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
-        new = config_json(config)
-        if old != new:
-            diffs = _diff(old, new)
-            raise WorkdirError(f"--workdir={workdir} was started with a different config "
-                               f"({'; '.join(diffs[:5])}); use a new --workdir, or --overwrite to discard it")
-        return True
-    if os.path.isdir(workdir) and set(os.listdir(workdir)) - set(may_contain):
-        raise WorkdirError(f"--workdir={workdir} exists, is not empty and holds no tfkd run (config.json)")
-    return False
-
-
-def _diff(old, new, prefix=""):
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
-
-
-def write_run_files(workdir, config, network_info, start_info):
-    """config.json, network.json (how to rebuild the model) and one more run_info.json entry
-    (seed, git revision, ``start_info``); on the chief only."""
-    if not is_chief():
-        return
-    os.makedirs(workdir, exist_ok=True)
-    io.write_json_atomic(os.path.join(workdir, "config.json"), config_json(config))
-    io.write_json_atomic(os.path.join(workdir, "network.json"), network_info)
-    info_path = os.path.join(workdir, "run_info.json")
-    starts = []
-    if os.path.exists(info_path):
-        with open(info_path) as f:
-            starts = json.load(f)
-    starts.append(io.run_info(config.seed, start_info))
-    io.write_json_atomic(info_path, starts)
-
-
-def latest_checkpoint(workdir):
-    root = os.path.join(workdir, CHECKPOINTS)
-    if not os.path.isdir(root):
-        return None
-    epochs = sorted(d for d in os.listdir(root) if d.startswith("epoch_") and
-                    os.path.exists(os.path.join(root, d, "state.json")))
-    return os.path.join(root, epochs[-1]) if epochs else None
-
-
-def read_state(checkpoint_dir):
-    with open(os.path.join(checkpoint_dir, "state.json")) as f:
-        return json.load(f)
-
-
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves weights + optimizer state each epoch, tracks the best validation epoch, writes the
-    history; all atomically, and only on the chief."""
-
-    def __init__(self, workdir, monitor, keep, state):
-        super().__init__()
-        self.workdir, self.monitor, self.keep = workdir, monitor, keep
-        self.history = list(state.get("history", []))
-        self.best_value = state.get("best_value", -np.inf)
-        self.best_epoch = state.get("best_epoch", 0)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        if self.monitor not in logs:
-            raise ConfigError(f"config.train.select_metric={self.monitor!r} is not among the logged "
-                              f"metrics {sorted(logs)}")
-        done = epoch + 1
-        self.history = [h for h in self.history if h["epoch"] < done] + [{"epoch": done, **logs}]
-        improved = logs[self.monitor] > self.best_value
-        if improved:
-            self.best_value, self.best_epoch = logs[self.monitor], done
-        state = {"epoch": done, "best_epoch": self.best_epoch, "best_value": self.best_value,
-                 "monitor": self.monitor, "history": self.history}
-        if not is_chief():
-            return
-        root = os.path.join(self.workdir, CHECKPOINTS)
-        with io.atomic_directory(os.path.join(root, f"epoch_{done:04d}")) as epoch_tmp:
-            self.model.save_weights(os.path.join(epoch_tmp, WEIGHTS))
-            network = getattr(self.model, "network", None)
-            if network is not None:
-                network.save_weights(os.path.join(epoch_tmp, NETWORK_WEIGHTS))
-            io.write_json_atomic(os.path.join(epoch_tmp, "state.json"), state)
-            if improved:  # best lands first: if killed before the epoch folder, the epoch re-runs
-                with io.atomic_directory(os.path.join(root, "best")) as best_tmp:
-                    for name in (WEIGHTS, NETWORK_WEIGHTS):
-                        if os.path.exists(os.path.join(epoch_tmp, name)):
-                            shutil.copy2(os.path.join(epoch_tmp, name), os.path.join(best_tmp, name))
-                    io.write_json_atomic(os.path.join(best_tmp, "state.json"), state)
-        self._write_history()
-        old = sorted(d for d in os.listdir(root) if d.startswith("epoch_"))[:-self.keep]
-        for d in old:
-            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
-
-    def _write_history(self):
-        keys = sorted({k for h in self.history for k in h} - {"epoch"})
-        buf = _stdio.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["epoch"] + keys)
-        writer.writeheader()
-        writer.writerows(self.history)
-        io.write_text_atomic(os.path.join(self.workdir, "history.csv"), buf.getvalue())
-
-
-class LearningRateLogger(keras.callbacks.Callback):
-    """Adds the current learning rate to the epoch logs (TensorBoard, history.csv)."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+from tfkd.teachers import teacher_kwargs
 
 
 # ---------------------------------------------------------------------- building
@@ -210,29 +41,10 @@ def build_network(config, data):
     return build_backbone(config.model.arch, **kwargs), kwargs
 
 
-def learning_rate(train_cfg, steps):
-    lr = train_cfg.learning_rate
-    if train_cfg.lr_schedule == "constant":
-        return lr
-    if train_cfg.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=train_cfg.epochs * steps)
-    bounds = [int(b) * steps for b in train_cfg.lr_boundaries if b < train_cfg.epochs]
-    values = [lr * train_cfg.lr_decay ** i for i in range(len(bounds) + 1)]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values) if bounds else lr
-
-
-def build_optimizer(train_cfg, steps):
-    lr = learning_rate(train_cfg, steps)
-    # Weight decay is added to the loss by the method (coupled L2, as in the papers' PyTorch code).
-    if train_cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=train_cfg.momentum, nesterov=train_cfg.nesterov)
-    return keras.optimizers.Adam(lr)
-
-
 def build_method_model(config, network):
-    method = build_method(config.method, network, config[config.method],
-                          weight_decay=config.train.weight_decay, name=config.method)
-    return method
+    """The method of ``config`` around ``network``, with its frozen teacher loaded when it has one."""
+    return build_method(config.method, network, config[config.method], weight_decay=config.train.weight_decay,
+                        name=config.method, **teacher_kwargs(config.method, config[config.method]))
 
 
 def build_all(config, data, strategy):
@@ -264,15 +76,28 @@ def phase_segments(method, start, end):
     return [tuple(s) for s in segments]
 
 
+def phase_header(phase, start, end, config, meta_split):
+    """The line announcing a run of epochs of one phase (None for single-phase methods)."""
+    if phase is None:
+        return None
+    header = f"{str(phase).capitalize()} phase, epochs {start + 1}-{end} of {config.train.epochs}"
+    if meta_split:
+        header += f" (D_train/D_test halves drawn with seed ({config.seed}, epoch))"
+    return header
+
+
 def run(config, workdir, *, strategy="default", overwrite=False):
     """Trains (or resumes) the run in ``workdir``; returns the final metrics dict."""
     config = resolve(config)
     if METHODS.get(config.method).task == "fewshot":  # episodic methods train on feature files
-        from tfkd import train_fewshot
-
         return train_fewshot.run(config, workdir, strategy=strategy, overwrite=overwrite)
+    with runs.locked(workdir):  # a second process training in this workdir stops here
+        return _start(config, workdir, strategy, overwrite)
+
+
+def _start(config, workdir, strategy, overwrite):
     # Under multi_worker every worker runs this; only the chief deletes or writes files.
-    resuming = prepare_workdir(workdir, config, overwrite and is_chief())
+    resuming = runs.prepare_workdir(workdir, config, overwrite and is_chief())
     data = data_lib.load_dataset(config.data)  # data errors surface before any file is written
     data_lib.resolve_augment(config.data.augment, data)
     strategy_obj = get_strategy(strategy)
@@ -294,50 +119,49 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
     keras.utils.set_random_seed(config.seed)
     method, net_kwargs, steps = build_all(config, data, strategy)
     chief = is_chief()
-    write_run_files(workdir, config, {"arch": config.model.arch, "kwargs": net_kwargs, "class_names": data.class_names},
-                    {"strategy": strategy_name, "replicas": strategy.num_replicas_in_sync, "resumed": resuming})
+    runs.write_run_files(workdir, config,
+                         {"arch": config.model.arch, "kwargs": net_kwargs, "class_names": data.class_names},
+                         {"strategy": strategy_name, "replicas": strategy.num_replicas_in_sync, "resumed": resuming})
 
     state, initial_epoch = {}, 0
-    latest = latest_checkpoint(workdir)
+    latest = runs.latest_checkpoint(workdir)
     if latest:
-        state = read_state(latest)
-        method.load_weights(os.path.join(latest, WEIGHTS))
+        state = runs.read_state(latest)
+        method.load_weights(os.path.join(latest, runs.WEIGHTS))
         initial_epoch = state["epoch"]
         print(f"Resuming from {latest} (epoch {initial_epoch} of {config.train.epochs})", flush=True)
 
     if initial_epoch < config.train.epochs:
         val_ds = data_lib.eval_dataset(data, "val", batch_size=config.train.eval_batch_size)
-        callbacks = [LearningRateLogger()]
+        progress = RunProgress(config.train.epochs)  # "Epoch k/N" of the run, first-step tracing timed
+        callbacks = [progress, runs.LearningRateLogger()]
         if config.fewshot_val.episodes:
-            from tfkd.evaluation import ValidationClassEpisodes, validation_class_images
-
             images, labels = validation_class_images(data, config.fewshot_val.max_images, config.data.split_seed)
             callbacks.append(ValidationClassEpisodes(images, labels, config.fewshot_val, seed=config.data.split_seed))
         callbacks += [
-            EpochCheckpoint(workdir, config.train.select_metric, config.train.keep_checkpoints, state),
+            runs.EpochCheckpoint(workdir, config.train.select_metric, config.train.keep_checkpoints, state),
         ]
         if chief:
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq="epoch"))
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, runs.LOGS), update_freq="epoch"))
         for start, end, phase in phase_segments(method, initial_epoch, config.train.epochs):
             method.set_phase(phase)
             meta_split = method.phase_needs_meta_split(phase)
-            if meta_split:
-                print(f"Meta phase, epochs {start + 1}-{end}: D_train/D_test halves drawn with seed "
-                      f"({config.seed}, epoch)", flush=True)
+            progress.start_fit(f"{phase} step" if phase else "training step",
+                               phase_header(phase, start, end, config, meta_split))
             train_ds = data_lib.train_dataset(data, batch_size=config.train.batch_size, seed=config.seed,
                                               augment=config.data.augment, initial_epoch=start, end_epoch=end,
                                               meta_split=meta_split)
             method.fit(train_ds, epochs=end, initial_epoch=start, steps_per_epoch=steps,
                        validation_data=val_ds, callbacks=callbacks, verbose=config.train.verbose,
                        shuffle=False)  # order comes from the stateless pipeline
-        state = read_state(latest_checkpoint(workdir)) if chief else state
+        state = runs.read_state(runs.latest_checkpoint(workdir)) if chief else state
 
     # Model selection on validation only: the best epoch's weights are evaluated on test. Other
     # workers wait for the chief to have written the best checkpoint.
     barrier(strategy)
-    best_dir = os.path.join(workdir, CHECKPOINTS, "best")
-    method.load_weights(os.path.join(best_dir, WEIGHTS))
-    best_state = read_state(best_dir)
+    best_dir = runs.verified_best(workdir)  # a damaged best is rebuilt from its epoch's checkpoint
+    method.load_weights(os.path.join(best_dir, runs.WEIGHTS))
+    best_state = runs.read_state(best_dir)
     evaluate = lambda split: method.evaluate(  # noqa: E731
         data_lib.eval_dataset(data, split, batch_size=config.train.eval_batch_size), verbose=0, return_dict=True)
     val_metrics, test_metrics = evaluate("val"), evaluate("test")
@@ -360,17 +184,27 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
             meta = {"method": config.method, "config": config_json(config), "git_revision": io.git_revision(),
                     "class_names": list(data.class_names) if data.class_names is not None else None,
                     "best_epoch": best_state["best_epoch"]}
-            export_lib.export_saved_model(method.network, os.path.join(workdir, "export"), meta,
-                                          top_k=config.export.top_k)
-        io.write_json_atomic(os.path.join(workdir, "metrics.json"), metrics)  # last: marks the run finished
-    print_summary(metrics)
+            export_lib.export_saved_model(method.network, runs.export_dir(workdir), meta, top_k=config.export.top_k)
+        runs.write_metrics(workdir, metrics)  # last: marks the run finished
+    print_summary(metrics, run_title(config))
+    print_run_paths(workdir, best_dir, best_state["best_epoch"],
+                    runs.export_dir(workdir) if config.export.enabled else None)
     return metrics
 
 
-def print_summary(metrics):
+def run_title(config):
+    """What the run is, as the summary names it: a class-split run trains a few-shot backbone."""
+    if config.data.class_split:
+        return (f"few-shot backbone ({config.method}) on the {config.data.class_split} classes of "
+                f"{config.data.name}")
+    return f"{config.method} on {config.data.name}"
+
+
+def print_summary(metrics, title):
     heads = [k[: -len("_accuracy")] for k in metrics["test"] if k.endswith("_accuracy")]
-    print(f"\n{metrics['method']} on {metrics['dataset']} (best epoch {metrics['best_epoch']} "
-          f"by {metrics['select_metric']})")
+    if len(heads) <= 2 and "ensemble" in heads:  # one head (no exits): its "ensemble" is itself
+        heads.remove("ensemble")
+    print(f"\n{title} (best epoch {metrics['best_epoch']} by {metrics['select_metric']})")
     print(f"{'head':<10} {'val acc':>8} {'test acc':>9}")
     for h in heads:
         print(f"{h:<10} {metrics['val'][h + '_accuracy']:>8.4f} {metrics['test'][h + '_accuracy']:>9.4f}")

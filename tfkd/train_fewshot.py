@@ -2,28 +2,38 @@
 here): meta-training on base-class feature episodes, model selection on validation-class
 episodes, and the evaluation protocols of tfkd.evaluation on novel-class features.
 
-The workdir layout, atomic epoch / best checkpoints, resume, TensorBoard and history.csv are those
-of tfkd.train. Episode ``i`` of training is a function of (seed, i), so a resumed run sees exactly
+The run folder (layout, atomic epoch / best checkpoints, snapshots, resume, history.csv) is
+tfkd.runs, as for tfkd.train. Episode ``i`` of training is a function of (seed, i), so a resumed run sees exactly
 the episodes an uninterrupted one would. Validation and test episodes come from
 ``config.fewshot.eval_seed``: the same for every method, so results are paired.
 
 Extra outputs: ``evaluation.json`` (every protocol, with per-episode accuracies), and
 ``metrics.json`` (summary; marks the run finished).
+
+Layer: a driver (imports runs, export; never tfkd.train, which dispatches here).
 """
 import json
 import os
 import warnings
 
 import keras
+import ml_collections
 import numpy as np
 
 from tfkd import evaluation
+from tfkd import export
 from tfkd import io
+from tfkd import runs
+from tfkd.config import config_json, resolve
 from tfkd.data.episodes import SPLITS, EpisodeSampler, episode_dataset
-from tfkd.data.features import read_features
+from tfkd.data.features import check_labels_against_metadata, read_feature_metadata, read_features
 from tfkd.distribute import get_strategy, is_chief
 from tfkd.errors import ConfigError, DataError
+from tfkd.methods import build_fewshot_method  # noqa: F401  (part of this driver's API)
+from tfkd.methods.fewshot import episode_predictor
+from tfkd.progress import RunProgress, print_run_paths
 from tfkd.registry import METHODS
+from tfkd.runs import restore_fewshot_method, snapshot_for_shot  # noqa: F401  (bin/export, tests)
 
 FEATURE_EXTENSIONS = (".h5", ".hdf5", ".npz")
 
@@ -60,12 +70,11 @@ class FeatureSplits:
             if shared:
                 raise DataError(f"{features_dir}: classes {sorted(shared)[:5]} are in both {a} and {b}; "
                                 f"few-shot splits must have disjoint classes")
-        self.class_groups = None
-        meta_path = os.path.join(features_dir, "features.json")
-        if os.path.exists(meta_path):
-            with open(meta_path) as f:
-                groups = json.load(f).get("class_groups")
-            self.class_groups = np.asarray(groups) if groups else None
+        meta = read_feature_metadata(features_dir)
+        for s, (_, labels) in self.splits.items():
+            check_labels_against_metadata(labels, self.paths[s], meta)
+        groups = meta.get("class_groups")
+        self.class_groups = np.asarray(groups) if groups else None
 
     def __getitem__(self, split):
         return self.splits[split]
@@ -95,67 +104,15 @@ def samplers(config, feats):
     return train, val
 
 
-def build_fewshot_method(config, feature_dim, strategy, steps):
-    from tfkd.train import build_optimizer
-
-    cls = METHODS.get(config.method)
-    with strategy.scope():
-        method = cls(feature_dim, **dict(config[config.method]), name=config.method)
-        method.build_from_dim(batch=config.fewshot.episodes_per_batch)
-        method.compile(optimizer=build_optimizer(config.train, steps), jit_compile=config.train.jit_compile)
-        method.optimizer.build(method.trainable_variables)
-    return method
-
-
-SNAPSHOTS = "snapshots"
-
-
-class KSnapshots(keras.callbacks.Callback):
-    """Progressive distillation (weaken): saves the model once when k_train first takes each value
-    of ``save_at_k`` (paper: 16, 8, 4, 2, 1); testing at k shots uses the snapshot with the largest
-    saved k_train <= k. Written atomically; existing snapshots are kept on resume."""
-
-    def __init__(self, workdir, save_at_k):
-        super().__init__()
-        self.root = os.path.join(workdir, SNAPSHOTS)
-        self.pending = sorted(set(int(k) for k in save_at_k), reverse=True)
-
-    def on_train_batch_end(self, batch, logs=None):
-        k_train = int(keras.ops.convert_to_numpy(self.model.k_train))
-        for k in [k for k in self.pending if k_train <= k]:
-            self.pending.remove(k)
-            path = os.path.join(self.root, f"k_{k:03d}")
-            if os.path.exists(path) or not is_chief():
-                continue
-            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-            with io.atomic_directory(path) as tmp:
-                self.model.save_weights(os.path.join(tmp, "model.weights.h5"))
-                io.write_json_atomic(os.path.join(tmp, "state.json"), {"k_train": k_train, "saved_for_k": k,
-                                                                      "step": step})
-
-
-def snapshot_for_shot(workdir, k):
-    """The snapshot folder whose k_train is the largest saved value <= k, or None."""
-    root = os.path.join(workdir, SNAPSHOTS)
-    if not os.path.isdir(root):
-        return None
-    saved = sorted(int(d[2:]) for d in os.listdir(root) if d.startswith("k_") and
-                   os.path.exists(os.path.join(root, d, "model.weights.h5")))
-    usable = [s for s in saved if s <= k]
-    return os.path.join(root, f"k_{usable[-1]:03d}") if usable else None
-
-
 def method_predictor_for_shot(method, workdir, checkpoint_dir):
     """k -> predictor: the k-matched snapshot when the run saved snapshots, else ``checkpoint_dir``."""
-    from tfkd import train as train_lib
-
     loaded = {"path": None}
 
     @evaluation.per_shot
     def predictor_for_shot(k):
         path = snapshot_for_shot(workdir, k) or checkpoint_dir
         if loaded["path"] != path:
-            method.load_weights(os.path.join(path, train_lib.WEIGHTS))
+            method.load_weights(os.path.join(path, runs.WEIGHTS))
             loaded["path"] = path
         return method.predictor()
 
@@ -164,9 +121,7 @@ def method_predictor_for_shot(method, workdir, checkpoint_dir):
 
 def run(config, workdir, *, strategy="default", overwrite=False):
     """Trains (or resumes) a few-shot run, or every member of an ensemble; returns the metrics."""
-    from tfkd import train as train_lib
-
-    config = train_lib.resolve(config)
+    config = resolve(config)
     method_cfg = config[config.method]
     if method_cfg.get("ensemble_size", 1) > 1:
         return run_ensemble(config, workdir, strategy=strategy, overwrite=overwrite)
@@ -175,8 +130,6 @@ def run(config, workdir, *, strategy="default", overwrite=False):
 
 def member_config(config, member):
     """Ensemble member ``member``: its own seed and S_teacher sample, trained as a single run."""
-    import ml_collections
-
     c = ml_collections.ConfigDict(config.to_dict())
     c.seed = config.seed + member
     m = c[config.method]
@@ -189,23 +142,27 @@ def run_ensemble(config, workdir, *, strategy="default", overwrite=False):
     """Members train one after another in WORKDIR/members/member_i (each a resumable run); with
     ``ensemble_member=i`` only member i trains, so members can run in parallel on several machines
     (then re-run with ensemble_member=-1 to evaluate). Prediction = mean of members' probabilities."""
-    from tfkd import train as train_lib
-
     method_cfg = config[config.method]
     size, only = method_cfg.ensemble_size, method_cfg.ensemble_member
     members = [os.path.join(workdir, "members", f"member_{i}") for i in range(size)]
     if only >= 0:
         return run_single(member_config(config, only), members[only], strategy=strategy, overwrite=overwrite)
-    parent = train_lib.resolve(config)
-    resuming = train_lib.prepare_workdir(workdir, parent, overwrite, may_contain=("members",))
+    with runs.locked(workdir):  # the parent folder; each member locks its own
+        return _train_ensemble(config, workdir, members, strategy, overwrite)
+
+
+def _train_ensemble(config, workdir, members, strategy, overwrite):
+    size = len(members)
+    parent = resolve(config)
+    resuming = runs.prepare_workdir(workdir, parent, overwrite, may_contain=("members",))
     feats = FeatureSplits(parent.fewshot.features_dir)
-    train_lib.write_run_files(workdir, parent,
-                              {"task": "fewshot", "method": config.method, "feature_dim": feats.feature_dim,
-                               "ensemble_members": [os.path.relpath(m, workdir) for m in members]},
-                              {"strategy": strategy, "resumed": resuming, "ensemble_size": size})
+    runs.write_run_files(workdir, parent,
+                         {"task": "fewshot", "method": config.method, "feature_dim": feats.feature_dim,
+                          "ensemble_members": [os.path.relpath(m, workdir) for m in members]},
+                         {"strategy": strategy, "resumed": resuming, "ensemble_size": size})
     member_metrics = []
     for i, member_dir in enumerate(members):
-        done = os.path.join(member_dir, "metrics.json")
+        done = os.path.join(member_dir, runs.METRICS)
         if os.path.exists(done):
             with open(done) as f:
                 member_metrics.append(json.load(f))
@@ -220,49 +177,39 @@ def run_ensemble(config, workdir, *, strategy="default", overwrite=False):
                            for m in member_metrics],
                "test": evaluation.summary_values(results)}
     if is_chief():
-        io.write_json_atomic(os.path.join(workdir, "evaluation.json"), results)
+        io.write_json_atomic(os.path.join(workdir, runs.EVALUATION), results)
         export_predictor(parent, workdir)
-        io.write_json_atomic(os.path.join(workdir, "metrics.json"), metrics)
+        runs.write_metrics(workdir, metrics)
     print_results(f"{config.method} ensemble of {size}", results)
     return metrics
 
 
 def ensemble_predictor_for_shot(member_dirs):
     """k -> predictor averaging the members' probabilities (returned as log-probabilities)."""
-    from tfkd import train as train_lib
-
-    members = []
+    methods, loaders = [], []
     for member_dir in member_dirs:
         method, _ = restore_fewshot_method(member_dir)
-        members.append(method_predictor_for_shot(method, member_dir,
-                                                 os.path.join(member_dir, train_lib.CHECKPOINTS, "best")))
+        methods.append(method)
+        loaders.append(method_predictor_for_shot(method, member_dir, runs.verified_best(member_dir)))
+    predict = episode_predictor(methods)  # one function for all members and shot counts: traced once
 
     @evaluation.per_shot
     def predictor_for_shot(k):
-        predictors = [m(k) for m in members]
-
-        def predict(support, mask, query):
-            return average_probabilities([np.asarray(p(support, mask, query)) for p in predictors])
+        for load in loaders:
+            load(k)  # each member's k-matched snapshot (or best checkpoint)
         return predict
 
     return predictor_for_shot
 
 
-def average_probabilities(member_logits):
-    """log of the mean of the members' softmax probabilities (the ensemble's scores)."""
-    probs = []
-    for logits in member_logits:
-        z = logits - logits.max(-1, keepdims=True)
-        e = np.exp(z)
-        probs.append(e / e.sum(-1, keepdims=True))
-    return np.log(np.maximum(np.mean(probs, axis=0), 1e-30))
-
-
 def run_single(config, workdir, *, strategy="default", overwrite=False):
-    from tfkd import train as train_lib
+    with runs.locked(workdir):  # a second process training in this workdir stops here
+        return _run_single(config, workdir, strategy, overwrite)
 
-    config = train_lib.resolve(config)
-    resuming = train_lib.prepare_workdir(workdir, config, overwrite)
+
+def _run_single(config, workdir, strategy, overwrite):
+    config = resolve(config)
+    resuming = runs.prepare_workdir(workdir, config, overwrite)
     f = config.fewshot
     feats = FeatureSplits(f.features_dir)  # data errors surface before any file is written
     train_sampler, val_sampler = samplers(config, feats)
@@ -284,17 +231,17 @@ def run_single(config, workdir, *, strategy="default", overwrite=False):
     base_f, base_l = feats["base"]
     method.use_base_split(base_f, base_l, train_sampler.classes)
     chief = is_chief()
-    train_lib.write_run_files(workdir, config,
+    runs.write_run_files(workdir, config,
                               {"task": "fewshot", "method": config.method, "feature_dim": feats.feature_dim,
                                "features": {s: os.path.abspath(p) for s, p in feats.paths.items()}},
                               {"strategy": strategy, "resumed": resuming,
                                "replicas": strategy_obj.num_replicas_in_sync})
 
     state, initial_epoch = {}, 0
-    latest = train_lib.latest_checkpoint(workdir)
+    latest = runs.latest_checkpoint(workdir)
     if latest:
-        state = train_lib.read_state(latest)
-        method.load_weights(os.path.join(latest, train_lib.WEIGHTS))
+        state = runs.read_state(latest)
+        method.load_weights(os.path.join(latest, runs.WEIGHTS))
         initial_epoch = state["epoch"]
         print(f"Resuming from {latest} (epoch {initial_epoch} of {config.train.epochs})", flush=True)
     else:
@@ -310,19 +257,19 @@ def run_single(config, workdir, *, strategy="default", overwrite=False):
         val_steps = max(1, f.val_episodes // per_batch)
         val_ds = episode_dataset(val_f, val_l, val_sampler, episodes_per_batch=per_batch,
                                  num_episodes=val_steps * per_batch)
-        callbacks = method.training_callbacks(workdir) + [
-            train_lib.LearningRateLogger(),
-            train_lib.EpochCheckpoint(workdir, "val_accuracy", config.train.keep_checkpoints, state)]
+        callbacks = [runs.KSnapshots(workdir, method.snapshot_at_k())] if method.snapshot_at_k() else []
+        callbacks += [RunProgress(config.train.epochs), runs.LearningRateLogger(),
+                      runs.EpochCheckpoint(workdir, "val_accuracy", config.train.keep_checkpoints, state)]
         if chief:
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq="epoch"))
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, runs.LOGS), update_freq="epoch"))
         with warnings.catch_warnings():  # the finite validation stream ends by design each epoch
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             method.fit(train_ds, epochs=config.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                        validation_data=val_ds, callbacks=callbacks,
                        verbose=config.train.verbose, shuffle=False)  # episode order comes from the sampler
 
-    best_dir = os.path.join(workdir, train_lib.CHECKPOINTS, "best")
-    best_state = train_lib.read_state(best_dir)
+    best_dir = runs.verified_best(workdir)  # a damaged best is rebuilt from its epoch's checkpoint
+    best_state = runs.read_state(best_dir)
     results = evaluate_predictor(method_predictor_for_shot(method, workdir, best_dir), feats, f,
                                  verbose=config.train.verbose)
     metrics = {
@@ -333,16 +280,17 @@ def run_single(config, workdir, *, strategy="default", overwrite=False):
         "epochs": config.train.epochs,
         "best_epoch": best_state["best_epoch"],
         "val_accuracy": best_state["best_value"],
-        "snapshots": sorted(os.listdir(os.path.join(workdir, SNAPSHOTS)))
-        if os.path.isdir(os.path.join(workdir, SNAPSHOTS)) else [],
+        "snapshots": sorted(os.path.basename(d) for d in runs.snapshot_dirs(workdir).values()),
         "test": evaluation.summary_values(results),
     }
     if chief:
-        io.write_json_atomic(os.path.join(workdir, "evaluation.json"), results)
+        io.write_json_atomic(os.path.join(workdir, runs.EVALUATION), results)
         export_predictor(config, workdir)
-        io.write_json_atomic(os.path.join(workdir, "metrics.json"), metrics)  # last: marks the run finished
+        runs.write_metrics(workdir, metrics)  # last: marks the run finished
     print_results(f"{config.method} few-shot (best epoch {best_state['best_epoch']} by validation-class episode "
                   f"accuracy {best_state['best_value']:.4f})", results)
+    print_run_paths(workdir, best_dir, best_state["best_epoch"],
+                    runs.export_dir(workdir) if config.export.enabled else None)
     return metrics
 
 
@@ -350,12 +298,7 @@ def export_predictor(config, workdir):
     """WORKDIR/export: the few-shot predictor SavedModel (config.export.enabled)."""
     if not config.export.enabled:
         return
-    from tfkd import export
-
-    from tfkd import train as train_lib
-
-    export.export_fewshot_predictor(workdir, os.path.join(workdir, "export"),
-                                    {"config": train_lib.config_json(config)})
+    export.export_fewshot_predictor(workdir, runs.export_dir(workdir), {"config": config_json(config)})
 
 
 def print_results(title, results):
@@ -375,55 +318,21 @@ def evaluate_predictor(predictor_for_shot, feats, fewshot_cfg, verbose=1):
                                      class_groups=feats.class_groups, progress=bar)
 
 
-def restore_fewshot_method(workdir, checkpoint="best"):
-    """(method, config) of a finished or running few-shot run, with ``checkpoint`` loaded."""
-    import ml_collections
-    import tensorflow as tf
-
-    from tfkd import train as train_lib
-    from tfkd.errors import WorkdirError
-
-    cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(cfg_path):
-        raise WorkdirError(f"--workdir={workdir} has no config.json: not a tfkd run folder")
-    with open(cfg_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    if config.method not in METHODS or METHODS.get(config.method).task != "fewshot":
-        raise WorkdirError(f"--workdir={workdir} holds a {config.method!r} run, not a few-shot method "
-                           f"(expected one of {[m for m in METHODS.names() if METHODS.get(m).task == 'fewshot']})")
-    with open(os.path.join(workdir, "network.json")) as f:
-        feature_dim = json.load(f)["feature_dim"]
-    method = build_fewshot_method(config, feature_dim, tf.distribute.get_strategy(), steps=1)
-    if config[config.method].get("ensemble_size", 1) > 1:
-        return method, config  # an ensemble's parent: the members hold the weights
-    ckpt = {"best": os.path.join(workdir, train_lib.CHECKPOINTS, "best"),
-            "latest": train_lib.latest_checkpoint(workdir)}.get(checkpoint, checkpoint)
-    if not ckpt or not os.path.exists(os.path.join(ckpt, train_lib.WEIGHTS)):
-        raise WorkdirError(f"--checkpoint={checkpoint}: no {train_lib.WEIGHTS} in {ckpt or workdir}")
-    method.load_weights(os.path.join(ckpt, train_lib.WEIGHTS))
-    return method, config
-
-
 def run_predictor_for_shot(workdir):
     """(k -> predictor, config, feature_dim) of a finished few-shot run or ensemble."""
-    from tfkd import train as train_lib
-
     method, config = restore_fewshot_method(workdir)
     with open(os.path.join(workdir, "network.json")) as f:
         network = json.load(f)
     if network.get("ensemble_members"):
         members = [os.path.join(workdir, m) for m in network["ensemble_members"]]
         return ensemble_predictor_for_shot(members), config, method.feature_dim
-    best = os.path.join(workdir, train_lib.CHECKPOINTS, "best")
-    return method_predictor_for_shot(method, workdir, best), config, method.feature_dim
+    return method_predictor_for_shot(method, workdir, runs.verified_best(workdir)), config, method.feature_dim
 
 
 def evaluate_runs(workdirs, fewshot_overrides=None, features_dir=None, output=None, verbose=1):
     """Evaluates several few-shot runs on the same seeded novel episodes (the protocols of the first
     run's config.fewshot, updated by ``fewshot_overrides``); returns {workdir: results} and, with
     ``output``, writes them with paired per-episode differences against the first run."""
-    import ml_collections
-
     from tfkd.data.episodes import mean_confidence_interval
 
     results, protocol_cfg = {}, None
@@ -435,7 +344,7 @@ def evaluate_runs(workdirs, fewshot_overrides=None, features_dir=None, output=No
                 if key not in protocol_cfg:
                     raise ConfigError(f"--{key}: not a field of config.fewshot")
                 protocol_cfg[key] = value
-        feats = FeatureSplits(features_dir or config.fewshot.features_dir)
+        feats = FeatureSplits(features_dir or runs.fewshot_features_dir(workdir, config))
         feats.check_dim(feature_dim, f"--workdir={workdir} ({config.method})")
         results[workdir] = {"method": config.method, "seed": config.seed,
                             "results": evaluate_predictor(predictor_for_shot, feats, protocol_cfg, verbose)}

@@ -24,7 +24,7 @@ import traceback
 import keras_tuner
 import ml_collections
 
-from tfkd import io
+from tfkd import io, train
 from tfkd.errors import ConfigError
 from tfkd.registry import METHODS
 
@@ -128,8 +128,6 @@ def _tuner_class(kind):
             super().__init__(*args, **kwargs)
 
         def run_trial(self, trial, *args, **kwargs):
-            from tfkd import train
-
             values = sample(trial.hyperparameters, self.space)
             config = apply_values(self.base_config, values)
             if "tuner/epochs" in trial.hyperparameters.values:
@@ -173,8 +171,6 @@ def objective_value(metrics, name):
 
 def tune(config, workdir, *, strategy="default", overwrite=False, verbose=1):
     """Runs (or resumes) the search; returns (best values, best score, path of best_config.py)."""
-    from tfkd import train
-
     config = ml_collections.ConfigDict(config.to_dict())
     t = config.tune
     if t.tuner not in TUNERS:
@@ -187,6 +183,7 @@ def tune(config, workdir, *, strategy="default", overwrite=False, verbose=1):
     fewshot = METHODS.get(config.method).task == "fewshot"
     objective = t.objective or ("val_accuracy" if fewshot else config.train.select_metric)
     train.resolve(config)  # config errors before any trial starts
+    io.check_output_folder(workdir, "--workdir")
     if overwrite and os.path.exists(workdir):
         import shutil
 

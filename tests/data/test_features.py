@@ -1,4 +1,6 @@
 """Feature files: HDF5 padding is trimmed, inconsistent files are rejected, round trips, no overwrite."""
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -60,3 +62,34 @@ def test_round_trip_and_no_silent_overwrite(tmp_path, name):
     write_features(path, x + 1, y, overwrite=True)
     np.testing.assert_array_equal(read_features(path)[0], x + 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_negative_label_is_rejected(tmp_path):
+    path = str(tmp_path / "f.npz")
+    np.savez(path, features=np.zeros((4, 3), np.float32), labels=np.array([0, 1, -1, 1]))
+    with pytest.raises(DataError, match=r"f\.npz: label -1 \(row 2\) is negative"):
+        read_features(path)
+
+
+def _feature_folder(folder, novel_labels, meta):
+    rng = np.random.default_rng(0)
+    for split, labels in (("base", [0, 0, 1, 1]), ("validation", [2, 2, 3, 3]), ("novel", novel_labels)):
+        write_features(str(folder / f"{split}.npz"), rng.normal(size=(len(labels), 3)), np.asarray(labels),
+                       overwrite=True)
+    (folder / "features.json").write_text(json.dumps(meta))
+    return str(folder)
+
+
+def test_labels_beyond_the_classes_of_features_json_are_rejected(tmp_path):
+    """Feature labels are original class ids; features.json lists the groups (and names) per class."""
+    from tfkd.train_fewshot import FeatureSplits
+
+    groups = ["a", "a", "b", "b", "c", "c"]
+    assert FeatureSplits(_feature_folder(tmp_path, [4, 4, 5, 5], {"class_groups": groups})).class_groups.tolist() == groups
+    folder = _feature_folder(tmp_path, [4, 4, 5, 50], {"class_groups": groups, "class_names": list("uvwxyz")})
+    with pytest.raises(DataError) as e:
+        FeatureSplits(folder)
+    assert "novel.npz: label 50 (row 3" in str(e.value) and "class_groups" in str(e.value)
+    (tmp_path / "features.json").write_text("{not json")
+    with pytest.raises(DataError, match="features.json as JSON"):
+        FeatureSplits(folder)

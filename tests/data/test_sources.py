@@ -286,6 +286,50 @@ def test_glyphs_npz_missing_labels(tmp_path):
     assert path in str(e.value)
 
 
+def _glyphs_npz(path, labels, num_names, **extra):
+    labels = np.asarray(labels)
+    np.savez(path, images=np.zeros((len(labels), 28, 28), np.uint8), labels=labels,
+             class_names=np.array([f"c{i}" for i in range(num_names)]), **extra)
+    return str(path)
+
+
+@pytest.mark.parametrize("bad", [100000, 5, -1])
+def test_glyphs_label_outside_class_names_is_rejected(tmp_path, bad):
+    """Labels index class_names: one label = 100000 used to train a 100001-class model."""
+    path = _glyphs_npz(tmp_path / "g.npz", [0, 1, 2, 3, 4, bad, 0, 1], num_names=5)
+    with pytest.raises(DataError) as e:
+        load_dataset(data_config(name="glyphs", data_dir=path))
+    message = str(e.value)
+    assert path in message and f"label {bad} " in message and "[0, 5)" in message
+    assert "\n" not in message
+
+
+def test_glyphs_num_classes_comes_from_class_names(tmp_path):
+    # The last class has no image: still a 6-class dataset, as its class_names say.
+    path = _glyphs_npz(tmp_path / "g.npz", np.repeat(np.arange(5), 4), num_names=6)
+    data = load_dataset(data_config(name="glyphs", data_dir=path, val_fraction=0.25))
+    assert data.num_classes == 6 and len(data.class_names) == 6
+
+
+def test_glyphs_alphabets_must_give_one_group_per_class(tmp_path):
+    path = _glyphs_npz(tmp_path / "g.npz", np.repeat(np.arange(5), 4), num_names=5, alphabets=np.array(["a", "b"]))
+    with pytest.raises(DataError, match=r"alphabets.*\(5,\)"):
+        load_dataset(data_config(name="glyphs", data_dir=path, val_fraction=0.25))
+
+
+def test_fashion_mnist_label_outside_the_ten_classes_is_rejected(tmp_path):
+    labels = np.arange(20, dtype=np.uint8) % 10
+    labels[7] = 10
+    for prefix in ("train", "t10k"):
+        header = b"\x00\x00\x08\x03" + b"".join(int(d).to_bytes(4, "big") for d in (20, 28, 28))
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", header, bytes(20 * 28 * 28))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", b"\x00\x00\x08\x01" + (20).to_bytes(4, "big"),
+                   labels.tobytes())
+    with pytest.raises(DataError) as e:
+        load_dataset(data_config(name="fashion_mnist", data_dir=str(tmp_path)))
+    assert "train-labels-idx1-ubyte.gz: label 10 (row 7" in str(e.value) and "[0, 10)" in str(e.value)
+
+
 def test_glyphs_missing_file(tmp_path):
     path = str(tmp_path / "absent.npz")
     with pytest.raises(DataError) as e:
@@ -333,6 +377,31 @@ def test_tfds_in_memory_cifar10(mock_cifar10):
     assert set(np.unique(data.val.labels)) == set(np.unique(data.train.labels))
     assert len(data.mean) == 3 and len(data.std) == 3
     np.testing.assert_allclose(data.mean, data.train.images.reshape(-1, 3).mean(0), rtol=1e-6)
+
+
+def test_tfds_label_outside_num_classes_is_rejected(tmp_path):
+    """TFDS labels are checked against features['label'].num_classes (10 for cifar10)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("cifar10", data_dir=str(tmp_path))
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=s, shard_lengths=[20], num_bytes=0) for s in ("train", "test")]))
+    builder.data_path.mkdir(parents=True, exist_ok=True)
+    builder.info.write_to_directory(builder.data_path)
+
+    def as_dataset(self, *args, **kwargs):
+        labels = np.arange(20) % 10
+        labels[3] = 12
+        return tf.data.Dataset.from_tensor_slices({"id": np.array([str(i) for i in range(20)]),
+                                                   "image": np.zeros((20, 32, 32, 3), np.uint8),
+                                                   "label": labels.astype(np.int64)})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset, data_dir=str(tmp_path)):
+        with pytest.raises(DataError) as e:
+            load_dataset(data_config(name="cifar10", data_dir=str(tmp_path)))
+    assert "'cifar10' split 'train': label 12 (row 3" in str(e.value)
+    assert "features['label'].num_classes" in str(e.value)
 
 
 def test_tfds_unprepared_fails_fast(tmp_path):

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from tfkd.distribute import get_strategy  # noqa: E402
 from tfkd.methods import build_method  # noqa: E402
 from tfkd.models import MultiExitResNet  # noqa: E402
+from tfkd.teachers import Teacher  # noqa: E402
 
 CONFIGS = {
     "baseline": {},
@@ -67,7 +68,7 @@ def make(name, strategy):
         net.ensure_built()
         cfg = dict(CONFIGS[name])
         if name in ("kd", "fitnet", "at"):
-            cfg["teacher"] = TEACHER
+            cfg["teacher"] = Teacher(TEACHER, f"config.{name}.teacher")
         method = build_method(name, net, cfg, weight_decay=5e-4)
         method.build()
         method.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))

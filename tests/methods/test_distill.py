@@ -131,13 +131,49 @@ def test_strengthen_grows_teacher_shots():
     assert ks[0] == 1 and ks[-1] == 3 and ks == sorted(ks)
 
 
-def test_ensemble_averages_member_probabilities():
-    from tfkd.train_fewshot import average_probabilities
+def _episode_of_shape(rng, n_way, k, d=6, n_query=4):
+    return (rng.normal(size=(n_way, k, d)).astype(np.float32), np.ones((n_way, k), bool),
+            rng.normal(size=(n_query, d)).astype(np.float32))
 
-    a = np.array([[2.0, 0.0, -1.0]])
-    b = np.array([[-1.0, 3.0, 0.0]])
-    expected = (_softmax(a) + _softmax(b)) / 2
-    np.testing.assert_allclose(np.exp(average_probabilities([a, b])), expected, rtol=1e-6)
+
+def test_ensemble_averages_member_probabilities():
+    from tfkd.methods.fewshot import episode_predictor
+
+    from tfkd.methods.fewshot import CosinePrototypes
+
+    # Deterministic members (a generator draws new evaluation noise at every call).
+    members = [CosinePrototypes(6, embedding_units=(4,), scale_init=5.0 + i).build_from_dim() for i in range(2)]
+    episode = _episode_of_shape(np.random.default_rng(0), 3, 2)
+    expected = np.mean([_softmax(np.asarray(m.predictor()(*episode))) for m in members], axis=0)
+    np.testing.assert_allclose(np.exp(episode_predictor(members)(*episode)), expected, rtol=1e-5)
+
+
+def test_episode_predictors_trace_once_for_any_way_and_shots(caplog):
+    """Evaluation asks for a predictor per protocol and shot count, and an ensemble calls each
+    member: each model's predictor (and an ensemble's) is one tf.function traced once, so no
+    'triggered tf.function retracing' warning."""
+    import logging
+
+    from tfkd.methods.fewshot import episode_predictor
+
+    rng = np.random.default_rng(0)
+    members = [Distill(6, num_generated=1, generator_hidden=(8,), seed=i).build_from_dim() for i in range(6)]
+    shapes = [(5, 1), (5, 5), (20, 1), (20, 5), (7, 20), (5, 1)]
+    # TF counts traces per function source over the whole process (warning at 5 of the last 10
+    # calls): 11 untraced calls push earlier tests' traces out of that window.
+    for _ in range(12):
+        members[-1].predictor()(*_episode_of_shape(rng, 5, 1))
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for m in members[:2]:  # as a run's evaluation does: a predictor per (protocol, k)
+            for n_way, k in shapes:
+                m.predictor()(*_episode_of_shape(rng, n_way, k))
+        ensemble = episode_predictor(members)
+        for n_way, k in shapes:
+            ensemble(*_episode_of_shape(rng, n_way, k))
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    assert all(m.predictor() is m.predictor() for m in members[:2])
+    assert {m.predictor().experimental_get_tracing_count() for m in members[:2]} == {1}
+    assert ensemble.experimental_get_tracing_count() == 1
 
 
 def test_snapshot_for_shot_picks_largest_saved_k_not_above(tmp_path):

@@ -65,3 +65,27 @@ def test_gen_learns_and_beats_chance_on_novel_classes(pixels):
     assert same["mean"] > 0.45
     # Paired: the same seeded episodes for both methods.
     assert len(same["accuracies"]) == len(result["accuracies"]) == 60
+
+
+@pytest.mark.parametrize("batches", [1, 2, 4])
+def test_finite_validation_stream_reports_exact_accuracy_and_loss(batches):
+    """Episodes the model gets fully right score exactly 1.0 on a finite episode stream, in
+    evaluate and in fit's validation (history.csv, bin/tune's objective). Keras ran the step once
+    more when the stream ended, and its data-independent metric count updates added a phantom
+    all-wrong batch: 0.5 / 0.667 / 0.8 for 1 / 2 / 4 batches."""
+    labels = np.repeat(np.arange(6), 6)
+    rng = np.random.default_rng(0)
+    features = (np.eye(6)[labels] + 0.01 * rng.normal(size=(len(labels), 6))).astype(np.float32)
+    sampler = EpisodeSampler(labels, range(6), 3, 1, 2, seed=0)
+    method = CosinePrototypes(6, scale_init=10.0)
+    method.build_from_dim(batch=2)
+    method.compile(optimizer=keras.optimizers.SGD(0.0))
+    method.optimizer.build(method.trainable_variables)  # as tfkd.train_fewshot builds it
+    stream = episode_dataset(features, labels, sampler, episodes_per_batch=2, num_episodes=2 * batches)
+    counted = method.evaluate(stream, steps=batches, verbose=0, return_dict=True)
+    to_the_end = method.evaluate(stream, verbose=0, return_dict=True)
+    assert to_the_end["accuracy"] == 1.0
+    assert to_the_end["loss"] == pytest.approx(counted["loss"], rel=1e-6)
+    train = episode_dataset(features, labels, sampler, episodes_per_batch=2)
+    history = method.fit(train, steps_per_epoch=1, epochs=2, validation_data=stream, verbose=0)
+    assert history.history["val_accuracy"] == [1.0, 1.0]

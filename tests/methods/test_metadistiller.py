@@ -51,8 +51,11 @@ def test_meta_gradient_matches_finite_differences(float64):
     nt = [tf.convert_to_tensor(v) for v in method.network.non_trainable_variables]
     gnt = [tf.convert_to_tensor(v) for v in method.generator.non_trainable_variables]
 
+    # Traced once: the ~100 evaluations below then run as one graph each instead of op by op.
+    lookahead = tf.function(lambda values: method.lookahead_loss(values, theta, nt, gnt, meta_train, meta_test, zeta))
+
     def outer(values):
-        return float(method.lookahead_loss(values, theta, nt, gnt, meta_train, meta_test, zeta))
+        return float(lookahead(values))
 
     def central_difference(i, idx, eps):
         plus = [p.numpy().copy() for p in phi]

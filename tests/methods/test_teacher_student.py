@@ -11,6 +11,7 @@ from tfkd.errors import ConfigError
 from tfkd.methods import build_method
 from tfkd.methods.teacher_student import attention_loss, attention_map
 from tfkd.models import build_backbone
+from tfkd.teachers import Teacher
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,8 @@ def _batch(seed=0):
 def test_student_steps_leave_the_teacher_frozen(teacher_run, method, cfg):
     workdir, _ = teacher_run
     keras.utils.set_random_seed(0)
-    model = build_method(method, _student(), {**cfg, "teacher": workdir}, weight_decay=5e-4)
+    model = build_method(method, _student(), cfg, teacher=Teacher(workdir, f"config.{method}.teacher"),
+                         weight_decay=5e-4)
     model(tf.zeros((1, 28, 28, 1)), training=False)  # builds, as bin/train does
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     model.build_state()
@@ -101,24 +103,25 @@ def test_student_steps_leave_the_teacher_frozen(teacher_run, method, cfg):
 def test_kd_accepts_an_exported_teacher_and_fitnet_explains_why_not(teacher_run):
     workdir, _ = teacher_run
     export = os.path.join(workdir, "export")
-    model = build_method("kd", _student(), {"alpha": 0.9, "temperature": 4.0, "teacher": export})
+    model = build_method("kd", _student(), {"alpha": 0.9, "temperature": 4.0}, teacher=Teacher(export, "t"))
     images, _ = _batch()
     by_export = model.teacher.logits(images).numpy()
-    from tfkd.teachers import Teacher
-
     by_checkpoint = Teacher(workdir, "t").logits(images).numpy()
     np.testing.assert_allclose(by_export, by_checkpoint, atol=1e-4)
     with pytest.raises(ConfigError, match="stage feature maps; give its bin/train run folder"):
-        build_method("fitnet", _student(), {"beta": 100.0, "student_stage": 2, "teacher_stage": 2, "teacher": export})
+        build_method("fitnet", _student(), {"beta": 100.0, "student_stage": 2, "teacher_stage": 2},
+                     teacher=Teacher(export, "config.fitnet.teacher"))
 
 
 def test_teacher_mismatch_and_missing_teacher_fail_clearly(teacher_run, tmp_path):
     workdir, _ = teacher_run
     wrong = build_backbone("mobilenetv2", num_classes=7, width=0.25, input_shape=(28, 28, 1))
     with pytest.raises(ConfigError, match="predicts 10 classes, the student's data has 7"):
-        build_method("kd", wrong, {"alpha": 0.9, "temperature": 4.0, "teacher": workdir})
+        build_method("kd", wrong, {"alpha": 0.9, "temperature": 4.0}, teacher=Teacher(workdir, "config.kd.teacher"))
     with pytest.raises(ConfigError, match="expected a bin/train run folder"):
-        build_method("kd", _student(), {"alpha": 0.9, "temperature": 4.0, "teacher": str(tmp_path)})
+        Teacher(str(tmp_path), "config.kd.teacher")
+    with pytest.raises(TypeError, match="takes a loaded teacher"):  # a path is the driver's job to load
+        build_method("kd", _student(), {"alpha": 0.9, "temperature": 4.0, "teacher": workdir})
     from tests.conftest import tiny_config
 
     with pytest.raises(ConfigError, match="config.kd.teacher: expected a finished bin/train run folder"):
@@ -174,8 +177,8 @@ def test_fitnet_hint_matches_hand_computation(teacher_run):
     mode: moving mean 0, variance 1)."""
     workdir, _ = teacher_run
     keras.utils.set_random_seed(0)
-    model = build_method("fitnet", _student(), {"beta": 100.0, "student_stage": 2, "teacher_stage": 2,
-                                                "teacher": workdir})
+    model = build_method("fitnet", _student(), {"beta": 100.0, "student_stage": 2, "teacher_stage": 2},
+                         teacher=Teacher(workdir, "config.fitnet.teacher"))
     model(tf.zeros((1, 28, 28, 1)), training=False)
     images, labels = _batch(3)
     terms, _ = model.compute_losses(images, labels, training=False)

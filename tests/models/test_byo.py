@@ -45,7 +45,8 @@ def test_bad_stage_layers_and_application_are_named():
 def test_methods_train_a_keras_application_end_to_end(method, tmp_path):
     from tests.conftest import tiny_config
 
-    config = tiny_config(method=method, epochs=1, train_examples=600, eval_examples=200)
+    # Two steps of 64 and a small evaluation: tracing the (meta) step of a MobileNetV2 is the cost.
+    config = tiny_config(method=method, epochs=1, train_examples=160, eval_examples=64)
     config.model.arch = "keras_application"
     config.model.application = "MobileNetV2"
     config.model.stage_layers = STAGES

@@ -2,11 +2,15 @@
 "A Closer Look at Few-shot Classification" (datasets ``all_feats`` (N, d), ``all_labels`` (N,),
 ``count``: rows past ``count`` are zero padding), and a plain ``.npz`` with ``features``, ``labels``.
 """
+import json
 import os
 
 import numpy as np
 
+from tfkd.data.sources import check_labels
 from tfkd.errors import DataError
+
+METADATA_FILE = "features.json"  # beside the feature files; bin/extract_features writes it
 
 
 def read_features(path):
@@ -46,7 +50,34 @@ def read_features(path):
         raise DataError(f"{path}: labels must be integers, got {labels.dtype}")
     if not np.isfinite(features).all():
         raise DataError(f"{path}: features contain NaN or inf")
+    if len(labels) and labels.min() < 0:
+        bad = int(np.argmin(labels))
+        raise DataError(f"{path}: label {labels[bad]} (row {bad}) is negative; expected class ids >= 0")
     return features, labels.astype(np.int64)
+
+
+def read_feature_metadata(features_dir):
+    """The folder's features.json (class groups and names by original class id), or {}."""
+    path = os.path.join(features_dir, METADATA_FILE)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path} as JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def check_labels_against_metadata(labels, path, meta):
+    """Feature labels are original class ids; features.json's per-class lists must cover them (a
+    stray id would index past the class groups of within-group episodes)."""
+    for key in ("class_groups", "class_names"):
+        if meta.get(key):
+            n = len(meta[key])
+            check_labels(labels, n, path, f"class ids of the {n} classes listed in {METADATA_FILE}'s {key}")
 
 
 def write_features(path, features, labels, overwrite=False):

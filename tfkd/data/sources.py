@@ -106,6 +106,16 @@ def channel_stats(images):
     return tuple(float(v) for v in mean), tuple(float(max(v, 1e-3)) for v in std)
 
 
+def check_labels(labels, num_classes, where, what="class ids"):
+    """Every label must index the dataset's classes: one stray label would otherwise silently
+    change the number of classes (the model's head size) or wrap around as a negative index."""
+    labels = np.asarray(labels)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise DataError(f"{where}: label {labels[bad[0]]} (row {bad[0]}; {len(bad)} bad label(s)) is outside "
+                        f"[0, {num_classes}); expected {what} 0..{num_classes - 1}")
+
+
 def _as_nhwc(images, where):
     if images.ndim == 3:
         images = images[..., None]
@@ -232,7 +242,9 @@ def load_fashion_mnist(cfg):
     root = cfg.data_dir or FASHION_MNIST_DIR
     def pair(prefix):
         images = read_idx(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"))
-        labels = read_idx(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz")).astype(np.int32)
+        labels_file = os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz")
+        labels = read_idx(labels_file).astype(np.int32)
+        check_labels(labels, len(FASHION_MNIST_CLASSES), labels_file, "Fashion-MNIST classes")
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(f"{root}/{prefix}-*: expected (N, 28, 28) images and N labels, "
                             f"got {images.shape} and {labels.shape}")
@@ -304,8 +316,16 @@ def load_glyphs(cfg):
     alphabets = data["alphabets"] if "alphabets" in data.files else None
     if cfg.class_split and alphabets is None:
         raise DataError(f"{path}: config.data.class_split needs an 'alphabets' array (class -> group)")
+    if names is not None:
+        num_classes = len(names)
+        check_labels(labels, num_classes, f"{path}['labels']", f"indices into its {num_classes} class_names")
+    else:
+        check_labels(labels, int(labels.max()) + 1, f"{path}['labels']")  # negative ids
+        num_classes = int(labels.max()) + 1
+    if alphabets is not None and alphabets.shape != (num_classes,):
+        raise DataError(f"{path}['alphabets']: expected one group per class, shape ({num_classes},), "
+                        f"got {alphabets.shape}")
     train_idx, test_idx = font_family_split(labels, groups)
-    num_classes = int(labels.max()) + 1
     return _finish(
         "glyphs",
         ArraySplit(images[train_idx], labels[train_idx]),
@@ -362,7 +382,10 @@ def load_tfds(cfg):
     builder = _tfds_builder(cfg)
     image_key, label_key = _tfds_keys(builder, cfg.name)
     label_feature = builder.info.features[label_key]
-    num_classes = label_feature.num_classes
+    num_classes = getattr(label_feature, "num_classes", None)
+    if not num_classes:
+        raise DataError(f"TFDS dataset {cfg.name!r}: its {label_key!r} feature has no class count "
+                        f"(not a ClassLabel); expected an image-classification dataset")
     names = tuple(label_feature.names) if getattr(label_feature, "names", None) else None
     test_split = cfg.test_split or ("test" if "test" in builder.info.splits else "validation")
     flip_ok = cfg.name not in ("mnist", "emnist", "omniglot", "kmnist")
@@ -380,7 +403,10 @@ def load_tfds(cfg):
             if not chunks:
                 raise DataError(f"TFDS dataset {cfg.name!r}: split {split!r} is empty")
             images = np.concatenate([c[image_key] for c in chunks])
-            labels = np.concatenate([c[label_key] for c in chunks]).astype(np.int32)
+            labels = np.concatenate([c[label_key] for c in chunks]).astype(np.int64)
+            check_labels(labels, num_classes, f"TFDS dataset {cfg.name!r} split {split!r}",
+                         f"ids of its {num_classes} classes (features['{label_key}'].num_classes)")
+            labels = labels.astype(np.int32)
             return ArraySplit(_as_nhwc(images, f"tfds:{cfg.name}/{split}"), labels)
         return _finish(cfg.name, arrays(cfg.train_split), arrays(test_split), num_classes, cfg,
                        flip_ok=flip_ok, class_names=names)
@@ -393,7 +419,7 @@ def load_tfds(cfg):
     pct = int(round(100 * cfg.val_fraction))
     def stream(split):
         ds = builder.as_dataset(split=split, shuffle_files=False)
-        ds = ds.map(lambda ex: (ex[image_key], tf_cast_int32(ex[label_key])))
+        ds = ds.map(lambda ex: (ex[image_key], checked_label(ex[label_key], num_classes, f"{cfg.name}/{split}")))
         n = builder.info.splits[split].num_examples
         return StreamSplit(ds, int(n))
     train_name = cfg.train_split if pct == 0 else f"{cfg.train_split}[:{100 - pct}%]"
@@ -409,10 +435,14 @@ def load_tfds(cfg):
     )
 
 
-def tf_cast_int32(x):
+def checked_label(label, num_classes, where):
+    """A streamed label as int32, checked as it is read (a stream cannot be checked up front)."""
     import tensorflow as tf
 
-    return tf.cast(x, tf.int32)
+    check = tf.debugging.assert_less(label, tf.cast(num_classes, label.dtype),
+                                     message=f"TFDS {where}: a label is outside [0, {num_classes})")
+    with tf.control_dependencies([check, tf.debugging.assert_non_negative(label)]):
+        return tf.cast(label, tf.int32)
 
 
 def load_dataset(cfg) -> ClassificationData:

@@ -18,31 +18,39 @@ from tfkd.distribute import replica_scale
 from tfkd.errors import ConfigError
 
 
-def _multi_worker_logs(step):
-    """Keras 3 reduces step logs across MultiWorkerMirroredStrategy workers with
-    ``reduce("MEAN", v, axis=0)``, which fails on scalars (tensorflow/tensorflow#72388): there,
-    logs become shape-(1,) tensors, whose mean over workers along axis 0 is the usual scalar."""
+def _fit_step(step):
+    """Wraps a train / test step for Keras 3 ``fit`` / ``evaluate``:
+
+    * Every op of the step waits for the batch. Keras calls the step's graph once more when a
+      finite dataset is exhausted (the failing ``get_next`` ends the epoch); ops that do not depend
+      on the data still run then. With static batch shapes (episode batches) a metric's count
+      increment is such an op, so every finite evaluation counted one phantom, all-wrong batch
+      (1 / 2 / 4 perfect batches reported accuracy 0.5 / 0.667 / 0.8).
+    * Keras 3 reduces step logs across MultiWorkerMirroredStrategy workers with
+      ``reduce("MEAN", v, axis=0)``, which fails on scalars (tensorflow/tensorflow#72388): there,
+      logs become shape-(1,) tensors, whose mean over workers along axis 0 is the usual scalar."""
     def wrapper(self, data):
-        logs = step(self, data)
+        with tf.control_dependencies([t for t in tf.nest.flatten(data) if isinstance(t, tf.Tensor)]):
+            logs = step(self, data)
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
             logs = {k: tf.reshape(v, (1,)) if len(getattr(v, "shape", ())) == 0 else v for k, v in logs.items()}
         return logs
 
-    wrapper._multi_worker_logs = True
+    wrapper._fit_step = True
     wrapper.__name__, wrapper.__doc__ = step.__name__, step.__doc__
     return wrapper
 
 
 class DistributedFit:
-    """Mixin for tfkd's keras.Model methods: works around two Keras 3 ``fit`` problems under
-    tf.distribute (see _multi_worker_logs, and _maybe_symbolic_build below)."""
+    """Mixin for tfkd's keras.Model methods: works around Keras 3 ``fit`` / ``evaluate`` problems
+    (finite datasets and tf.distribute; see _fit_step, and _maybe_symbolic_build below)."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for name in ("train_step", "test_step"):
             step = cls.__dict__.get(name)
-            if step is not None and not getattr(step, "_multi_worker_logs", False):
-                setattr(cls, name, _multi_worker_logs(step))
+            if step is not None and not getattr(step, "_fit_step", False):
+                setattr(cls, name, _fit_step(step))
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # tfkd builds every variable before fit. Keras' pre-fit probe reduces one distributed
@@ -97,8 +105,10 @@ class MultiExitMethod(DistributedFit, keras.Model):
         self.optimizer.build(self.update_variables())
 
     def update_variables(self):
-        """What the main step trains: the network (plus e.g. a FitNet regressor or a DML peer)."""
-        return self.network.trainable_variables
+        """What the main step trains: the network (plus e.g. a FitNet regressor or a DML peer).
+        Exits a method does not compute are left out: they get no gradient (Keras would warn
+        about each of their variables) and no weight decay, so they stay as initialised."""
+        return trained_network_variables(self.network, self.uses_exits)
 
     # ------------------------------------------------------------------ training phases
     # Epochs with the same phase key share one compiled train step; bin/train runs one `fit` per
@@ -145,7 +155,7 @@ class MultiExitMethod(DistributedFit, keras.Model):
             scaled = self.optimizer.scale_loss(scaled)
         return scaled
 
-    @_multi_worker_logs
+    @_fit_step
     def train_step(self, data):
         return self.main_step(*data)
 
@@ -162,7 +172,7 @@ class MultiExitMethod(DistributedFit, keras.Model):
         self.train_accuracy.update_state(labels, logits["final"])
         return {m.name: m.result() for m in list(self.loss_trackers.values()) + [self.train_accuracy]}
 
-    @_multi_worker_logs
+    @_fit_step
     def test_step(self, data):
         images, labels = data
         terms, logits = self.compute_losses(images, labels, training=False)
@@ -176,6 +186,14 @@ class MultiExitMethod(DistributedFit, keras.Model):
 
     def get_config(self):
         return {"weight_decay": self.weight_decay}
+
+
+def trained_network_variables(network, with_exits=True):
+    """``network``'s trainable variables, without its exit heads' unless ``with_exits``."""
+    if with_exits:
+        return network.trainable_variables
+    exit_ids = {id(v) for head in network.exit_heads for v in head.variables}
+    return [v for v in network.trainable_variables if id(v) not in exit_ids]
 
 
 def resolve_method_config(method_cls, overrides, method_name):

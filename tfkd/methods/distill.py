@@ -312,12 +312,9 @@ class ProgressiveDistill(Distill):
             raise ConfigError(f"config.progressive.k_start={cfg.k_start}: strengthening starts the teacher at the "
                               f"student's shots, config.fewshot.k_shot={fewshot_cfg.k_shot}")
 
-    def training_callbacks(self, workdir):
-        if self.direction != "weaken":
-            return []
-        from tfkd.train_fewshot import KSnapshots
-
-        return [KSnapshots(workdir, self.save_at_k)]
+    def snapshot_at_k(self):
+        # Weakening tests k shots with the model saved when k_train reached k (the paper's protocol).
+        return self.save_at_k if self.direction == "weaken" else ()
 
     def __init__(self, feature_dim, direction="weaken", schedule="log", k_start=16, k_end=1, schedule_steps=2000,
                  save_at_k=(16, 8, 4, 2, 1), **kwargs):

@@ -82,8 +82,9 @@ class EpisodicMethod(SavesSeedStates, DistributedFit, keras.Model):
     def start_training(self, seed):
         """Called once before the first epoch of a new (not resumed) run."""
 
-    def training_callbacks(self, workdir):
-        return []
+    def snapshot_at_k(self):
+        """Values of ``k_train`` at which the driver saves a snapshot (tfkd.runs.KSnapshots); () = none."""
+        return ()
 
     def __init__(self, feature_dim, embedding_units=(), scale_init=75.0, **kwargs):
         super().__init__(**kwargs)
@@ -132,12 +133,12 @@ class EpisodicMethod(SavesSeedStates, DistributedFit, keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def predictor(self):
-        """fn(support, mask, query) -> logits for one unbatched episode (any way / shot counts)."""
-        @tf.function(reduce_retracing=True)
-        def predict(support, mask, query):
-            episode = {"support": support[None], "support_mask": mask[None], "query": query[None]}
-            return self(episode, training=False)[0]
-        return predict
+        """fn(support, mask, query) -> logits for one unbatched episode (any way / shot counts).
+        Built once per model: evaluation asks for it per protocol and shot count, and a new
+        tf.function per request would be traced again each time."""
+        if "_episode_predictor" not in self.__dict__:  # kept out of Keras' attribute tracking
+            self.__dict__["_episode_predictor"] = episode_predictor([self])
+        return self.__dict__["_episode_predictor"]
 
     def evaluate_episodes(self, features, labels, sampler, num_episodes):
         """Mean +- 95% CI and per-episode accuracies on episodes 0 .. num_episodes - 1 of ``sampler``."""
@@ -147,6 +148,27 @@ class EpisodicMethod(SavesSeedStates, DistributedFit, keras.Model):
 
     def get_config(self):
         return {"feature_dim": self.feature_dim, "name": self.name}
+
+
+def episode_predictor(models):
+    """fn(support (n_way, k_max, d), mask (n_way, k_max), query (n_q, d)) -> scores (n_q, n_way) for
+    unbatched episodes: one model's logits, or for several (an ensemble) the log of the mean of
+    their probabilities. One tf.function whose signature admits any way and shot count, so it is
+    traced once, whatever the protocols ask."""
+    d = models[0].feature_dim
+    signature = [tf.TensorSpec((None, None, d), tf.float32, name="support"),
+                 tf.TensorSpec((None, None), tf.bool, name="mask"),
+                 tf.TensorSpec((None, d), tf.float32, name="query")]
+
+    @tf.function(input_signature=signature)
+    def predict(support, mask, query):
+        episode = {"support": support[None], "support_mask": mask[None], "query": query[None]}
+        if len(models) == 1:
+            return models[0](episode, training=False)[0]
+        probs = [tf.nn.softmax(tf.cast(m(episode, training=False)[0], tf.float32)) for m in models]
+        return tf.math.log(tf.maximum(tf.add_n(probs) / len(probs), 1e-30))
+
+    return predict
 
 
 @METHODS.register("cosine")

@@ -89,12 +89,16 @@ class MetaDistiller(MultiExitMethod):
                                         sync_bn=getattr(network, "sync_bn", False), dtype=network.dtype_policy,
                                         exits=network.exits, name="label_generator")
         self.meta_loss_tracker = keras.metrics.Mean(name="meta_loss")
+        # Mean entropy (nats) of each exit's soft targets T_k, logged train and validation: shows
+        # how soft the generator's targets are and how that changes as it is meta-trained.
+        self.target_entropy_trackers = {n: keras.metrics.Mean(name=f"target_entropy_{n}")
+                                        for n in self.output_names_ordered[:-1]}
         self.meta_step_counter = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
                                                  name="meta_step_counter")
 
     @property
     def metrics(self):
-        return super().metrics + [self.meta_loss_tracker]
+        return super().metrics + [self.meta_loss_tracker] + list(self.target_entropy_trackers.values())
 
     def compile(self, optimizer="sgd", generator_optimizer=None, **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
@@ -125,10 +129,13 @@ class MetaDistiller(MultiExitMethod):
 
     # ------------------------------------------------------------------ losses
 
-    def student_terms(self, labels, logits, targets, stop_target_gradient=True):
-        """Eq. 3-4 given the generator's target logits (T_k = softmax(target / tau))."""
+    def soft_targets(self, targets, dtype):
+        """{exit: T_k = softmax(target_k / tau)} from the generator's target logits."""
+        return {n: tf.nn.softmax(tf.cast(targets[n], dtype) / self.tau) for n in self.output_names_ordered[:-1]}
+
+    def student_terms(self, labels, logits, soft, stop_target_gradient=True):
+        """Eq. 3-4 given the soft targets T_k (``soft_targets``)."""
         exit_names = self.output_names_ordered[:-1]
-        soft = {n: tf.nn.softmax(tf.cast(targets[n], logits[n].dtype) / self.tau) for n in exit_names}
         return {
             "ce_final": losses.cross_entropy(labels, logits["final"]),
             "ce_exits": self.alpha * tf.add_n([losses.cross_entropy(labels, logits[n]) for n in exit_names]),
@@ -140,7 +147,10 @@ class MetaDistiller(MultiExitMethod):
     def compute_losses(self, images, labels, training):
         logits, features = self.network(images, training=training, return_features=True)
         targets = self.generator([tf.stop_gradient(f) for f in self.stage_features(features)], training=training)
-        return self.student_terms(labels, logits, targets), logits
+        soft = self.soft_targets(targets, logits["final"].dtype)
+        for name, probs in soft.items():
+            self.target_entropy_trackers[name].update_state(target_entropy(tf.stop_gradient(probs)))
+        return self.student_terms(labels, logits, soft), logits
 
     def outer_loss(self, labels, logits):
         names = self.output_names_ordered if self.outer_outputs == "all" else ["final"]
@@ -163,7 +173,8 @@ class MetaDistiller(MultiExitMethod):
             targets, _ = self.generator.stateless_call(
                 generator_values, generator_non_trainable,
                 [tf.stop_gradient(f) for f in self.stage_features(features)], training=True)
-            terms = self.student_terms(y_a, logits, targets, stop_target_gradient=False)
+            terms = self.student_terms(y_a, logits, self.soft_targets(targets, logits["final"].dtype),
+                                       stop_target_gradient=False)
             inner_loss = tf.add_n(list(terms.values()))
             if self.weight_decay:
                 inner_loss += self.weight_decay * losses.l2_penalty(theta)
@@ -192,10 +203,16 @@ class MetaDistiller(MultiExitMethod):
         self.meta_loss_tracker.update_state(loss)
         self.meta_step_counter.assign_add(1)
 
+    def entropy_logs(self):
+        return {m.name: m.result() for m in self.target_entropy_trackers.values()}
+
+    def test_step(self, data):
+        return {**super().test_step(data), **self.entropy_logs()}
+
     def train_step(self, data):
         if self._phase != "meta":
-            return self.main_step(*data)
-        logs = self.main_step(*data["main"])
+            return {**self.main_step(*data), **self.entropy_logs()}
+        logs = {**self.main_step(*data["main"]), **self.entropy_logs()}
         if self.meta_every_steps == 1:
             self.meta_step(data["meta_train"], data["meta_test"])
         else:
@@ -209,6 +226,12 @@ class MetaDistiller(MultiExitMethod):
         return {**super().get_config(), "alpha": self.alpha, "tau": self.tau,
                 "meta_every_epochs": self.meta_every_epochs, "meta_every_steps": self.meta_every_steps,
                 "generator_lr": self.generator_lr, "outer_outputs": self.outer_outputs}
+
+
+def target_entropy(probs):
+    """Per-example entropy (nats) of probability rows; 0 log 0 counts as 0."""
+    probs = tf.cast(probs, tf.float32)
+    return -tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(probs), probs), axis=-1)
 
 
 def _all_reduce_sum(tensors):

@@ -14,7 +14,9 @@ frozen teacher trained by this package (tfkd.teachers), plus deep mutual learnin
   (the peer a stop-gradient target). The first is the exported model; the second has the same
   architecture and its own initialisation.
 
-Only the student's final head is trained and evaluated (``uses_exits = False``).
+Only the student's final head is trained and evaluated (``uses_exits = False``). The teacher is
+passed in already loaded (``teacher=``, see ``TeacherStudentMethod``): this module never reads run
+folders.
 """
 import keras
 import ml_collections
@@ -23,7 +25,7 @@ from keras import layers
 
 from tfkd import losses
 from tfkd.errors import ConfigError
-from tfkd.methods.base import MultiExitMethod
+from tfkd.methods.base import MultiExitMethod, trained_network_variables
 from tfkd.registry import METHODS
 
 
@@ -46,13 +48,17 @@ class TeacherStudentMethod(MultiExitMethod):
             raise ConfigError(f"config.{cls.config_name}.teacher: expected a finished bin/train run folder or a "
                               f"SavedModel from bin/export (the frozen teacher)")
 
-    def __init__(self, network, teacher="", **kwargs):
+    def __init__(self, network, teacher=None, **kwargs):
+        """``teacher``: a loaded frozen teacher (``tfkd.teachers.Teacher`` or any object with
+        ``logits``, ``stages``, ``require_stages`` and ``check_compatible``); the drivers load it
+        from ``config.<method>.teacher``."""
         super().__init__(network, **kwargs)
         if self.needs_teacher:
-            from tfkd.teachers import Teacher
-
+            if teacher is None or isinstance(teacher, str):
+                raise TypeError(f"{type(self).__name__} takes a loaded teacher (tfkd.teachers.Teacher(path, field)), "
+                                f"got {teacher!r}")
             # Kept out of Keras' attribute tracking: the teacher is never trained or checkpointed.
-            self.__dict__["teacher"] = Teacher(teacher, f"config.{self.config_name}.teacher")
+            self.__dict__["teacher"] = teacher
             self.teacher.check_compatible(network.num_classes, network.image_shape)
 
 
@@ -135,7 +141,7 @@ class FitNet(TeacherStudentMethod):
             self.regressor(stages[self.student_stage - 1], training=False)
 
     def update_variables(self):
-        return self.network.trainable_variables + self.regressor.trainable_variables
+        return super().update_variables() + self.regressor.trainable_variables
 
     def compute_losses(self, images, labels, training):
         stages, logits = student_stages_and_logits(self.network, images, training)
@@ -220,7 +226,7 @@ class DeepMutualLearning(TeacherStudentMethod):
         self.peer.ensure_built()
 
     def update_variables(self):
-        return self.network.trainable_variables + self.peer.trainable_variables
+        return super().update_variables() + trained_network_variables(self.peer, self.uses_exits)
 
     def compute_losses(self, images, labels, training):
         first = tf.cast(self.network.final_logits(images, training=training), tf.float32)
