@@ -48,7 +48,8 @@ flags.DEFINE_string("name", "", "Result file name under benchmarks/results/ ('' 
 FLAGS = flags.FLAGS
 
 RUN_KEYS = ("seed", "best_epoch", "test", "val", "command", "num_train_examples", "num_test_examples",
-            "meta_loss_first_last", "git_revision", "seconds", "val_curve", "epochs_in_history", "resumed")
+            "meta_loss_first_last", "git_revision", "seconds", "val_curve", "epochs_in_history", "resumed",
+            "target_entropy_curve")
 
 
 def config_path(dataset):
@@ -67,7 +68,8 @@ def regime(dataset):
 
 
 def run_one(dataset, method, seed):
-    workdir = os.path.join(FLAGS.runs_dir, FLAGS.regime, dataset, method, f"seed{seed}")
+    # A named table (e.g. one with --override) gets its own runs: finished ones are reused by path.
+    workdir = os.path.join(FLAGS.runs_dir, FLAGS.name or FLAGS.regime, dataset, method, f"seed{seed}")
     metrics_path = os.path.join(workdir, "metrics.json")
     cmd = [sys.executable, os.path.join(common.REPO, "bin", "train"), f"--config={config_path(dataset)}",
            f"--method={method}", f"--seed={seed}", f"--workdir={workdir}", "--config.export.enabled=False"]
@@ -96,6 +98,12 @@ def run_one(dataset, method, seed):
     if meta:
         metrics["meta_loss_first_last"] = [meta[0], meta[-1]]
     metrics["val_curve"] = [round(float(h["val_final_accuracy"]), 5) for h in history]
+    # MetaDistiller: mean entropy (nats) of each exit's generated soft targets on validation, per
+    # epoch; near ln(num_classes) means the targets are close to uniform (label smoothing).
+    entropy = {key[len("val_target_entropy_"):]: [round(float(h[key]), 4) for h in history if h.get(key)]
+               for key in (history[0] if history else {}) if key.startswith("val_target_entropy_")}
+    if entropy:
+        metrics["target_entropy_curve"] = entropy
     with open(os.path.join(workdir, "run_info.json")) as f:
         starts = json.load(f)
     metrics["git_revision"] = starts[0]["git_revision"]  # the code that trained this run

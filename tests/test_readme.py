@@ -72,7 +72,13 @@ def test_quick_start_chain_runs_with_tiny_overrides(tmp_path):
     assert "workdir          runs/sd\nbest checkpoint  runs/sd/checkpoints/best (epoch 1)\n" in out
     assert "export           runs/sd/export\n" in out
     assert "check passed" in out and (tmp_path / "runs" / "sd_latest_export" / "saved_model.pb").exists()
-    assert "Gradients do not exist" not in proc.stderr + out and "retracing" not in proc.stderr + out
+    assert "Gradients do not exist" not in proc.stderr + out
+    # Retracing of tfkd's own functions (e.g. the ensemble predictor). Keras makes a new
+    # multi_step_on_iterator per model, and TensorFlow counts their traces together across the
+    # models this one process trains, which a user's separate commands never do.
+    retraced = [line for line in (proc.stderr + out).splitlines()
+                if "retracing" in line and "TensorFlowTrainer._make_function" not in line]
+    assert not retraced, retraced
     if glyphs:
         summary = out[out.index("few-shot backbone (baseline) on the base classes of glyphs"):]
         table = summary[: summary.index("workdir ")]

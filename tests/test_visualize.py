@@ -227,8 +227,8 @@ def test_bad_inputs_are_refused_before_anything_is_written(md_run, fewshot_runs,
     # Missing files: the best checkpoint, history.csv, the entropy columns (a run from older code).
     broken = tmp_path / "broken_md"
     shutil.copytree(md_run, broken)
-    shutil.rmtree(broken / "checkpoints" / "best")
-    refused(WorkdirError, "model.weights.h5", [str(broken)])
+    shutil.rmtree(broken / "checkpoints")  # a lost best alone is rebuilt from its epoch's checkpoint
+    refused(WorkdirError, "best is unusable", [str(broken)])
     old = tmp_path / "old_md"
     shutil.copytree(md_run, old)
     with open(old / "history.csv") as f:

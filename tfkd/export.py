@@ -195,6 +195,9 @@ class FewShotPredictorModule(tf.Module):
 
         def predict(support_features, support_labels, query_features,
                     names=("support_features", "query_features")):
+            for x, name in zip((support_features, query_features), names):
+                if x.shape.rank != 2 or x.shape[-1] not in (None, d):  # known when traced: refuse at once
+                    raise ValueError(f"{name} must be float32 [n, {d}], got shape {x.shape}")
             n = tf.shape(support_labels, out_type=support_labels.dtype)[0]
             checks = [
                 tf.debugging.assert_equal(tf.shape(support_features)[0], tf.shape(support_labels)[0],

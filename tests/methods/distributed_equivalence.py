@@ -41,7 +41,7 @@ TEACHER = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"tfkd_equivalence_teac
 def write_teacher():
     """A run folder (config, network.json, best checkpoint) holding a ResNet18 teacher: what
     bin/train leaves behind, with random weights (only the distribution of the step matters)."""
-    from tfkd import io
+    from tfkd import io, runs
     from tfkd.config import base_config
 
     keras.utils.set_random_seed(1)
@@ -57,6 +57,8 @@ def write_teacher():
     best = os.path.join(TEACHER, "checkpoints", "best")
     os.makedirs(best, exist_ok=True)
     teacher.save_weights(os.path.join(best, "model.weights.h5"))
+    io.write_json_atomic(os.path.join(best, "state.json"), {"epoch": 1, "best_epoch": 1})
+    runs.write_manifest(best)  # an intact checkpoint, as EpochCheckpoint writes it
     io.write_json_atomic(os.path.join(TEACHER, "config.json"), json.loads(config.to_json_best_effort()))
     io.write_json_atomic(os.path.join(TEACHER, "network.json"), {"arch": "resnet18", "kwargs": kwargs})
 

@@ -177,14 +177,18 @@ def test_episode_predictors_trace_once_for_any_way_and_shots(caplog):
 
 
 def test_snapshot_for_shot_picks_largest_saved_k_not_above(tmp_path):
-    from tfkd.train_fewshot import snapshot_for_shot
+    from tfkd.runs import snapshot_for_shot, write_manifest
 
-    for k in (16, 8, 4, 2, 1):
-        (tmp_path / "snapshots" / f"k_{k:03d}").mkdir(parents=True)
-        (tmp_path / "snapshots" / f"k_{k:03d}" / "model.weights.h5").write_bytes(b"x")
+    for k in (16, 8, 4, 2, 1):  # intact snapshots as KSnapshots writes them (contents do not matter)
+        folder = tmp_path / "snapshots" / f"k_{k:03d}"
+        folder.mkdir(parents=True)
+        (folder / "model.weights.h5").write_bytes(b"x")
+        (folder / "state.json").write_text(f'{{"k_train": {k}}}')
+        write_manifest(str(folder))
+    (tmp_path / "snapshots" / "k_008" / "state.json").write_text("damaged")  # fails its checksum: skipped
     pick = lambda k: snapshot_for_shot(str(tmp_path), k)  # noqa: E731
     assert pick(1).endswith("k_001") and pick(5).endswith("k_004") and pick(20).endswith("k_016")
-    assert pick(10).endswith("k_008") and snapshot_for_shot(str(tmp_path / "none"), 5) is None
+    assert pick(10).endswith("k_004") and snapshot_for_shot(str(tmp_path / "none"), 5) is None
 
 
 @pytest.mark.parametrize("overrides, match", [
