@@ -335,6 +335,18 @@ def read_state(checkpoint_dir):
         return json.load(f)
 
 
+def resume_latest(workdir, model, total_epochs):
+    """Loads the newest intact checkpoint into ``model``; returns (its state, the epoch to start at).
+    ({}, 0) when the run has none yet."""
+    latest = latest_checkpoint(workdir)
+    if not latest:
+        return {}, 0
+    state = read_state(latest)
+    model.load_weights(os.path.join(latest, WEIGHTS))
+    print(f"Resuming from {latest} (epoch {state['epoch']} of {total_epochs})", flush=True)
+    return state, state["epoch"]
+
+
 def verified_best(workdir):
     """checkpoints/best, checked against its manifest. A damaged one is rebuilt from the checkpoint
     of its epoch (reported in one line); when that is no longer kept, WorkdirError (exit 2)."""

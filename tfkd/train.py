@@ -123,13 +123,7 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
                          {"arch": config.model.arch, "kwargs": net_kwargs, "class_names": data.class_names},
                          {"strategy": strategy_name, "replicas": strategy.num_replicas_in_sync, "resumed": resuming})
 
-    state, initial_epoch = {}, 0
-    latest = runs.latest_checkpoint(workdir)
-    if latest:
-        state = runs.read_state(latest)
-        method.load_weights(os.path.join(latest, runs.WEIGHTS))
-        initial_epoch = state["epoch"]
-        print(f"Resuming from {latest} (epoch {initial_epoch} of {config.train.epochs})", flush=True)
+    state, initial_epoch = runs.resume_latest(workdir, method, config.train.epochs)
 
     if initial_epoch < config.train.epochs:
         val_ds = data_lib.eval_dataset(data, "val", batch_size=config.train.eval_batch_size)

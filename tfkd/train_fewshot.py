@@ -237,14 +237,8 @@ def _run_single(config, workdir, strategy, overwrite):
                               {"strategy": strategy, "resumed": resuming,
                                "replicas": strategy_obj.num_replicas_in_sync})
 
-    state, initial_epoch = {}, 0
-    latest = runs.latest_checkpoint(workdir)
-    if latest:
-        state = runs.read_state(latest)
-        method.load_weights(os.path.join(latest, runs.WEIGHTS))
-        initial_epoch = state["epoch"]
-        print(f"Resuming from {latest} (epoch {initial_epoch} of {config.train.epochs})", flush=True)
-    else:
+    state, initial_epoch = runs.resume_latest(workdir, method, config.train.epochs)
+    if not state:
         method.start_training(seed=config.seed)  # e.g. pre-trains a teacher; saved with the checkpoints
 
     val_f, val_l = feats["validation"]

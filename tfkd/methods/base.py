@@ -127,6 +127,21 @@ class MultiExitMethod(DistributedFit, keras.Model):
             self._phase = phase
             self.train_function = None  # retrace train_step for the new phase
 
+    def fit(self, *args, callbacks=None, **kwargs):
+        """keras.Model.fit, plus the method's epoch phases: a plain ``fit`` over all epochs switches
+        phase at each epoch's start (EpochPhases, added unless the caller gave one)."""
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, EpochPhases) for c in callbacks):
+            callbacks.insert(0, EpochPhases())
+        # Everything a step updates exists before tracing (bin/train does this after compile):
+        # Keras' symbolic build cannot call a method on its structured (meta-split) batches.
+        with self.distribute_strategy.scope():
+            if not self.built:
+                self.build()
+            if not getattr(self.optimizer, "built", False):
+                self.build_state()
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
     def call(self, images, training=None):
         if not self.uses_exits:
             return {"final": self.network.final_logits(images, training=training)}
@@ -186,6 +201,19 @@ class MultiExitMethod(DistributedFit, keras.Model):
 
     def get_config(self):
         return {"weight_decay": self.weight_decay}
+
+
+class EpochPhases(keras.callbacks.Callback):
+    """Sets a multi-phase method's phase (``epoch_phase``, e.g. MetaDistiller's meta epochs) at the
+    start of each epoch and retraces the train step when it changes, so that one plain
+    ``model.fit(..., epochs=N)`` trains exactly as bin/train's one-fit-per-phase loop. A no-op for
+    single-phase methods and inside bin/train's loop (the phase is already set)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        phase = self.model.epoch_phase(epoch)
+        if phase != self.model._phase:
+            self.model.set_phase(phase)
+            self.model.make_train_function(force=True)  # fit calls self.train_function each step
 
 
 def trained_network_variables(network, with_exits=True):

@@ -210,8 +210,14 @@ class MetaDistiller(MultiExitMethod):
         return {**super().test_step(data), **self.entropy_logs()}
 
     def train_step(self, data):
+        # Batches with the D_train / D_test halves (tfkd.data.train_dataset(meta_split=True)) can
+        # feed every epoch of a plain fit: main epochs use their "main" part only.
+        split = isinstance(data, dict)
         if self._phase != "meta":
-            return {**self.main_step(*data), **self.entropy_logs()}
+            return {**self.main_step(*(data["main"] if split else data)), **self.entropy_logs()}
+        if not split:
+            raise ValueError("a MetaDistiller meta epoch needs batches {'main', 'meta_train', 'meta_test'}: "
+                             "build the dataset with tfkd.data.train_dataset(..., meta_split=True)")
         logs = {**self.main_step(*data["main"]), **self.entropy_logs()}
         if self.meta_every_steps == 1:
             self.meta_step(data["meta_train"], data["meta_test"])
