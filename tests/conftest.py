@@ -7,6 +7,9 @@ import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocess tests are guarded against hangs, not timed: on a busy shared machine a step can take
+# many times longer than idle, and a slow machine must not fail a test (CI's own limit is 90 min).
+SUBPROCESS_TIMEOUT = float(os.environ.get("TFKD_TEST_SUBPROCESS_TIMEOUT", 3600))
 
 
 def tiny_config(method="self_distill", epochs=2, train_examples=2500, eval_examples=400, **train_overrides):

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SUBPROCESS_TIMEOUT
 
 
 def _read_only_prefix(folder):
@@ -92,7 +92,7 @@ def results(tmp_path_factory):
                                         text=True), expected, absent)
                 for name, (cmd, expected, absent) in cases[start:start + at_once]}
         for name, (proc, expected, absent) in wave.items():
-            out[name] = (proc.communicate(timeout=900), proc.returncode, expected, absent)
+            out[name] = (proc.communicate(timeout=SUBPROCESS_TIMEOUT), proc.returncode, expected, absent)
     return out
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SUBPROCESS_TIMEOUT
 from tfkd import export, train
 
 
@@ -74,24 +74,24 @@ def test_bin_export_check_refuses_then_replaces_atomically(finished_run, tmp_pat
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     cmd = [sys.executable, os.path.join(REPO, "bin", "export"), f"--workdir={finished_run}",
            f"--output={out_dir}", "--check"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "check passed" in proc.stdout
     # An existing export is not replaced silently: one line, exit 2, the export untouched.
     before = {f: os.path.getmtime(os.path.join(out_dir, f)) for f in os.listdir(out_dir)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
         f"error: --output={out_dir} already exists (an earlier export?); pass --overwrite to replace it, or choose "
         f"another --output"]
     assert {f: os.path.getmtime(os.path.join(out_dir, f)) for f in os.listdir(out_dir)} == before
     # --overwrite replaces the folder whole; no temp folders are left beside it.
-    proc = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(os.listdir(tmp_path)) == ["exported"]
     # A folder that is not a run gives a clear error and writes nothing.
     proc = subprocess.run([sys.executable, os.path.join(REPO, "bin", "export"), f"--workdir={tmp_path}/nope"],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 2 and "config.json" in proc.stderr and "Traceback" not in proc.stderr
 
 

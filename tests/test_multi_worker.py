@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 
+from tests.conftest import SUBPROCESS_TIMEOUT
+
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multi_worker_run.py")
 
 
@@ -34,7 +36,7 @@ def run_workers(workdir, out_dir):
     logs = []
     try:
         for p in procs:
-            logs.append(p.communicate(timeout=600)[0])
+            logs.append(p.communicate(timeout=SUBPROCESS_TIMEOUT)[0])
     finally:
         for p in procs:  # never leave a worker waiting on a collective
             if p.poll() is None:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SUBPROCESS_TIMEOUT
 from tests.readme_commands import MAKE_WORKDIR, check_chain, needed_for, readme_commands
 
 RUNNER = os.path.join(REPO, "tests", "readme_commands.py")
@@ -61,7 +61,7 @@ def test_quick_start_chain_runs_with_tiny_overrides(tmp_path):
     indices = needed_for(commands, targets)
     (tmp_path / "configs").symlink_to(os.path.join(REPO, "configs"))
     proc = subprocess.run([sys.executable, RUNNER, str(tmp_path), *map(str, indices)], capture_output=True,
-                          text=True, timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                          text=True, timeout=SUBPROCESS_TIMEOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     out = proc.stdout
     assert proc.returncode == 0, (out[-3000:], proc.stderr[-3000:])
     ran = [line[2:].split()[:2] for line in out.splitlines() if line.startswith("$ ")]

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SUBPROCESS_TIMEOUT
 from tfkd import io, runs
 from tfkd.errors import DiskFullError, WorkdirError
 
@@ -244,7 +244,7 @@ def test_disk_full_during_training_is_one_line_from_bin_train(tmp_path):
         f"runpy.run_path({os.path.join(REPO, 'bin', 'train')!r}, run_name='__main__')\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr[-2000:]
@@ -344,7 +344,7 @@ def test_a_second_bin_train_on_a_locked_workdir_exits_2_before_any_work(tmp_path
     write_lock(str(workdir), os.getppid())
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, os.path.join(REPO, "bin", "train"), f"--workdir={workdir}",
-                           "--method=baseline"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                           "--method=baseline"], cwd=REPO, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"pid {os.getppid()} on {socket.gethostname()}" in errors[0]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SUBPROCESS_TIMEOUT
 
 TINY_FLAGS = [
     "--config.data.max_train_examples=1500",
@@ -27,7 +27,7 @@ def bin_train(*args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-def run_to_end(*args, timeout=300):
+def run_to_end(*args, timeout=SUBPROCESS_TIMEOUT):
     proc = bin_train(*args)
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
@@ -117,7 +117,7 @@ def test_run_writes_provenance_and_logs(straight_run):
 def test_bad_input_fails_fast_with_clear_error(tmp_path, flags, expected):
     workdir = tmp_path / "w"
     start = time.time()
-    rc, out = run_to_end(f"--workdir={workdir}", *flags, timeout=120)
+    rc, out = run_to_end(f"--workdir={workdir}", *flags, timeout=SUBPROCESS_TIMEOUT)
     assert rc == 2
     assert expected in out, out[-2000:]
     assert "Traceback" not in out
@@ -126,7 +126,7 @@ def test_bad_input_fails_fast_with_clear_error(tmp_path, flags, expected):
 
 
 def test_unknown_config_field_is_rejected(tmp_path):
-    rc, out = run_to_end(f"--workdir={tmp_path / 'w'}", "--config.train.epochz=3", timeout=120)
+    rc, out = run_to_end(f"--workdir={tmp_path / 'w'}", "--config.train.epochz=3", timeout=SUBPROCESS_TIMEOUT)
     assert rc == 2 and "Traceback" not in out, out[-2000:]
     assert "error: --config.train.epochz=3: the config has no field 'epochz'; did you mean 'epochs'?" in out
     assert not (tmp_path / "w").exists()

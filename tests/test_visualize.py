@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, SUBPROCESS_TIMEOUT, tiny_config
 from tests.test_train_fewshot import fewshot_config, progressive_config, write_pixel_features
 from tfkd import runs, train, visualize
 from tfkd.errors import ConfigError, DataError, UserError, WorkdirError
@@ -202,7 +202,7 @@ def test_learning_curves_from_a_results_file(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = tmp_path / "figs"
     proc = subprocess.run([sys.executable, os.path.join(REPO, "bin", "visualize"), f"--results={path}",
-                           f"--output={out}"], capture_output=True, text=True, env=env, timeout=600)
+                           f"--output={out}"], capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert_small_png(str(out / "self_boosting_converge_curves.png"))
     assert "wrote " in proc.stdout
@@ -274,7 +274,7 @@ def test_cli_unsupported_run_is_one_line_exit_2(tmp_path):
     (cosine / "config.json").write_text(json.dumps({"method": "cosine"}))
     out = tmp_path / "figs"
     proc = subprocess.run([sys.executable, os.path.join(REPO, "bin", "visualize"), f"--workdir={cosine}",
-                           f"--output={out}"], capture_output=True, text=True, timeout=600,
+                           f"--output={out}"], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 2
     assert error_line(proc.stderr) == (f"error: --workdir={cosine} holds a 'cosine' run; bin/visualize draws figures "

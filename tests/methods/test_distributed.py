@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 
+from tests.conftest import SUBPROCESS_TIMEOUT
+
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_equivalence.py")
 
 
 def test_mirrored_update_equals_single_device():
     """One subprocess for all methods (TensorFlow start-up and tracing dominate its cost)."""
-    proc = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, timeout=900,
+    proc = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
@@ -32,7 +34,7 @@ FEWSHOT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fewsh
 def test_fewshot_steps_under_mirrored_equal_single_device():
     """cosine, gen, dist, progressive: one episode per replica vs two episodes on one device; the
     generator's randomness is a function of each episode, so it does not depend on the split."""
-    proc = subprocess.run([sys.executable, FEWSHOT_SCRIPT], capture_output=True, text=True, timeout=900,
+    proc = subprocess.run([sys.executable, FEWSHOT_SCRIPT], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
