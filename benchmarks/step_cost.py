@@ -85,16 +85,26 @@ def main(argv):
         method, _, _ = train.build_all(thin, data, tf.distribute.get_strategy())
         phases[("metadistiller/2", "meta")] = timed(method, "meta")
         print(f"metadistiller, meta every 2nd step [meta]: {phases[('metadistiller/2', 'meta')][0]:8.1f} images/s")
+        # And with the inner gradient shared by the real update (share_inner_gradient=True).
+        shared = train.resolve(base, method="metadistiller", seed=FLAGS.seed)
+        shared.metadistiller.share_inner_gradient = True
+        keras.utils.set_random_seed(FLAGS.seed)
+        method, _, _ = train.build_all(shared, data, tf.distribute.get_strategy())
+        phases[("metadistiller/shared", "meta")] = timed(method, "meta")
+        print(f"metadistiller, shared inner gradient [meta]: {phases[('metadistiller/shared', 'meta')][0]:8.1f} "
+              f"images/s")
         step = lambda key: FLAGS.batch_size / phases[key][0]  # noqa: E731
         sd_step, main_step = step(("self_distill", None)), step(("metadistiller", "main"))
         cycles = {}
         for m in sorted({m_epochs, 5}):  # the config's M and the paper's M = 5
-            for every, key in ((1, "metadistiller"), (2, "metadistiller/2")):
+            for variant, key in (("meta_every_steps=1", "metadistiller"), ("meta_every_steps=2", "metadistiller/2"),
+                                 ("share_inner_gradient", "metadistiller/shared")):
                 cycle = step((key, "meta")) + (m - 1) * main_step
-                cycles[f"M={m},meta_every_steps={every}"] = cycle / (m * sd_step)
+                cycles[f"M={m},{variant}"] = cycle / (m * sd_step)
         results_cycle = {
             "M": m_epochs, "meta_step_s": step(("metadistiller", "meta")),
             "meta_step_every2_s": step(("metadistiller/2", "meta")),
+            "meta_step_shared_s": step(("metadistiller/shared", "meta")),
             "main_step_s": main_step, "self_distill_step_s": sd_step,
             "cycle_ratio_vs_self_distill": cycles[f"M={m_epochs},meta_every_steps=1"],
             "cycle_ratios": cycles,

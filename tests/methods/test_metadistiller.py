@@ -101,6 +101,38 @@ def test_lookahead_leaves_real_model_untouched():
     assert int(method.meta_step_counter.numpy()) == 1
 
 
+def test_shared_meta_step_equals_main_step_on_d_train_plus_meta_step_at_theta():
+    """share_inner_gradient: one forward/backward gives the real update and the lookahead. It must
+    equal the meta-gradient taken at theta followed by a main step on the D_train batch (weights,
+    BatchNorm statistics, momentum, generator and its Adam state)."""
+    def make():
+        keras.utils.set_random_seed(3)
+        m = _tiny_method(share_inner_gradient=True)
+        m.set_phase("main")
+        m.train_step(_batches(tf.float32, seed=1)[0])  # non-zero momentum and moving statistics
+        m.set_phase("meta")
+        return m
+
+    (xa, ya), (xb, yb) = _batches(tf.float32)
+    shared, separate = make(), make()
+    shared.shared_meta_step((xa, ya), (xb, yb))
+    _, grads = separate.meta_gradient((xa, ya), (xb, yb), separate.optimizer.learning_rate)
+    separate.main_step(xa, ya)
+    separate.generator_optimizer.apply_gradients(zip(grads, separate.generator.trainable_variables))
+    separate.meta_step_counter.assign_add(1)
+    for a, b in zip(shared.variables + shared.optimizer.variables + shared.generator_optimizer.variables,
+                    separate.variables + separate.optimizer.variables + separate.generator_optimizer.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    assert int(shared.meta_step_counter.numpy()) == 1
+
+
+def test_shared_inner_gradient_needs_a_meta_step_every_step():
+    from tfkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="share_inner_gradient"):
+        _tiny_method(share_inner_gradient=True, meta_every_steps=2)
+
+
 def test_main_update_does_not_train_the_generator():
     method = _tiny_method()
     (xa, ya), _ = _batches(tf.float32)

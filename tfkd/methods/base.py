@@ -84,7 +84,7 @@ class MultiExitMethod(DistributedFit, keras.Model):
         self.network = network
         self.weight_decay = float(weight_decay)
         self.output_names_ordered = list(network.output_names_ordered) if self.uses_exits else ["final"]
-        self._phase = None
+        self._phase, self._phase_fixed = None, False
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + tuple(self.loss_names)}
         self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="final_accuracy")
         self.eval_loss = keras.metrics.Mean(name="loss")
@@ -123,6 +123,12 @@ class MultiExitMethod(DistributedFit, keras.Model):
         return False
 
     def set_phase(self, phase):
+        """Fixes the phase of the following fits (bin/train fits one run of equal phases at a time);
+        EpochPhases then leaves it alone."""
+        self._phase_fixed = True
+        self._switch_phase(phase)
+
+    def _switch_phase(self, phase):
         if self._phase != phase:
             self._phase = phase
             self.train_function = None  # retrace train_step for the new phase
@@ -207,12 +213,12 @@ class EpochPhases(keras.callbacks.Callback):
     """Sets a multi-phase method's phase (``epoch_phase``, e.g. MetaDistiller's meta epochs) at the
     start of each epoch and retraces the train step when it changes, so that one plain
     ``model.fit(..., epochs=N)`` trains exactly as bin/train's one-fit-per-phase loop. A no-op for
-    single-phase methods and inside bin/train's loop (the phase is already set)."""
+    single-phase methods and once a phase was fixed with ``set_phase`` (bin/train, benchmarks)."""
 
     def on_epoch_begin(self, epoch, logs=None):
         phase = self.model.epoch_phase(epoch)
-        if phase != self.model._phase:
-            self.model.set_phase(phase)
+        if not self.model._phase_fixed and phase != self.model._phase:
+            self.model._switch_phase(phase)
             self.model.make_train_function(force=True)  # fit calls self.train_function each step
 
 

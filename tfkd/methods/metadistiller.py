@@ -59,6 +59,9 @@ class MetaDistiller(MultiExitMethod):
             "generator_lr": 1e-3,  # Adam
             "fusion_channels": 0,  # 0 = the main model's first-stage width
             "outer_outputs": "all",  # all | final
+            # In a meta step, train on the D_train batch with the lookahead's own gradient instead
+            # of a separate main step on a batch of D (one forward/backward fewer; see docstring).
+            "share_inner_gradient": False,
         })
 
     @classmethod
@@ -68,22 +71,26 @@ class MetaDistiller(MultiExitMethod):
                   (cfg.meta_every_steps >= 1, "meta_every_steps", ">= 1"),
                   (cfg.generator_lr > 0, "generator_lr", "> 0"),
                   (cfg.fusion_channels >= 0, "fusion_channels", ">= 0"),
-                  (cfg.outer_outputs in ("all", "final"), "outer_outputs", "'all' or 'final'")]
+                  (cfg.outer_outputs in ("all", "final"), "outer_outputs", "'all' or 'final'"),
+                  (not (cfg.share_inner_gradient and cfg.meta_every_steps != 1), "share_inner_gradient",
+                   "False when meta_every_steps > 1 (every step of a meta epoch is then a meta step)")]
         for ok, field, expected in checks:
             if not ok:
                 raise ConfigError(f"config.metadistiller.{field}={cfg[field]!r}: expected {expected}")
 
     def __init__(self, network, alpha=0.5, tau=1.0, meta_every_epochs=5, meta_every_steps=1, generator_lr=1e-3,
-                 fusion_channels=0, outer_outputs="all", **kwargs):
+                 fusion_channels=0, outer_outputs="all", share_inner_gradient=False, **kwargs):
         cfg = self.default_config()
         cfg.update({"alpha": alpha, "tau": tau, "meta_every_epochs": meta_every_epochs,
                     "meta_every_steps": meta_every_steps, "generator_lr": generator_lr,
-                    "fusion_channels": fusion_channels, "outer_outputs": outer_outputs})
+                    "fusion_channels": fusion_channels, "outer_outputs": outer_outputs,
+                    "share_inner_gradient": bool(share_inner_gradient)})
         self.check_config(cfg)
         super().__init__(network, **kwargs)
         self.alpha, self.tau = float(alpha), float(tau)
         self.meta_every_epochs, self.meta_every_steps = int(meta_every_epochs), int(meta_every_steps)
         self.generator_lr, self.outer_outputs = float(generator_lr), outer_outputs
+        self.share_inner_gradient = bool(share_inner_gradient)
         channels = network.stage_channels
         self.generator = LabelGenerator(channels, network.num_classes, fusion_channels or channels[0],
                                         sync_bn=getattr(network, "sync_bn", False), dtype=network.dtype_policy,
@@ -159,42 +166,55 @@ class MetaDistiller(MultiExitMethod):
     # ------------------------------------------------------------------ meta step
 
     def lookahead_loss(self, generator_values, theta, non_trainable, generator_non_trainable, meta_train,
-                       meta_test, zeta):
+                       meta_test, zeta, return_inner=False):
         """CE on ``meta_test`` of theta+ = theta - zeta * grad L_S(meta_train; theta, T(generator_values)).
 
         A pure function of its tensor arguments (no variable is read or written), so it can be
-        differentiated w.r.t. ``generator_values`` and checked by finite differences.
+        differentiated w.r.t. ``generator_values`` and checked by finite differences. With
+        ``return_inner`` also the inner step's pieces, which a shared step reuses for the real
+        update: (loss, {"grads": this replica's grads, "non_trainable" / "generator_non_trainable":
+        BatchNorm statistics after the inner forward, "terms", "logits" and "soft" targets on
+        meta_train}).
         """
         (x_a, y_a), (x_b, y_b) = meta_train, meta_test
         with tf.GradientTape() as inner:
             inner.watch(theta)
-            (logits, features), _ = self.network.stateless_call(theta, non_trainable, x_a, training=True,
-                                                                return_features=True)
-            targets, _ = self.generator.stateless_call(
+            (logits, features), new_non_trainable = self.network.stateless_call(
+                theta, non_trainable, x_a, training=True, return_features=True)
+            targets, new_generator_non_trainable = self.generator.stateless_call(
                 generator_values, generator_non_trainable,
                 [tf.stop_gradient(f) for f in self.stage_features(features)], training=True)
-            terms = self.student_terms(y_a, logits, self.soft_targets(targets, logits["final"].dtype),
-                                       stop_target_gradient=False)
+            soft = self.soft_targets(targets, logits["final"].dtype)
+            terms = self.student_terms(y_a, logits, soft, stop_target_gradient=False)
             inner_loss = tf.add_n(list(terms.values()))
             if self.weight_decay:
                 inner_loss += self.weight_decay * losses.l2_penalty(theta)
             inner_loss = self.replica_scale(inner_loss)
-        grads = inner.gradient(inner_loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        grads = _all_reduce_sum(grads)
+        replica_grads = inner.gradient(inner_loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = _all_reduce_sum(replica_grads)
         theta_plus = [t - tf.cast(zeta, t.dtype) * g for t, g in zip(theta, grads)]
         test_logits, _ = self.network.stateless_call(theta_plus, non_trainable, x_b, training=True)
-        return self.outer_loss(y_b, test_logits)
+        loss = self.outer_loss(y_b, test_logits)
+        if not return_inner:
+            return loss
+        return loss, {"grads": replica_grads, "non_trainable": new_non_trainable,
+                      "generator_non_trainable": new_generator_non_trainable, "terms": terms, "logits": logits,
+                      "soft": soft}
 
-    def meta_gradient(self, meta_train, meta_test, zeta):
-        """(outer loss, d outer / d generator trainable variables) for the current weights."""
+    def meta_gradient(self, meta_train, meta_test, zeta, return_inner=False):
+        """(outer loss, d outer / d generator trainable variables) for the current weights
+        (+ the inner step's pieces with ``return_inner``, see lookahead_loss)."""
         phi = _values(self.generator.trainable_variables)
         theta = _values(self.network.trainable_variables)
         with tf.GradientTape() as outer:
             outer.watch(phi)
-            loss = self.lookahead_loss(phi, theta, _values(self.network.non_trainable_variables),
-                                       _values(self.generator.non_trainable_variables), meta_train, meta_test, zeta)
+            result = self.lookahead_loss(phi, theta, _values(self.network.non_trainable_variables),
+                                         _values(self.generator.non_trainable_variables), meta_train, meta_test,
+                                         zeta, return_inner=return_inner)
+            loss = result[0] if return_inner else result
             scaled = self.replica_scale(loss)
-        return loss, outer.gradient(scaled, phi, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = outer.gradient(scaled, phi, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return (loss, grads, result[1]) if return_inner else (loss, grads)
 
     def meta_step(self, meta_train, meta_test):
         zeta = self.optimizer.learning_rate
@@ -202,6 +222,34 @@ class MetaDistiller(MultiExitMethod):
         self.generator_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
         self.meta_loss_tracker.update_state(loss)
         self.meta_step_counter.assign_add(1)
+
+    def shared_meta_step(self, meta_train, meta_test):
+        """A meta step whose inner gradient (at theta, on the D_train batch) is also the real
+        update's: the network trains on the D_train batch with that gradient (the same value a
+        main step on it would compute; no gradient flows into the targets), takes the inner
+        forward's BatchNorm statistics, and the generator gets its meta-gradient. One forward and
+        backward of the network fewer than main_step + meta_step. Returns the training logs."""
+        zeta = self.optimizer.learning_rate
+        loss, grads, inner = self.meta_gradient(meta_train, meta_test, zeta, return_inner=True)
+        network_grads = [tf.stop_gradient(g) for g in inner["grads"]]  # per replica: the optimizer all-reduces
+        if hasattr(self.optimizer, "scale_loss"):  # mixed precision: the optimizer unscales what it gets
+            network_grads = [self.optimizer.scale_loss(g) for g in network_grads]
+        self.optimizer.apply_gradients(zip(network_grads, self.network.trainable_variables))
+        for variable, value in zip(self.network.non_trainable_variables + self.generator.non_trainable_variables,
+                                   list(inner["non_trainable"]) + list(inner["generator_non_trainable"])):
+            variable.assign(value)  # BatchNorm statistics, as main_step's forward would leave them
+        self.generator_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
+        self.meta_loss_tracker.update_state(loss)
+        self.meta_step_counter.assign_add(1)
+        _, labels = meta_train
+        terms = {k: tf.stop_gradient(v) for k, v in inner["terms"].items()}
+        self.loss_trackers["loss"].update_state(tf.add_n(list(terms.values())))
+        for name, value in terms.items():
+            self.loss_trackers[name].update_state(value)
+        self.train_accuracy.update_state(labels, inner["logits"]["final"])
+        for name, probs in inner["soft"].items():
+            self.target_entropy_trackers[name].update_state(target_entropy(tf.stop_gradient(probs)))
+        return {m.name: m.result() for m in list(self.loss_trackers.values()) + [self.train_accuracy]}
 
     def entropy_logs(self):
         return {m.name: m.result() for m in self.target_entropy_trackers.values()}
@@ -218,6 +266,9 @@ class MetaDistiller(MultiExitMethod):
         if not split:
             raise ValueError("a MetaDistiller meta epoch needs batches {'main', 'meta_train', 'meta_test'}: "
                              "build the dataset with tfkd.data.train_dataset(..., meta_split=True)")
+        if self.share_inner_gradient and self.meta_every_steps == 1:
+            logs = self.shared_meta_step(data["meta_train"], data["meta_test"])
+            return {**logs, **self.entropy_logs(), "meta_loss": self.meta_loss_tracker.result()}
         logs = {**self.main_step(*data["main"]), **self.entropy_logs()}
         if self.meta_every_steps == 1:
             self.meta_step(data["meta_train"], data["meta_test"])
@@ -231,7 +282,8 @@ class MetaDistiller(MultiExitMethod):
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "tau": self.tau,
                 "meta_every_epochs": self.meta_every_epochs, "meta_every_steps": self.meta_every_steps,
-                "generator_lr": self.generator_lr, "outer_outputs": self.outer_outputs}
+                "generator_lr": self.generator_lr, "outer_outputs": self.outer_outputs,
+                "share_inner_gradient": self.share_inner_gradient}
 
 
 def target_entropy(probs):
