@@ -365,12 +365,27 @@ def self_boosting_converge_table():
     return "\n".join(lines)
 
 
+def default_job_table():
+    """The measured duration of the README's first command (benchmarks/default_job.py)."""
+    r = load("default_job")
+    if r is None:
+        return "_Not measured yet: run `python benchmarks/default_job.py`._"
+    parts = []
+    for run in r["runs"]:
+        parts.append(f"{run['wall_s'] / 60:.1f} min wall clock ({run['cpu_s'] / 60:.1f} CPU-minutes; load average "
+                     f"{run['load_average_before']:.1f} before, {run['load_average_after']:.1f} after), test accuracy "
+                     f"of the final exit {100 * run['test_final_accuracy']:.2f}% after {run['epochs']} epochs on "
+                     f"{run['num_train_examples']} training images")
+    return (f"Measured: `{r['train_command']}` took " + "; ".join(parts) + ". A load average above 2 means other "
+            f"work shared the cores, so the time is an upper bound. " + provenance(r))
+
+
 TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
-          "step_cost": step_cost_table, "generator_lr": generator_lr_table}
+          "step_cost": step_cost_table, "generator_lr": generator_lr_table, "default_job": default_job_table}
 
 
 def render(text):
