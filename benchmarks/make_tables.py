@@ -380,12 +380,36 @@ def default_job_table():
             f"work shared the cores, so the time is an upper bound. " + provenance(r))
 
 
+def metadistiller_targets_table():
+    """How accurate and soft MetaDistiller's generated targets are (benchmarks/metadistiller_targets.py)."""
+    r = load("metadistiller_targets")
+    if r is None:
+        return "_Not measured yet: run `python benchmarks/metadistiller_targets.py --workdir=RUN`._"
+    lines = ["| run (generator lr, seed, best epoch) | head | target entropy (nats) | target argmax accuracy | "
+             "target p(true class) | spread across images | accuracy of the exit it teaches |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for run in r["runs"]:
+        c = run["config"]
+        label = f"{c['dataset']}, {c['epochs']} epochs, lr {run['generator_lr']:g}, seed {c['seed']}, epoch {run['best_epoch']}"
+        for name, h in run["heads"].items():
+            head = "final output" if name == "final" else f"T of {name.replace('_', ' ')}"
+            exit_acc = f"{100 * h['exit_accuracy']:.1f}%" if "exit_accuracy" in h else "–"
+            lines.append(f"| {label} | {head} | {h['entropy']:.2f} | {100 * h['argmax_accuracy']:.1f}% | "
+                         f"{h['true_class_probability']:.2f} | {h['spread_across_images']:.3f} | {exit_acc} |")
+    lines.append("")
+    lines.append(f"On {r['runs'][0]['images']} validation images, best checkpoint, inference mode; uniform over "
+                 f"{r['runs'][0]['num_classes']} classes is {__import__('math').log(r['runs'][0]['num_classes']):.2f} "
+                 f"nats and p = {1 / r['runs'][0]['num_classes']:.2f}. " + provenance(r))
+    return "\n".join(lines)
+
+
 TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
-          "step_cost": step_cost_table, "generator_lr": generator_lr_table, "default_job": default_job_table}
+          "step_cost": step_cost_table, "generator_lr": generator_lr_table, "default_job": default_job_table,
+          "metadistiller_targets": metadistiller_targets_table}
 
 
 def render(text):
