@@ -403,13 +403,28 @@ def metadistiller_targets_table():
     return "\n".join(lines)
 
 
+def test_suite_table():
+    """The suite's measured duration and slowest tests (benchmarks/test_suite.py)."""
+    r = load("test_suite")
+    if r is None:
+        return "_Not measured yet: run `python benchmarks/test_suite.py`._"
+    counts = ", ".join(f"{n} {k}" for k, n in r["counts"].items())
+    lines = [f"`{r['pytest_command']}`: **{r['seconds'] / 60:.1f} min** ({counts}); measured on {r['note']}.\n",
+             "| slowest tests | seconds |", "| --- | --- |"]
+    for t in r["slowest"][:10]:
+        lines.append(f"| `{t['test']}` ({t['phase']}) | {t['seconds']:.0f} |")
+    lines.append("")
+    lines.append(provenance(r))
+    return "\n".join(lines)
+
+
 TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
           "step_cost": step_cost_table, "generator_lr": generator_lr_table, "default_job": default_job_table,
-          "metadistiller_targets": metadistiller_targets_table}
+          "metadistiller_targets": metadistiller_targets_table, "test_suite": test_suite_table}
 
 
 def render(text):
