@@ -418,13 +418,34 @@ def test_suite_table():
     return "\n".join(lines)
 
 
+def serving_table():
+    """SavedModel serving vs the Keras network (benchmarks/serving.py)."""
+    r = load("serving")
+    if r is None:
+        return "_Not measured yet: run `python benchmarks/serving.py --workdir=RUN`._"
+    n = r["network"]
+    lines = [f"{n['arch']} width {n['width']} on {n['dataset']}; images/s (median of {r['repeats']} calls) and the "
+             "process's peak memory, each in a fresh process:\n",
+             "| batch | SavedModel `serving_default` | Keras `network.predict` (all heads) | final head in one "
+             "`tf.function` | SavedModel vs `predict` | SavedModel vs final head |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in r["results"]:
+        cell = lambda k: f"{row[k]['images_per_s']:.0f}/s, {row[k]['peak_rss_mb']:.0f} MB"  # noqa: E731
+        lines.append(f"| {row['batch']} | {cell('savedmodel')} | {cell('keras_predict')} | {cell('keras_final')} | "
+                     f"{row['savedmodel_vs_keras_predict']:.2f}× | {row['savedmodel_vs_keras_final']:.2f}× |")
+    lines.append("")
+    lines.append(provenance(r))
+    return "\n".join(lines)
+
+
 TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
           "step_cost": step_cost_table, "generator_lr": generator_lr_table, "default_job": default_job_table,
-          "metadistiller_targets": metadistiller_targets_table, "test_suite": test_suite_table}
+          "metadistiller_targets": metadistiller_targets_table, "test_suite": test_suite_table,
+          "serving": serving_table}
 
 
 def render(text):
