@@ -438,6 +438,25 @@ def serving_table():
     return "\n".join(lines)
 
 
+def reference_targets_table():
+    """tfkd's and the PyTorch reference's generated targets at the same 6-epoch regime."""
+    ours, ref = load("metadistiller_targets_6_epochs"), load("reference_metadistiller_targets_6_epochs")
+    if ours is None or ref is None:
+        return "_Not measured yet: see benchmarks/metadistiller_targets.py and the reference's README._"
+    lines = ["| implementation | head | target entropy (nats) | target argmax accuracy | target p(true class) | "
+             "accuracy of the exit it teaches |", "| --- | --- | --- | --- | --- | --- |"]
+    for label, heads in (("tfkd", ours["runs"][0]["heads"]), ("PyTorch reference", ref["heads"])):
+        for name in ("exit_1", "exit_2", "exit_3"):
+            h = heads[name]
+            lines.append(f"| {label} | T of {name.replace('_', ' ')} | {h['entropy']:.2f} | "
+                         f"{100 * h['argmax_accuracy']:.1f}% | {h['true_class_probability']:.2f} | "
+                         f"{100 * h['exit_accuracy']:.1f}% |")
+    lines.append("")
+    lines.append("tfkd: " + provenance(ours) + f" Reference (PyTorch {ref['run']['torch']}; its copy's patch that prints "
+                 "the targets is recorded in the JSON; the TensorFlow version below is the machine's): " + provenance(ref))
+    return "\n".join(lines)
+
+
 TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
@@ -445,7 +464,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
           "step_cost": step_cost_table, "generator_lr": generator_lr_table, "default_job": default_job_table,
           "metadistiller_targets": metadistiller_targets_table, "test_suite": test_suite_table,
-          "serving": serving_table}
+          "serving": serving_table, "reference_targets": reference_targets_table}
 
 
 def render(text):
