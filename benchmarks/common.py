@@ -58,9 +58,11 @@ def load_config(path):
     return module.get_config()
 
 
-def time_fit(method, data, phase, *, batch_size, augment, seed, warmup, steps, repeats):
+def time_fit(method, data, phase, *, batch_size, augment, seed, warmup, steps, repeats, with_first_step=False):
     """Median images/s of ``fit`` in one training phase (MetaDistiller: 'meta' or 'main'), after
-    ``warmup`` untimed steps (tracing); returns (median, every repeat's rate)."""
+    ``warmup`` untimed steps (tracing); returns (median, every repeat's rate), and with
+    ``with_first_step`` also the seconds of the phase's first ``fit`` step (tracing included: what a
+    user waits before the progress bar moves)."""
     import statistics
     import time
 
@@ -69,10 +71,15 @@ def time_fit(method, data, phase, *, batch_size, augment, seed, warmup, steps, r
     method.set_phase(phase)
     ds = data_lib.train_dataset(data, batch_size=batch_size, seed=seed, augment=augment,
                                 meta_split=method.phase_needs_meta_split(phase))
+    start = time.perf_counter()
+    method.fit(ds, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+    first_step = time.perf_counter() - start
     method.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0, shuffle=False)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
         method.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
         rates.append(steps * batch_size / (time.perf_counter() - start))
+    if with_first_step:
+        return statistics.median(rates), rates, first_step
     return statistics.median(rates), rates

@@ -85,12 +85,15 @@ def step_cost_table():
     c = r["config"]
     lines = [f"`{r['config_file']}` ({c['arch']} width {c['width']}, {c['dataset']} {c['image_shape']}, "
              f"global batch {c['batch_size']}); median of {r['repeats']} repeats of {r['steps']} steps.\n",
-             "| method | training images/s | relative to baseline | relative to self_distill |",
-             "| --- | --- | --- | --- |"]
+             "| method | training images/s | relative to baseline | relative to self_distill | first step "
+             "(tracing included) |",
+             "| --- | --- | --- | --- | --- |"]
     sd = r["methods"].get("self_distill", {}).get("images_per_s")
     for name, m in r["methods"].items():
         rel_sd = f"{sd / m['images_per_s']:.2f}× the time" if sd else "–"
-        lines.append(f"| {name} | {m['images_per_s']:.0f} | {m['relative_to_baseline']:.2f} | {rel_sd} |")
+        firsts = [(p, v["first_step_s"]) for p, v in m.get("phases", {}).items() if "first_step_s" in v]
+        first = ", ".join(f"{p} phase {t:.1f} s" if p != "None" else f"{t:.1f} s" for p, t in firsts) or "–"
+        lines.append(f"| {name} | {m['images_per_s']:.0f} | {m['relative_to_baseline']:.2f} | {rel_sd} | {first} |")
     cycle = r.get("metadistiller_cycle")
     if cycle:
         lines.append("")

@@ -59,7 +59,8 @@ def main(argv):
     pipeline_rates = [time_pipeline(pipe, 100, FLAGS.batch_size) for _ in range(FLAGS.repeats)]
     def timed(method, phase):
         return common.time_fit(method, data, phase, batch_size=FLAGS.batch_size, augment=base.data.augment,
-                               seed=FLAGS.seed, warmup=FLAGS.warmup, steps=FLAGS.steps, repeats=FLAGS.repeats)
+                               seed=FLAGS.seed, warmup=FLAGS.warmup, steps=FLAGS.steps, repeats=FLAGS.repeats,
+                               with_first_step=True)
 
     phases = {}
     for name in FLAGS.methods:
@@ -68,13 +69,15 @@ def main(argv):
         method, _, _ = train.build_all(config, data, tf.distribute.get_strategy())
         for phase in sorted({method.epoch_phase(e) for e in range(config.train.epochs)}, key=str):
             phases[(name, phase)] = timed(method, phase)
-            print(f"{name:>14} [{phase}]: {phases[(name, phase)][0]:8.1f} images/s", flush=True)
+            print(f"{name:>14} [{phase}]: {phases[(name, phase)][0]:8.1f} images/s, first step "
+                  f"{phases[(name, phase)][2]:.1f} s", flush=True)
         if name == "metadistiller":
             m_epochs = config.metadistiller.meta_every_epochs
         # A method's rate over a run: phases weighted by their share of epochs.
         seconds = [FLAGS.batch_size / phases[(name, method.epoch_phase(e))][0] for e in range(config.train.epochs)]
         rate = FLAGS.batch_size / statistics.mean(seconds)
-        results[name] = {"images_per_s": rate, "phases": {str(p): {"images_per_s": v[0], "runs": v[1]}
+        results[name] = {"images_per_s": rate, "phases": {str(p): {"images_per_s": v[0], "runs": v[1],
+                                                                   "first_step_s": v[2]}
                                                           for (n, p), v in phases.items() if n == name}}
     results_cycle = None
     if "metadistiller" in results and "self_distill" in results:
