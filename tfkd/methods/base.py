@@ -187,6 +187,10 @@ class MultiExitMethod(DistributedFit, keras.Model):
             terms, logits = self.compute_losses(images, labels, training=True)
             scaled = self.loss_for_gradients(self.regularized_total(terms))
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        return self.record_training_metrics(terms, labels, logits)
+
+    def record_training_metrics(self, terms, labels, logits):
+        """Updates the training metrics with one step's loss terms and logits; returns the logs."""
         self.loss_trackers["loss"].update_state(tf.add_n(list(terms.values())))
         for name, value in terms.items():
             self.loss_trackers[name].update_state(value)

@@ -155,9 +155,12 @@ class MetaDistiller(MultiExitMethod):
         logits, features = self.network(images, training=training, return_features=True)
         targets = self.generator([tf.stop_gradient(f) for f in self.stage_features(features)], training=training)
         soft = self.soft_targets(targets, logits["final"].dtype)
+        self.track_target_entropy(soft)
+        return self.student_terms(labels, logits, soft), logits
+
+    def track_target_entropy(self, soft):
         for name, probs in soft.items():
             self.target_entropy_trackers[name].update_state(target_entropy(tf.stop_gradient(probs)))
-        return self.student_terms(labels, logits, soft), logits
 
     def outer_loss(self, labels, logits):
         names = self.output_names_ordered if self.outer_outputs == "all" else ["final"]
@@ -241,15 +244,9 @@ class MetaDistiller(MultiExitMethod):
         self.generator_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
         self.meta_loss_tracker.update_state(loss)
         self.meta_step_counter.assign_add(1)
-        _, labels = meta_train
+        self.track_target_entropy(inner["soft"])
         terms = {k: tf.stop_gradient(v) for k, v in inner["terms"].items()}
-        self.loss_trackers["loss"].update_state(tf.add_n(list(terms.values())))
-        for name, value in terms.items():
-            self.loss_trackers[name].update_state(value)
-        self.train_accuracy.update_state(labels, inner["logits"]["final"])
-        for name, probs in inner["soft"].items():
-            self.target_entropy_trackers[name].update_state(target_entropy(tf.stop_gradient(probs)))
-        return {m.name: m.result() for m in list(self.loss_trackers.values()) + [self.train_accuracy]}
+        return self.record_training_metrics(terms, meta_train[1], inner["logits"])
 
     def entropy_logs(self):
         return {m.name: m.result() for m in self.target_entropy_trackers.values()}
