@@ -52,10 +52,19 @@ def pct(s):
     return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" if s else "–"
 
 
-def self_boosting_table():
-    r = load("self_boosting_table")
-    if r is None:
-        return "_Not measured yet: run `python benchmarks/self_boosting_table.py`._"
+def from_result(name, command):
+    """A table drawn from benchmarks/results/<name>.json, or a note saying how to measure it."""
+    def wrap(draw):
+        def table():
+            r = load(name)
+            return f"_Not measured yet: run `{command}`._" if r is None else draw(r)
+        table.__doc__ = draw.__doc__
+        return table
+    return wrap
+
+
+@from_result("self_boosting_table", "python benchmarks/self_boosting_table.py")
+def self_boosting_table(r):
     lines = []
     for dataset, d in r["datasets"].items():
         methods = d["methods"]
@@ -78,10 +87,8 @@ def self_boosting_table():
     return "\n".join(lines)
 
 
-def step_cost_table():
-    r = load("step_cost")
-    if r is None:
-        return "_Not measured yet: run `python benchmarks/step_cost.py`._"
+@from_result("step_cost", "python benchmarks/step_cost.py")
+def step_cost_table(r):
     c = r["config"]
     lines = [f"`{r['config_file']}` ({c['arch']} width {c['width']}, {c['dataset']} {c['image_shape']}, "
              f"global batch {c['batch_size']}); median of {r['repeats']} repeats of {r['steps']} steps.\n",
@@ -213,10 +220,8 @@ TS_LABELS = {"baseline": "student alone (baseline)", "kd": "KD (Hinton)", "fitne
              "dml": "DML (two students, no teacher)", "metadistiller": "MetaDistiller (no teacher)"}
 
 
-def teacher_student_table():
-    r = load("teacher_student_table")
-    if r is None:
-        return "_Not measured yet: run `python benchmarks/teacher_student_table.py`._"
+@from_result("teacher_student_table", "python benchmarks/teacher_student_table.py")
+def teacher_student_table(r):
     t = r["teacher"]
     teacher_time = t.get("seconds") or 0
     lines = [f"Student ResNet18 (width 0.125) on `{r['config']}`; teacher ResNet34 (width 0.25) trained once "
@@ -239,10 +244,8 @@ def teacher_student_table():
     return "\n".join(lines)
 
 
-def scaling_table():
-    r = load("scaling")
-    if r is None:
-        return "_Not measured yet: run `python benchmarks/scaling.py`._"
+@from_result("scaling", "python benchmarks/scaling.py")
+def scaling_table(r):
     many = f"{r['replicas']} replicas"
     lines = [f"Global batch {r['batch_size']}, `{r['config_file']}`; {r['note']}.", "",
              f"| method [phase] | 1 replica (images/s) | {many} (images/s) | ratio |", "|---|---|---|---|"]
@@ -368,11 +371,9 @@ def self_boosting_converge_table():
     return "\n".join(lines)
 
 
-def default_job_table():
+@from_result("default_job", "python benchmarks/default_job.py")
+def default_job_table(r):
     """The measured duration of the README's first command (benchmarks/default_job.py)."""
-    r = load("default_job")
-    if r is None:
-        return "_Not measured yet: run `python benchmarks/default_job.py`._"
     parts = []
     for run in r["runs"]:
         parts.append(f"{run['wall_s'] / 60:.1f} min wall clock ({run['cpu_s'] / 60:.1f} CPU-minutes; load average "
@@ -383,11 +384,9 @@ def default_job_table():
             f"work shared the cores, so the time is an upper bound. " + provenance(r))
 
 
-def metadistiller_targets_table():
+@from_result("metadistiller_targets", "python benchmarks/metadistiller_targets.py --workdir=RUN")
+def metadistiller_targets_table(r):
     """How accurate and soft MetaDistiller's generated targets are (benchmarks/metadistiller_targets.py)."""
-    r = load("metadistiller_targets")
-    if r is None:
-        return "_Not measured yet: run `python benchmarks/metadistiller_targets.py --workdir=RUN`._"
     lines = ["| run (generator lr, seed, best epoch) | head | target entropy (nats) | target argmax accuracy | "
              "target p(true class) | spread across images | accuracy of the exit it teaches |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -406,11 +405,9 @@ def metadistiller_targets_table():
     return "\n".join(lines)
 
 
-def test_suite_table():
+@from_result("test_suite", "python benchmarks/test_suite.py")
+def test_suite_table(r):
     """The suite's measured duration and slowest tests (benchmarks/test_suite.py)."""
-    r = load("test_suite")
-    if r is None:
-        return "_Not measured yet: run `python benchmarks/test_suite.py`._"
     counts = ", ".join(f"{n} {k}" for k, n in r["counts"].items())
     lines = [f"`{r['pytest_command']}`: **{r['seconds'] / 60:.1f} min** ({counts}); measured on {r['note']}.\n",
              "| slowest tests | seconds |", "| --- | --- |"]
@@ -421,11 +418,9 @@ def test_suite_table():
     return "\n".join(lines)
 
 
-def serving_table():
+@from_result("serving", "python benchmarks/serving.py --workdir=RUN")
+def serving_table(r):
     """SavedModel serving vs the Keras network (benchmarks/serving.py)."""
-    r = load("serving")
-    if r is None:
-        return "_Not measured yet: run `python benchmarks/serving.py --workdir=RUN`._"
     n = r["network"]
     lines = [f"{n['arch']} width {n['width']} on {n['dataset']}; images/s (median of {r['repeats']} calls) and the "
              "process's peak memory, each in a fresh process:\n",
