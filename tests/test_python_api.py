@@ -8,18 +8,25 @@ import numpy as np
 from tests.conftest import REPO
 
 
-def readme_python_snippet():
+def readme_python_snippets():
+    """The "Use from Python" section's code blocks: MetaDistiller on images, then few-shot."""
     text = open(os.path.join(REPO, "README.md")).read()
     section = text.split("## Use from Python", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
-    assert len(blocks) == 1
-    return blocks[0]
+    assert len(blocks) == 2
+    return blocks
+
+
+def run_snippet(index):
+    namespace = {}
+    exec(compile(readme_python_snippets()[index], f"README.md (Use from Python, block {index + 1})", "exec"),
+         namespace)
+    return namespace
 
 
 def test_readme_snippet_fits_metadistiller_with_meta_epochs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the snippet's CSVLogger writes history.csv here
-    namespace = {}
-    exec(compile(readme_python_snippet(), "README.md (Use from Python)", "exec"), namespace)
+    namespace = run_snippet(0)
     model, history, data = namespace["model"], namespace["history"], namespace["data"]
     steps = len(data.train) // 64
     # epochs 1 and 3 are meta epochs (meta_every_epochs=2): one meta step after each main step.
@@ -46,3 +53,51 @@ def test_a_meta_epoch_without_split_batches_is_refused():
     plain = tf.data.Dataset.from_tensors((tf.zeros((4, 12, 12, 1)), tf.zeros((4,), tf.int32)))
     with pytest.raises(ValueError, match="meta_split=True"):
         model.fit(plain, epochs=1, verbose=0)
+
+
+def write_glyph_pixel_features(folder):
+    """base / validation / novel .h5 of the README's glyph split (configs/splits/glyphs_alphabets.json):
+    real glyphs average-pooled to 14x14 (196-d), standing in for a backbone's features."""
+    import json
+
+    from tfkd.data.features import write_features
+    from tfkd.data.sources import default_glyphs_path
+
+    glyphs = np.load(default_glyphs_path())
+    with open(os.path.join(REPO, "configs", "splits", "glyphs_alphabets.json")) as f:
+        split = json.load(f)
+    os.makedirs(folder, exist_ok=True)
+    for name in ("base", "validation", "novel"):
+        classes = np.flatnonzero(np.isin(glyphs["alphabets"], split[name]))
+        idx = np.flatnonzero(np.isin(glyphs["labels"], classes))
+        pooled = glyphs["images"][idx].reshape(-1, 14, 2, 14, 2).mean((2, 4)).reshape(len(idx), -1) / 255.0
+        write_features(os.path.join(folder, f"{name}.h5"), pooled, glyphs["labels"][idx])
+
+
+def test_readme_fewshot_snippet_trains_progressive_distillation_with_fit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_glyph_pixel_features(tmp_path / "runs" / "glyphs_features")
+    namespace = run_snippet(1)
+    model, history = namespace["model"], namespace["history"]
+    assert int(model.optimizer.iterations.numpy()) == 150  # 3 epochs of 50 episode batches
+    assert int(model.k_train.numpy()) == 1  # the schedule weakened the student from 4 real shots to 1
+    assert history.history["val_accuracy"][-1] > 0.5  # 5-way: chance is 0.2
+    novel = namespace["results"]["Dist↓"]
+    assert novel["episodes"] == 500 and novel["mean"] > 0.5  # novel alphabets, 5-way 1-shot
+
+
+
+def test_distillation_fit_without_teacher_data_names_the_missing_call():
+    import keras
+    import pytest
+
+    from tfkd.data.episodes import EpisodeSampler, episode_dataset
+    from tfkd.methods import Distill
+
+    rng = np.random.default_rng(0)
+    features, labels = rng.normal(size=(60, 8)).astype(np.float32), np.repeat(np.arange(6), 10)
+    model = Distill(8, num_generated=1, generator_hidden=(8,))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    episodes = episode_dataset(features, labels, EpisodeSampler(labels, np.arange(6), 3, 1, 2), num_episodes=2)
+    with pytest.raises(ValueError, match=r"use_base_split\(features, labels, classes\)"):
+        model.fit(episodes, epochs=1, verbose=0)

@@ -14,7 +14,6 @@ Layer: a driver (imports runs, export; never tfkd.train, which dispatches here).
 """
 import json
 import os
-import warnings
 
 import keras
 import ml_collections
@@ -256,11 +255,8 @@ def _run_single(config, workdir, strategy, overwrite):
                       runs.EpochCheckpoint(workdir, "val_accuracy", config.train.keep_checkpoints, state)]
         if chief:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, runs.LOGS), update_freq="epoch"))
-        with warnings.catch_warnings():  # the finite validation stream ends by design each epoch
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
-            method.fit(train_ds, epochs=config.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                       validation_data=val_ds, callbacks=callbacks,
-                       verbose=config.train.verbose, shuffle=False)  # episode order comes from the sampler
+        method.fit(train_ds, epochs=config.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                   validation_data=val_ds, callbacks=callbacks, verbose=config.train.verbose)
 
     best_dir = runs.verified_best(workdir)  # a damaged best is rebuilt from its epoch's checkpoint
     best_state = runs.read_state(best_dir)

@@ -7,6 +7,8 @@ import keras
 
 from tfkd.methods import distill, fewshot, metadistiller, multi_exit, teacher_student  # noqa: F401  (registers the methods)
 from tfkd.methods.base import EpochPhases, MultiExitMethod, resolve_method_config
+from tfkd.methods.distill import Distill, ProgressiveDistill
+from tfkd.methods.fewshot import CosinePrototypes, EpisodicMethod, GeneratorAugmented
 from tfkd.methods.metadistiller import MetaDistiller
 from tfkd.methods.multi_exit import Baseline, DeeplySupervised, SelfDistillation
 from tfkd.registry import METHODS
@@ -52,5 +54,7 @@ def build_fewshot_method(config, feature_dim, strategy, steps):
     return method
 
 
-__all__ = ["METHODS", "Baseline", "DeeplySupervised", "EpochPhases", "MetaDistiller", "MultiExitMethod", "SelfDistillation", "build_fewshot_method", "build_method", "build_optimizer",
+__all__ = ["METHODS", "Baseline", "CosinePrototypes", "DeeplySupervised", "Distill", "EpisodicMethod", "EpochPhases",
+           "GeneratorAugmented", "MetaDistiller", "MultiExitMethod", "ProgressiveDistill", "SelfDistillation",
+           "build_fewshot_method", "build_method", "build_optimizer",
            "learning_rate", "resolve_method_config"]

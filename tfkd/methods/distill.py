@@ -158,6 +158,11 @@ class Distill(GeneratorAugmented):
     def use_base_split(self, features, labels, classes):
         self.set_teacher(features, labels, classes)
 
+    def check_ready(self):
+        if self._teacher_support is None:
+            raise ValueError(f"{type(self).__name__} has no teacher yet: call use_base_split(features, labels, "
+                             f"classes) with the base-class features before fit")
+
     def start_training(self, seed):
         accuracy = self.pretrain_teacher(seed=seed)
         if accuracy is not None:

@@ -10,6 +10,8 @@
 An episode batch is a dict of static-shape tensors (see ``episode_arrays``): ``support``
 (n_way, k_max, d), ``support_mask`` (n_way, k_max), ``query`` (n_way * n_query, d), ``query_labels``.
 """
+import warnings
+
 import keras
 import ml_collections
 import numpy as np
@@ -96,6 +98,26 @@ class EpisodicMethod(SavesSeedStates, DistributedFit, keras.Model):
     @property
     def metrics(self):
         return [self.loss_tracker, self.accuracy]
+
+    def fit(self, *args, shuffle=False, **kwargs):
+        """keras.Model.fit on an episode dataset (``episode_dataset``). Variables and optimizer state
+        are created first, in the model's strategy scope: a subclassed model otherwise builds on its
+        first traced step, after the optimizer has been built for no variables. Episode order comes
+        from the sampler (``shuffle`` stays False)."""
+        self.check_ready()
+        with self.distribute_strategy.scope():
+            if not self.built:
+                self.build_from_dim()
+            if not getattr(self.optimizer, "built", False):
+                self.optimizer.build(self.trainable_variables)
+        with warnings.catch_warnings():
+            # Validation episodes are a finite stream (``num_episodes``) so that every epoch is
+            # scored on the same episodes; Keras warns each time such a stream ends, by design here.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            return super().fit(*args, shuffle=shuffle, **kwargs)
+
+    def check_ready(self):
+        """Raises ValueError when something ``fit`` needs was not given (e.g. a teacher's data)."""
 
     def support_set(self, episode, training):
         """(support, mask) the student is built from; ``gen`` adds generated features."""
