@@ -11,6 +11,7 @@ from tfkd.methods.distill import Distill, ProgressiveDistill
 from tfkd.methods.fewshot import CosinePrototypes, EpisodicMethod, GeneratorAugmented
 from tfkd.methods.metadistiller import MetaDistiller
 from tfkd.methods.multi_exit import Baseline, DeeplySupervised, SelfDistillation
+from tfkd.methods.teacher_student import AttentionTransfer, DeepMutualLearning, FitNet, KnowledgeDistillation
 from tfkd.registry import METHODS
 
 
@@ -54,7 +55,8 @@ def build_fewshot_method(config, feature_dim, strategy, steps):
     return method
 
 
-__all__ = ["METHODS", "Baseline", "CosinePrototypes", "DeeplySupervised", "Distill", "EpisodicMethod", "EpochPhases",
-           "GeneratorAugmented", "MetaDistiller", "MultiExitMethod", "ProgressiveDistill", "SelfDistillation",
+__all__ = ["METHODS", "AttentionTransfer", "Baseline", "CosinePrototypes", "DeepMutualLearning", "DeeplySupervised",
+           "Distill", "EpisodicMethod", "EpochPhases", "FitNet", "GeneratorAugmented", "KnowledgeDistillation",
+           "MetaDistiller", "MultiExitMethod", "ProgressiveDistill", "SelfDistillation",
            "build_fewshot_method", "build_method", "build_optimizer",
            "learning_rate", "resolve_method_config"]
