@@ -16,7 +16,7 @@ from tfkd import train  # noqa: E402
 def main():
     # Few steps: start-up and tracing under the collective strategy are the cost, not the data.
     config = tiny_config(method="self_distill", epochs=2, train_examples=320, eval_examples=96)
-    config.model.width = 0.0625
+    config.model.arch, config.model.width = "resnet10", 0.0625
     config.train.batch_size = 64  # 32 per worker
     config.export.enabled = False
     metrics = train.run(config, sys.argv[2], strategy="multi_worker")

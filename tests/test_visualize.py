@@ -50,7 +50,7 @@ def assert_small_png(path, max_kb=200):
 
 def _tiny_metadistiller():
     keras.utils.set_random_seed(0)
-    net = MultiExitResNet(depth=18, num_classes=3, width=0.0625, input_shape=(8, 8, 1), mean=[0.5], std=[0.5])
+    net = MultiExitResNet(depth=10, num_classes=3, width=0.0625, input_shape=(8, 8, 1), mean=[0.5], std=[0.5])
     net.ensure_built()
     method = build_method("metadistiller", net, {"tau": 2.0, "fusion_channels": 4}, weight_decay=5e-4)
     method.build()

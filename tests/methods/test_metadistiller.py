@@ -11,7 +11,7 @@ from tfkd.models import MultiExitResNet
 
 
 def _tiny_method(**overrides):
-    net = MultiExitResNet(depth=18, num_classes=3, width=0.0625, input_shape=(8, 8, 1), mean=[0.5], std=[0.5])
+    net = MultiExitResNet(depth=10, num_classes=3, width=0.0625, input_shape=(8, 8, 1), mean=[0.5], std=[0.5])
     net.ensure_built()
     cfg = {"alpha": 0.5, "tau": 2.0, "fusion_channels": 4, **overrides}
     method = build_method("metadistiller", net, cfg, weight_decay=5e-4)

@@ -25,7 +25,7 @@ def _kl(t, s):
 
 @pytest.fixture(scope="module")
 def net_and_batch():
-    net = build_backbone("resnet18", num_classes=10, width=0.125, input_shape=(28, 28, 1))
+    net = build_backbone("resnet10", num_classes=10, width=0.125, input_shape=(28, 28, 1))
     net.ensure_built()
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (8, 28, 28, 1)).astype(np.float32))

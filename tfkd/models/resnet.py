@@ -17,6 +17,7 @@ from tfkd.registry import BACKBONES
 
 # depth -> (block type, blocks per stage)
 RESNET_SPECS = {
+    10: ("basic", (1, 1, 1, 1)),  # Chen et al.'s few-shot backbone; half ResNet18's graph (fast tests)
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
@@ -28,7 +29,7 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 
 @keras.saving.register_keras_serializable("tfkd")
 class MultiExitResNet(MultiExitNetwork):
-    """ResNet-{18,34,50,101,152} with exits after stages 1..3.
+    """ResNet-{10,18,34,50,101,152} with exits after stages 1..3.
 
     Args:
       depth: ResNet depth (keys of ``RESNET_SPECS``).
