@@ -337,6 +337,16 @@ def test_glyphs_missing_file(tmp_path):
     assert path in str(e.value)
 
 
+def test_glyphs_not_found_by_default_names_both_ways_to_point_at_it(tmp_path, monkeypatch):
+    """A checkout away from shared/data (e.g. a clone in /tmp) finds no glyphs file by default; the
+    error names the config field and the environment variable that point at it."""
+    path = str(tmp_path / "glyphs_background.npz")
+    monkeypatch.setenv("TFKD_GLYPHS", path)
+    with pytest.raises(DataError, match=r"--config\.data\.data_dir or the TFKD_GLYPHS environment variable") as e:
+        load_dataset(data_config(name="glyphs"))
+    assert path in str(e.value)
+
+
 # ---------------------------------------------------------------- TFDS
 
 TFDS_EXAMPLES = 200

@@ -272,7 +272,8 @@ def default_glyphs_path():
 
 def read_npz(path, required):
     if not os.path.exists(path):
-        raise DataError(f"missing data file {path} (set --config.data.data_dir to the .npz file)")
+        hint = " or the TFKD_GLYPHS environment variable" if os.path.basename(path) == GLYPHS_FILE else ""
+        raise DataError(f"missing data file {path} (set --config.data.data_dir{hint} to the .npz file)")
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as e:  # zipfile/pickle errors carry no path
