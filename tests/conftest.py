@@ -14,7 +14,7 @@ SUBPROCESS_TIMEOUT = float(os.environ.get("TFKD_TEST_SUBPROCESS_TIMEOUT", 3600))
 
 def tiny_config(method="self_distill", epochs=2, train_examples=2500, eval_examples=400, **train_overrides):
     """The default experiment shrunk to seconds: a narrow ResNet10 (ResNet18's stages and exits
-    with one block per stage: half the graph to trace) on a class-balanced subset."""
+    with one block per stage: half the backbone's blocks to trace and run) on a class-balanced subset."""
     from tfkd.config import base_config
 
     c = base_config()

@@ -17,7 +17,7 @@ from tfkd.registry import BACKBONES
 
 # depth -> (block type, blocks per stage)
 RESNET_SPECS = {
-    10: ("basic", (1, 1, 1, 1)),  # Chen et al.'s few-shot backbone; half ResNet18's graph (fast tests)
+    10: ("basic", (1, 1, 1, 1)),  # Chen et al.'s few-shot backbone; half ResNet18's blocks (fast tests)
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
