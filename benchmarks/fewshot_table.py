@@ -10,6 +10,11 @@ Pipeline, every step a real command in its own resumable workdir under --runs_di
   2. features: bin/extract_features (base / validation / novel);
   3. every (method, seed): bin/train --method=M --config=configs/<dataset>_fewshot.py (episodic
      meta-training on base features, selection on validation episodes, novel-class evaluation).
+With --tune_trials=N, step 3 is preceded, for every row, by a bin/tune random search of N trials
+(the same budget for every row) over the row's space in TUNE_SPACES, selected on validation-class
+episodes only (--override=fewshot.val_way=10000 selects on the all-way protocol) with a tuning
+seed apart from the reported ones; the seed runs then train the best config. An ensemble row
+reuses the tuned config of its single-model row. The trials never see the novel classes.
 Floors on the same seeded novel episodes: 1-NN on raw pixels, and cosine prototypes on the
 backbone features with nothing meta-trained. Paired differences (method - cosine) are computed
 episode by episode, since every method sees the same episodes. Results:
@@ -46,6 +51,23 @@ flags.DEFINE_integer("threads", 0, "TF intra/inter-op threads per run (0 = Tenso
 flags.DEFINE_multi_string("backbone_override", [], "Extra --config.* flags for the backbone run.")
 flags.DEFINE_multi_string("override", [], "Extra --config.* flags for every few-shot run.")
 flags.DEFINE_string("name", "", "Result file name under benchmarks/results/ (default fewshot_table_<dataset>).")
+flags.DEFINE_integer("tune_trials", 0, "Random-search trials per row before the seed runs (0 = the config as is).")
+flags.DEFINE_integer("tune_seed", 100, "Seed of the tuning trials (kept apart from --seeds).")
+
+# Search spaces of --tune_trials (bin/tune syntax). Every method gets the student's own knobs (the
+# embedding f, its L2, the cosine scale's init, lr and the number of meta-training episodes);
+# the others add theirs: G's output count; the teacher's weight gamma and T's init.
+STUDENT_SPACE = ("{m}.embedding_units=choice:none,128x128,256x256,512x512", "train.weight_decay=log:1e-6:1e-2",
+                 "{m}.scale_init=choice:10.0,30.0,75.0", "train.learning_rate=log:1e-4:1e-2",
+                 "fewshot.episodes_per_epoch=choice:200,500,1000")
+TUNE_SPACES = {
+    "cosine": STUDENT_SPACE,
+    "gen": STUDENT_SPACE + ("{m}.num_generated=choice:1,2,4,8",),
+    "dist": STUDENT_SPACE + ("{m}.num_generated=choice:1,2,4,8", "{m}.gamma=log:0.5:50",
+                             "{m}.temperature_init=choice:3.0,7.0,12.0"),
+}
+TUNE_SPACES["progressive"] = TUNE_SPACES["dist"]
+TUNED_AS = {"dist_down_ensemble": "dist_down"}  # an ensemble trains members of the tuned single model
 FLAGS = flags.FLAGS
 
 
@@ -109,6 +131,33 @@ def floors(backbone_dir, features_dir, fewshot_cfg):
     return out
 
 
+def tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous):
+    """bin/tune for one row (resumable; skipped once its best_config.py exists) -> summary."""
+    method_name, row_overrides = ROWS[method]
+    workdir = os.path.join(root, "tune", method)
+    space = tuple(spec.format(m=method_name) for spec in TUNE_SPACES[method_name])
+    cmd = [sys.executable, os.path.join(bin_dir, "tune"), f"--config={fewshot_cfg_file}", f"--method={method_name}",
+           f"--seed={FLAGS.tune_seed}", f"--workdir={workdir}", f"--config.fewshot.features_dir={features_dir}",
+           "--config.tune.tuner=random", f"--config.tune.max_trials={FLAGS.tune_trials}",
+           f"--config.tune.space={space!r}"]
+    cmd += [f"--config.{o}" for o in row_overrides + FLAGS.override]
+    best_config = os.path.join(workdir, "best_config.py")
+    seconds, pretty = run_command(cmd, best_config, workdir + ".log")
+    if seconds is None:
+        seconds = previous.get("tuning", {}).get(method, {}).get("seconds")
+    trials = []
+    trials_dir = os.path.join(workdir, "trials")
+    for trial_id in sorted(os.listdir(trials_dir)):
+        path = os.path.join(trials_dir, trial_id, "trial.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                t = json.load(f)
+            trials.append({"trial": trial_id, "values": t["values"], "val_accuracy": t["score"]})
+    best = max(trials, key=lambda t: t["val_accuracy"])
+    return {"command": pretty, "seconds": seconds, "space": list(space), "trials": trials, "best": best,
+            "best_config": best_config}
+
+
 def paired(a, b):
     """Mean +- 95% CI of the per-episode difference a - b (same episodes)."""
     import numpy as np
@@ -153,12 +202,25 @@ def main(argv):
     results["steps"]["features"] = {"command": pretty, "seconds": seconds or reused("features")}
     common.write_result(name, results)
 
+    row_config = {method: fewshot_cfg_file for method in FLAGS.methods}
+    if FLAGS.tune_trials:
+        results["tuning"] = {}
+        for method in FLAGS.methods:
+            if method in TUNED_AS:
+                continue
+            results["tuning"][method] = tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous)
+            row_config[method] = results["tuning"][method]["best_config"]
+            common.write_result(name, results)
+        for method, source in TUNED_AS.items():
+            if method in row_config:
+                row_config[method] = os.path.join(root, "tune", source, "best_config.py")
+
     per_episode = {}  # method -> protocol -> [per-seed accuracy lists]
     for seed in FLAGS.seeds:
         for method in FLAGS.methods:
             workdir = os.path.join(root, method, f"seed{seed}")
             method_name, row_overrides = ROWS[method]
-            cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={fewshot_cfg_file}",
+            cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={row_config[method]}",
                    f"--method={method_name}", f"--seed={seed}", f"--workdir={workdir}",
                    f"--config.fewshot.features_dir={features_dir}"]
             cmd += [f"--config.{o}" for o in row_overrides + FLAGS.override]
@@ -183,6 +245,10 @@ def main(argv):
             for p, r in evaluation_results.items():
                 if "accuracies" in r:
                     per_episode.setdefault(method, {}).setdefault(p, []).append(r["accuracies"])
+                for k, row in (r.get("shots", {}).items() if p == "all_way" else ()):
+                    if "per_query" in row["top1"]:  # each query's top-1 hit: paired like episodes
+                        per_episode.setdefault(method, {}).setdefault(f"all_way_{k}shot_top1", []).append(
+                            row["top1"]["per_query"])
             common.write_result(name, results)
 
     # Paired differences against cosine, per protocol, on the seed-averaged per-episode accuracy.

@@ -34,6 +34,9 @@ def test_all_way_protocol_top_k_and_nesting():
     for k in rows:
         assert rows[k]["top5"]["mean"] >= rows[k]["top1"]["mean"]
         assert len(rows[k]["top1"]["per_draw"]) == 3
+        hits = rows[k]["top1"]["per_query"]  # 0/1 per query of every draw, for paired comparisons
+        assert len(hits) == 3 * 12 * 5 and set(hits) <= {0, 1}
+        assert np.mean(hits) == pytest.approx(rows[k]["top1"]["mean"])
     assert rows["20"]["mean_effective_k"] == 20
 
 

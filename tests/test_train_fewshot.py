@@ -130,6 +130,19 @@ def test_evaluate_runs_pairs_methods_on_the_same_episodes(gen_run, pixel_feature
     assert again["runs"][cosine_dir]["results"]["5way_1shot"]["accuracies"] == cos["accuracies"]
 
 
+def test_validation_episodes_take_val_way_capped_at_the_validation_classes(pixel_features):
+    from tfkd.train_fewshot import FeatureSplits, samplers
+
+    feats = FeatureSplits(pixel_features)
+    n_val = len(feats.classes("validation"))
+    config = fewshot_config(pixel_features)
+    config.fewshot.n_way = 2
+    assert samplers(config, feats)[1].n_way == min(2, n_val)  # default: the meta-training ways
+    config.fewshot.val_way = 10000  # all of them: selection on the all-way protocol
+    train_sampler, val_sampler = samplers(config, feats)
+    assert val_sampler.n_way == n_val > 2 and train_sampler.n_way == 2
+
+
 def test_bad_inputs_fail_before_training(pixel_features, tmp_path):
     workdir = str(tmp_path / "bad")
     with pytest.raises(ConfigError, match="fewshot.features_dir"):
@@ -163,6 +176,10 @@ def test_bad_inputs_fail_before_training(pixel_features, tmp_path):
     wrong.gen.num_generated = 0
     with pytest.raises(ConfigError, match="num_generated"):
         train.run(wrong, workdir)
+    one_way = fewshot_config(pixel_features)
+    one_way.fewshot.val_way = 1
+    with pytest.raises(ConfigError, match="fewshot.val_way"):
+        train.run(one_way, workdir)
     assert not os.path.exists(workdir)  # nothing written
 
 

@@ -89,6 +89,20 @@ def test_bad_search_spaces_name_the_entry():
     assert tuning.parse_space(tuning.default_space("metadistiller"), config)  # defaults are valid
 
 
+def test_tuple_fields_take_x_joined_choices():
+    from tfkd.config import base_config
+
+    config = base_config()
+    space = tuning.parse_space(("cosine.embedding_units=choice:none,256x256,128",), config)
+    assert space == [("cosine.embedding_units", "choice", ["none", "256x256", "128"])]
+    assert [tuning.apply_values(config, {"cosine.embedding_units": v}).cosine.embedding_units
+            for v in space[0][2]] == [(), (256, 256), (128,)]
+    with pytest.raises(ConfigError, match="'wide' is not a tuple choice"):
+        tuning.parse_space(("cosine.embedding_units=choice:none,wide",), config)
+    with pytest.raises(ConfigError, match="is a tuple; use choice"):
+        tuning.parse_space(("cosine.embedding_units=int:1:3",), config)
+
+
 def test_fewshot_search_selects_on_validation_episodes(tmp_path):
     """A few-shot method's trials are scored on validation-class episodes (val_accuracy)."""
     from tests.test_train_fewshot import fewshot_config, write_pixel_features
@@ -98,15 +112,26 @@ def test_fewshot_search_selects_on_validation_episodes(tmp_path):
     config.fewshot.test_episodes = 20
     config.fewshot.all_way_shots = ()
     config.export.enabled = False
-    config.tune.max_trials = 2
-    config.tune.space = ("gen.scale_init=choice:5.0,20.0", "train.learning_rate=log:1e-4:1e-2")
+    config.fewshot.val_way = 1000  # all validation classes: selection on the all-way protocol
+    config.tune.max_trials = 3
+    config.tune.space = ("gen.scale_init=choice:5.0,20.0", "train.learning_rate=log:1e-4:1e-2",
+                         "gen.embedding_units=choice:none,16x16")
     workdir = str(tmp_path / "search")
-    values, score, _ = tuning.tune(config, workdir, verbose=0)
-    assert 0.0 < score <= 1.0 and set(values) == {"gen.scale_init", "train.learning_rate"}
+    values, score, best_config = tuning.tune(config, workdir, verbose=0)
+    assert 0.0 < score <= 1.0 and set(values) == {"gen.scale_init", "train.learning_rate", "gen.embedding_units"}
     import json
 
+    sizes = set()
     for trial in os.listdir(os.path.join(workdir, "trials")):
-        with open(os.path.join(workdir, "trials", trial, "metrics.json")) as f:
+        trial_dir = os.path.join(workdir, "trials", trial)
+        with open(os.path.join(trial_dir, "metrics.json")) as f:
             metrics = json.load(f)
-        with open(os.path.join(workdir, "trials", trial, "trial.json")) as f:
+        with open(os.path.join(trial_dir, "trial.json")) as f:
             assert json.load(f)["score"] == metrics["val_accuracy"]  # validation, never the novel classes
+        assert metrics["test"] == {}  # the trials do not even compute novel-class accuracy
+        with open(os.path.join(trial_dir, "config.json")) as f:
+            sizes.add(tuple(json.load(f)["gen"]["embedding_units"]))
+    assert sizes <= {(), (16, 16)}
+    text = open(best_config).read()
+    assert f"c.gen.embedding_units = {tuple(tuning._as_tuple(values['gen.embedding_units']))!r}" in text
+    assert "c.fewshot.evaluate_novel = True" in text  # the winner, run again, is evaluated as usual

@@ -98,6 +98,11 @@ def base_config():
     c.fewshot.episodes_per_epoch = 500
     c.fewshot.episodes_per_batch = 1  # episodes per step (split over replicas under tf.distribute)
     c.fewshot.val_episodes = 300  # validation-class episodes per epoch (model selection)
+    # Ways of those episodes: 0 = n_way; capped at the number of validation classes, so a large
+    # value (e.g. 10000) selects on the all-way protocol.
+    c.fewshot.val_way = 0
+    # False: no novel-class evaluation at the end (bin/tune's trials: a search never sees test).
+    c.fewshot.evaluate_novel = True
     c.fewshot.eval_seed = 2020  # seed of the validation and test episodes: shared by every method
     c.fewshot.test_episodes = 1000
     c.fewshot.test_way = 5
@@ -263,6 +268,8 @@ def validate_fewshot(config, fail):
         fail("fewshot.all_way_shots", "() or positive shot counts")
     if f.within_group_way == 1 or f.within_group_way < 0:
         fail("fewshot.within_group_way", "0 (off) or at least 2")
+    if f.val_way == 1 or f.val_way < 0:
+        fail("fewshot.val_way", "0 (= fewshot.n_way) or at least 2")
 
 
 def _get(config, dotted):

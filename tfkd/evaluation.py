@@ -7,7 +7,8 @@
   {1, 2, 5, 10, 20} support examples per class, top-1 and top-5 accuracy, averaged over seeded
   support draws. Per draw, each class's examples are shuffled once: the first ``n_query`` are its
   queries and the next k its support, so the k-shot support contains the (k-1)-shot one. A class
-  with fewer than n_query + k examples uses all it has left (the effective k is reported).
+  with fewer than n_query + k examples uses all it has left (the effective k is reported), and
+  each query's top-1 hit is kept so that two predictors can be compared query by query.
 
 A predictor is ``fn(support (n_way, k_max, d), mask (n_way, k_max), query (n_q, d)) -> scores
 (n_q, n_way)``; episode i of a sampler depends only on (seed, i), so every predictor evaluated
@@ -81,6 +82,7 @@ def all_way_protocol(predictor_for_shot, features, labels, classes, shots=(1, 2,
     for k in shots:
         predict = predictor_for_shot(k)
         per_top = {f"top{t}": [] for t in top_k}
+        correct = []  # per query, every draw: paired comparisons between predictors need it
         effective = []
         for draw in range(draws):
             support_idx, available, query_idx, truth = all_way_draw(labels, classes, k_max, n_query, seed, draw)
@@ -90,11 +92,13 @@ def all_way_protocol(predictor_for_shot, features, labels, classes, shots=(1, 2,
             scores = np.asarray(predict(support, mask, query))
             for t in top_k:
                 per_top[f"top{t}"].append(_accuracy(scores, truth, t))
+            correct += (scores.argmax(-1) == truth).astype(int).tolist()
             effective.append(float(mask.sum(1).mean()))
         row = {"mean_effective_k": float(np.mean(effective))}
         for name, values in per_top.items():
             mean, ci = mean_confidence_interval(values)
             row[name] = {"mean": mean, "ci95": ci, "per_draw": list(values)}
+        row["top1"]["per_query"] = correct
         out["shots"][str(k)] = row
     return out
 

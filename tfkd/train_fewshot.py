@@ -95,7 +95,8 @@ def samplers(config, feats):
     try:
         train = EpisodeSampler(base_l, feats.classes("base"), f.n_way, k_shot, f.n_query, seed=config.seed,
                                k_max=k_max)
-        val = EpisodeSampler(val_l, feats.classes("validation"), min(f.n_way, len(feats.classes("validation"))),
+        val_way = min(f.val_way or f.n_way, len(feats.classes("validation")))
+        val = EpisodeSampler(val_l, feats.classes("validation"), val_way,
                              f.k_shot, f.n_query, seed=f.eval_seed, k_max=max(f.k_max, f.k_shot))
     except (ConfigError, DataError) as e:
         raise type(e)(f"config.fewshot (n_way={f.n_way}, k_shot={f.k_shot}, k_max={k_max}, "
@@ -292,13 +293,18 @@ def export_predictor(config, workdir):
 
 
 def print_results(title, results):
+    if not results:
+        print(f"\n{title}; novel classes not evaluated (config.fewshot.evaluate_novel=False)")
+        return
     print(f"\n{title}; novel classes:")
     for name, value in evaluation.summary_rows(results):
         print(f"  {name:<48} {value}")
 
 
 def evaluate_predictor(predictor_for_shot, feats, fewshot_cfg, verbose=1):
-    """Every protocol of ``fewshot_cfg`` on the novel split."""
+    """Every protocol of ``fewshot_cfg`` on the novel split ({} when ``evaluate_novel`` is off)."""
+    if not fewshot_cfg.evaluate_novel:
+        return {}
     novel_f, novel_l = feats["novel"]
     n = len(fewshot_cfg.test_shots) * fewshot_cfg.test_episodes
     if fewshot_cfg.within_group_way and feats.class_groups is not None:

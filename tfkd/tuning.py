@@ -7,8 +7,12 @@ validation metric of the trial's best epoch (``config.tune.objective``; few-shot
 
 The search space is data in the config, ``config.tune.space``: a tuple of ``"field=kind:args"``
 strings, e.g. ``"train.learning_rate=log:1e-3:0.3"``, ``"metadistiller.alpha=float:0.1:0.9"``,
-``"metadistiller.meta_every_epochs=choice:1,3,5"``, ``"train.epochs=int:1:4"``; left empty, the
-method's own default space (``default_search_space``) is used.
+``"metadistiller.meta_every_epochs=choice:1,3,5"``, ``"train.epochs=int:1:4"``. A tuple field
+takes ``x``-joined choices, ``none`` for the empty tuple: ``"cosine.embedding_units=choice:none,256x256"``.
+Left empty, the method's own default space (``default_search_space``) is used.
+
+Few-shot trials skip the novel-class evaluation (``config.fewshot.evaluate_novel``): it would
+cost time and nothing may be chosen on it; ``best_config.py`` evaluates as usual.
 
 Keras Tuner swallows trial exceptions; here the first failure's traceback is printed and kept
 in ``WORKDIR/failures.txt``, and the search stops after ``max_consecutive_failed_trials``
@@ -53,6 +57,14 @@ def _value(text):
     return text
 
 
+def _as_tuple(text):
+    """'256x256' -> (256, 256), 'none' -> (); None when ``text`` is neither."""
+    if text.strip().lower() == "none":
+        return ()
+    parts = [_value(p) for p in text.split("x")]
+    return tuple(parts) if all(isinstance(p, (int, float)) for p in parts) else None
+
+
 def parse_space(specs, config):
     """[(field, kind, args)] from ``"field=kind:args"`` strings; every field must exist in ``config``."""
     out = []
@@ -67,11 +79,18 @@ def parse_space(specs, config):
                 raise ConfigError(f"config.tune.space entry {spec!r}: config.{field} does not exist")
             node = node[part]
         if kind == "choice":
-            values = [_value(v) for v in args.split(",") if v]
+            is_tuple = isinstance(node, (tuple, list))
+            values = [v if is_tuple else _value(v) for v in args.split(",") if v]
             if not values:
                 raise ConfigError(f"config.tune.space entry {spec!r}: choice needs values")
+            for v in values if is_tuple else ():
+                if _as_tuple(v) is None:
+                    raise ConfigError(f"config.tune.space entry {spec!r}: {v!r} is not a tuple choice; expected "
+                                      f"x-joined numbers such as 256x256, or none")
             out.append((field, kind, values))
             continue
+        if isinstance(node, (tuple, list)):
+            raise ConfigError(f"config.tune.space entry {spec!r}: config.{field} is a tuple; use choice:none,256x256")
         try:
             lo, hi = (_value(v) for v in args.split(":"))
         except ValueError:
@@ -108,8 +127,12 @@ def apply_values(config, values):
         node = config
         for part in parents:
             node = node[part]
-        node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], (int, float)) and not isinstance(
-            node[leaf], bool) else value
+        if isinstance(node[leaf], (tuple, list)):
+            node[leaf] = _as_tuple(str(value))
+        elif isinstance(node[leaf], (int, float)) and not isinstance(node[leaf], bool):
+            node[leaf] = type(node[leaf])(value)
+        else:
+            node[leaf] = value
     return config
 
 
@@ -130,6 +153,8 @@ def _tuner_class(kind):
         def run_trial(self, trial, *args, **kwargs):
             values = sample(trial.hyperparameters, self.space)
             config = apply_values(self.base_config, values)
+            if METHODS.get(config.method).task == "fewshot":
+                config.fewshot.evaluate_novel = False
             if "tuner/epochs" in trial.hyperparameters.values:
                 config.train.epochs = int(trial.hyperparameters.values["tuner/epochs"])
             trial_dir = os.path.join(self.runs_dir, trial.trial_id)

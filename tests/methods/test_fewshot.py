@@ -89,3 +89,23 @@ def test_finite_validation_stream_reports_exact_accuracy_and_loss(batches):
     train = episode_dataset(features, labels, sampler, episodes_per_batch=2)
     history = method.fit(train, steps_per_epoch=1, epochs=2, validation_data=stream, verbose=0)
     assert history.history["val_accuracy"] == [1.0, 1.0]
+
+
+def test_weight_decay_is_l2_on_the_kernels_of_f_and_g_only(pixels):
+    features, labels = pixels
+    sampler = EpisodeSampler(labels, range(5), 5, 1, 3, seed=0)
+    episode = {k: tf.constant(v) for k, v in episode_arrays(features[:, :16], labels, sampler.episode(0)).items()}
+    norms = {}
+    for decay in (0.0, 1.0):
+        keras.utils.set_random_seed(0)
+        method = GeneratorAugmented(16, embedding_units=(8,), num_generated=1, generator_hidden=(8,),
+                                    weight_decay=decay, seed=0).build_from_dim()
+        kernels = [v for v in method.trainable_variables if v.path.endswith("kernel")]
+        assert {v.path.split("/")[1] for v in kernels} == {"student", "generator"}
+        expected = decay * 0.5 * sum(float(np.sum(np.square(v.numpy()))) for v in kernels)
+        assert float(method.weight_penalty(method.trainable_variables)) == pytest.approx(expected, rel=1e-5)
+        method.compile(optimizer=keras.optimizers.SGD(0.1))
+        method.optimizer.build(method.trainable_variables)
+        method.train_step(episode)
+        norms[decay] = float(np.linalg.norm(method.classifier.embedding[0].kernel.numpy()))
+    assert norms[1.0] < 0.95 * norms[0.0]  # the same step, shrunk by the decay

@@ -48,7 +48,8 @@ def build_fewshot_method(config, feature_dim, strategy, steps):
     ``strategy``'s scope (optimizer variables included, so checkpoints load into it)."""
     cls = METHODS.get(config.method)
     with strategy.scope():
-        method = cls(feature_dim, **dict(config[config.method]), name=config.method)
+        method = cls(feature_dim, **dict(config[config.method]), weight_decay=config.train.weight_decay,
+                     name=config.method)
         method.build_from_dim(batch=config.fewshot.episodes_per_batch)
         method.compile(optimizer=build_optimizer(config.train, steps), jit_compile=config.train.jit_compile)
         method.optimizer.build(method.trainable_variables)

@@ -251,7 +251,7 @@ class Distill(GeneratorAugmented):
         with tf.GradientTape() as tape:
             logits = self(student_episode, training=True)
             total, hard, soft = losses.progressive_kd_loss(labels, logits, teacher, self.gamma, self.temperature)
-            scaled = replica_scale(total)
+            scaled = replica_scale(total + self.weight_penalty(variables))
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         self.loss_tracker.update_state(total)
         self.hard_tracker.update_state(hard)

@@ -88,9 +88,10 @@ class EpisodicMethod(SavesSeedStates, DistributedFit, keras.Model):
         """Values of ``k_train`` at which the driver saves a snapshot (tfkd.runs.KSnapshots); () = none."""
         return ()
 
-    def __init__(self, feature_dim, embedding_units=(), scale_init=75.0, **kwargs):
+    def __init__(self, feature_dim, embedding_units=(), scale_init=75.0, weight_decay=0.0, **kwargs):
         super().__init__(**kwargs)
         self.feature_dim = int(feature_dim)
+        self.weight_decay = float(weight_decay)
         self.classifier = CosineClassifier(embedding_units, scale_init, name="student")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -136,12 +137,20 @@ class EpisodicMethod(SavesSeedStates, DistributedFit, keras.Model):
               "class_index": tf.zeros(lead + (2,), tf.int32), "episode_index": tf.zeros(lead, tf.int32)})
         return self
 
+    def weight_penalty(self, variables):
+        """Coupled L2 (``weight_decay``, config.train.weight_decay) on the dense kernels among
+        ``variables``: the embedding f and G are regularised; the cosine scale, a temperature and
+        biases are not."""
+        if not self.weight_decay:
+            return 0.0
+        return self.weight_decay * losses.l2_penalty([v for v in variables if v.path.endswith("kernel")])
+
     def train_step(self, episode):
+        variables = self.trainable_variables
         with tf.GradientTape() as tape:
             logits = self(episode, training=True)
             loss = losses.cross_entropy(episode["query_labels"], logits)
-            scaled = replica_scale(loss)
-        variables = self.trainable_variables
+            scaled = replica_scale(loss + self.weight_penalty(variables))
         if variables:
             self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         self.loss_tracker.update_state(loss)
