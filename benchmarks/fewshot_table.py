@@ -67,6 +67,7 @@ TUNE_SPACES = {
                              "{m}.temperature_init=choice:3.0,7.0,12.0"),
 }
 TUNE_SPACES["progressive"] = TUNE_SPACES["dist"]
+ORDERING = ("cosine", "gen", "dist", "dist_down", "dist_down_ensemble")  # the paper's, worst to best
 TUNED_AS = {"dist_down_ensemble": "dist_down"}  # an ensemble trains members of the tuned single model
 FLAGS = flags.FLAGS
 
@@ -184,7 +185,8 @@ def main(argv):
     results = {"benchmark": "fewshot_table", "dataset": dataset, "seeds": [int(s) for s in FLAGS.seeds],
                "backbone_config": rel(backbone_cfg), "fewshot_config": rel(fewshot_cfg_file),
                "backbone_overrides": FLAGS.backbone_override, "overrides": FLAGS.override,
-               "threads": FLAGS.threads, "steps": {}, "methods": {}}
+               "threads": FLAGS.threads, "tune_trials": FLAGS.tune_trials, "tune_seed": FLAGS.tune_seed,
+               "steps": {}, "methods": {}}
 
     cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={backbone_cfg}", f"--workdir={backbone_dir}"]
     cmd += [f"--config.{o}" for o in FLAGS.backbone_override]
@@ -261,6 +263,14 @@ def main(argv):
                 continue
             results["paired_vs_cosine"][method] = {
                 p: paired(np.mean(accs, 0), np.mean(per_episode["cosine"][p], 0)) for p, accs in protocols.items()}
+
+    # The paper's ordering (Table 1), step by step, each step paired on the same episodes / queries.
+    chain = [m for m in ORDERING if m in per_episode]
+    results["paired_steps"] = {
+        f"{hi} - {lo}": {p: paired(np.mean(per_episode[hi][p], 0), np.mean(per_episode[lo][p], 0))
+                         for p in per_episode[hi] if p in per_episode[lo]}
+        for lo, hi in zip(chain, chain[1:])}
+    common.write_result(name, results)
 
     # The floors use the protocols of the first few-shot run's resolved config.
     import ml_collections
