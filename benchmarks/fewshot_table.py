@@ -55,11 +55,11 @@ flags.DEFINE_integer("tune_trials", 0, "Random-search trials per row before the 
 flags.DEFINE_integer("tune_seed", 100, "Seed of the tuning trials (kept apart from --seeds).")
 
 # Search spaces of --tune_trials (bin/tune syntax). Every method gets the student's own knobs (the
-# embedding f, its L2, the cosine scale's init, lr and the number of meta-training episodes);
+# embedding f, its L2, the cosine scale's init, lr, the number and ways of meta-training episodes);
 # the others add theirs: G's output count; the teacher's weight gamma and T's init.
 STUDENT_SPACE = ("{m}.embedding_units=choice:none,128x128,256x256,512x512", "train.weight_decay=log:1e-6:1e-2",
                  "{m}.scale_init=choice:10.0,30.0,75.0", "train.learning_rate=log:1e-4:1e-2",
-                 "fewshot.episodes_per_epoch=choice:200,500,1000")
+                 "fewshot.episodes_per_epoch=choice:200,500,1000", "fewshot.n_way=choice:5,20,50")
 TUNE_SPACES = {
     "cosine": STUDENT_SPACE,
     "gen": STUDENT_SPACE + ("{m}.num_generated=choice:1,2,4,8",),

@@ -226,7 +226,7 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
     r = load(name)
     if r is None:
         return ("_Not measured yet: run `python benchmarks/fewshot_table.py --dataset=glyphs --name=" + name +
-                " --tune_trials=8 --override=fewshot.val_way=10000`._")
+                " --tune_trials=12 --override=fewshot.val_way=10000 --override=fewshot.val_episodes=100`._")
     methods = r["methods"]
     some = next(iter(methods.values()))["test"]
     cols = [(p, label) for p, label in HEADLINE if p in some]
