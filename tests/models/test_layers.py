@@ -1,0 +1,84 @@
+"""tfkd's BatchNorm: TensorFlow's fused kernel in training mode, numerically Keras' BatchNormalization
+(outputs, moving statistics, first- and second-order gradients: MetaDistiller differentiates the
+network's backward pass)."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfkd.models.layers import BatchNorm
+
+
+def _pair(channels=3):
+    ours, theirs = BatchNorm(momentum=0.9, epsilon=1e-5), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    for layer in (ours, theirs):
+        layer.build((None, 5, 5, channels))
+        layer.gamma.assign(np.linspace(0.5, 2.0, channels))
+        layer.beta.assign(np.linspace(-1.0, 1.0, channels))
+    return ours, theirs
+
+
+def _inputs(seed=0):
+    return tf.constant(np.random.default_rng(seed).normal(1.0, 3.0, size=(8, 5, 5, 3)), tf.float32)
+
+
+def _ops(layer, x, training):
+    graph = tf.function(lambda t: layer(t, training=training)).get_concrete_function(x).graph
+    return {op.type for op in graph.get_operations()}
+
+
+def test_training_uses_the_fused_kernel_and_inference_keras_path():
+    ours, theirs = _pair()
+    x = _inputs()
+    assert "FusedBatchNormV3" in _ops(ours, x, True)
+    assert "FusedBatchNormV3" not in _ops(theirs, x, True)  # what we replace: moments, rsqrt, ...
+    assert "FusedBatchNormV3" not in _ops(ours, x, False)
+
+
+def test_outputs_and_moving_statistics_equal_keras():
+    ours, theirs = _pair()
+    for step in range(3):  # moving averages accumulate over several updates
+        x = _inputs(step)
+        np.testing.assert_allclose(ours(x, training=True), theirs(x, training=True), atol=2e-6)
+    np.testing.assert_allclose(ours.moving_mean.numpy(), theirs.moving_mean.numpy(), atol=1e-6)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), theirs.moving_variance.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ours(x, training=False), theirs(x, training=False), atol=2e-6)
+
+
+def test_first_and_second_order_gradients_equal_keras():
+    """d/d(x, gamma, beta) of a weighted output, and the gradient of that gradient's squared norm
+    (the kind of term a lookahead's meta-gradient differentiates)."""
+    x = _inputs()
+    weights = tf.constant(np.random.default_rng(1).normal(size=(8, 5, 5, 3)), tf.float32)
+    results = []
+    for layer in _pair():
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                loss = tf.reduce_sum(tf.square(layer(x, training=True)) * weights)
+            first = inner.gradient(loss, [x, layer.gamma, layer.beta])
+            second_target = tf.add_n([tf.reduce_sum(tf.square(g)) for g in first])
+        second = outer.gradient(second_target, [x, layer.gamma, layer.beta])
+        results.append([g.numpy() for g in first + second])
+    for ours, theirs in zip(*results):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=2e-4 * float(np.abs(theirs).max()))
+
+
+def test_float64_and_synchronized_replicas_keep_keras_path():
+    ours, _ = _pair()
+    x64 = tf.cast(_inputs(), tf.float64)
+    assert not ours._fused_applies(x64, True, None)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])  # one replica: fused is still exact
+    with strategy.scope():
+        synced = BatchNorm(synchronized=True)
+    synced.build((None, 5, 5, 3))
+    with strategy.scope():
+        assert synced._fused_applies(_inputs(), True, None)
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(synced)).__class__ is BatchNorm
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_mask_falls_back(training):
+    ours, _ = _pair()
+    assert not ours._fused_applies(_inputs(), training, tf.ones((8, 5, 5)))
