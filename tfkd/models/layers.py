@@ -31,6 +31,22 @@ def synchronized_batchnorm(enabled):
         _SYNC_BN[0] = previous
 
 
+_FUSED_BN = [True]
+
+
+@contextlib.contextmanager
+def fused_batchnorm(enabled):
+    """While inside, tfkd's BatchNorm layers run the fused kernel (default) or Keras' own ops
+    (``enabled=False``: to compare the two, e.g. benchmarks/step_cost.py). Read when a step is
+    traced, so a model traced inside keeps that choice."""
+    previous = _FUSED_BN[0]
+    _FUSED_BN[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _FUSED_BN[0] = previous
+
+
 @keras.saving.register_keras_serializable("tfkd")
 class BatchNorm(layers.BatchNormalization):
     """keras.layers.BatchNormalization whose training-mode forward on 4-D float32 NHWC feature maps
@@ -42,7 +58,7 @@ class BatchNorm(layers.BatchNormalization):
     statistics, other backends) is Keras' own path."""
 
     def _fused_applies(self, inputs, training, mask):
-        if not (training and self.trainable) or mask is not None or self.renorm or keras.backend.backend() != "tensorflow":
+        if not _FUSED_BN[0] or not (training and self.trainable) or mask is not None or self.renorm or keras.backend.backend() != "tensorflow":
             return False
         if len(inputs.shape) != 4 or self.axis not in (-1, 3) or not (self.scale and self.center):
             return False
