@@ -228,12 +228,14 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
         return ("_Not measured yet: run `python benchmarks/fewshot_table.py --dataset=glyphs --name=" + name +
                 " --tune_trials=12 --override=fewshot.val_way=10000 --override=fewshot.val_episodes=100`._")
     methods = r["methods"]
-    some = next(iter(methods.values()))["test"]
+    some = next(iter(methods.values()))["test"] if methods else {}
     cols = [(p, label) for p, label in HEADLINE if p in some]
     lines = [f"Novel alphabets (165 letters), test accuracy (%), mean ± std over meta-training seeds "
              f"{', '.join(map(str, r['seeds']))} of each row's tuned config.", "",
              "| | " + " | ".join(label for _, label in cols) + " | seeds |", "|---" * (len(cols) + 2) + "|"]
-    floor = r.get("floors", {}).get("features_prototypes", {})
+    if not methods:
+        lines = ["_The seed runs have not finished yet; the tuning so far:_"]
+    floor = r.get("floors", {}).get("features_prototypes", {}) if methods else {}
     if floor:
         cells = []
         for p, _ in cols:
@@ -270,6 +272,25 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
                          f"{100 * min(scores):.2f} | {values} |")
         lines += ["", "Search spaces: " + "; ".join(f"{m}: `{', '.join(t['space'])}`" for m, t in tuning.items()) + "."]
     lines += ["", provenance(r)]
+    return "\n".join(lines)
+
+
+@from_result("batchnorm_ab", "python benchmarks/batchnorm_ab.py")
+def batchnorm_ab_table(r):
+    """Fused BatchNorm vs Keras' ops: training images/s and first-step seconds, one interleaved run."""
+    c = r["config"]
+    lines = [f"`{r['config_file']}` ({c['arch']} width {c['width']}, {c['dataset']} {c['image_shape']}, global batch "
+             f"{c['batch_size']}); median of {r['repeats']} repeats of {r['steps']} steps; each model built, traced and "
+             f"timed with one variant, then the other.", "",
+             "| method [phase] | images/s, fused | images/s, Keras ops | speed-up | first step, fused | "
+             "first step, Keras ops |", "| --- | --- | --- | --- | --- | --- |"]
+    for key, row in r["phases"].items():
+        f, k = row["fused"], row["keras"]
+        lines.append(f"| {key} | {f['images_per_s']:.0f} | {k['images_per_s']:.0f} | {row['speedup']:.2f}× | "
+                     f"{f['first_step_s']:.1f} s | {k['first_step_s']:.1f} s |")
+    load = r.get("load_average_at_end")
+    lines += ["", (f"Load average at the end: {load[0]:.1f} (other jobs shared the machine; the ratios compare "
+                   f"variants measured minutes apart under it). " if load else "") + provenance(r)]
     return "\n".join(lines)
 
 
@@ -518,7 +539,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs_tuned": fewshot_tuned_table,
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
-          "step_cost": step_cost_table, "generator_lr": generator_lr_table, "default_job": default_job_table,
+          "step_cost": step_cost_table, "batchnorm_ab": batchnorm_ab_table, "generator_lr": generator_lr_table, "default_job": default_job_table,
           "metadistiller_targets": metadistiller_targets_table, "test_suite": test_suite_table,
           "serving": serving_table, "reference_targets": reference_targets_table}
 
