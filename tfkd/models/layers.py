@@ -16,35 +16,31 @@ def logits_dtype():
 
 
 _SYNC_BN = [False]
-
-
-@contextlib.contextmanager
-def synchronized_batchnorm(enabled):
-    """BatchNorm layers created inside use cross-replica statistics when ``enabled``: under
-    tf.distribute a step then equals one device's step on the global batch (needed by the
-    MetaDistiller lookahead). Without distribution they behave as ordinary BatchNorm."""
-    previous = _SYNC_BN[0]
-    _SYNC_BN[0] = bool(enabled)
-    try:
-        yield
-    finally:
-        _SYNC_BN[0] = previous
-
-
 _FUSED_BN = [True]
 
 
 @contextlib.contextmanager
-def fused_batchnorm(enabled):
-    """While inside, tfkd's BatchNorm layers run the fused kernel (default) or Keras' own ops
-    (``enabled=False``: to compare the two, e.g. benchmarks/step_cost.py). Read when a step is
-    traced, so a model traced inside keeps that choice."""
-    previous = _FUSED_BN[0]
-    _FUSED_BN[0] = bool(enabled)
+def _setting(cell, enabled):
+    previous = cell[0]
+    cell[0] = bool(enabled)
     try:
         yield
     finally:
-        _FUSED_BN[0] = previous
+        cell[0] = previous
+
+
+def synchronized_batchnorm(enabled):
+    """BatchNorm layers created inside use cross-replica statistics when ``enabled``: under
+    tf.distribute a step then equals one device's step on the global batch (needed by the
+    MetaDistiller lookahead). Without distribution they behave as ordinary BatchNorm."""
+    return _setting(_SYNC_BN, enabled)
+
+
+def fused_batchnorm(enabled):
+    """While inside, tfkd's BatchNorm layers run the fused kernel (default) or Keras' own ops
+    (``enabled=False``: to compare the two, benchmarks/batchnorm_ab.py). Read when a step is
+    traced, so a model traced inside keeps that choice."""
+    return _setting(_FUSED_BN, enabled)
 
 
 @keras.saving.register_keras_serializable("tfkd")
