@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd.models.layers import BatchNorm
+from tfkd.models.layers import BatchNorm, fused_batchnorm
 
 
 def _pair(channels=3):
@@ -33,6 +33,9 @@ def test_training_uses_the_fused_kernel_and_inference_keras_path():
     assert "FusedBatchNormV3" in _ops(ours, x, True)
     assert "FusedBatchNormV3" not in _ops(theirs, x, True)  # what we replace: moments, rsqrt, ...
     assert "FusedBatchNormV3" not in _ops(ours, x, False)
+    with fused_batchnorm(False):  # what benchmarks/batchnorm_ab.py compares against
+        assert "FusedBatchNormV3" not in _ops(ours, x, True)
+    assert "FusedBatchNormV3" in _ops(ours, x, True)
 
 
 def test_outputs_and_moving_statistics_equal_keras():
