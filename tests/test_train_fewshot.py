@@ -130,17 +130,22 @@ def test_evaluate_runs_pairs_methods_on_the_same_episodes(gen_run, pixel_feature
     assert again["runs"][cosine_dir]["results"]["5way_1shot"]["accuracies"] == cos["accuracies"]
 
 
-def test_validation_episodes_take_val_way_capped_at_the_validation_classes(pixel_features):
+def test_validation_episodes_take_val_way_capped_at_the_validation_classes(tmp_path):
     from tfkd.train_fewshot import FeatureSplits, samplers
 
-    feats = FeatureSplits(pixel_features)
-    n_val = len(feats.classes("validation"))
-    config = fewshot_config(pixel_features)
-    config.fewshot.n_way = 2
-    assert samplers(config, feats)[1].n_way == min(2, n_val)  # default: the meta-training ways
+    rng = np.random.default_rng(0)
+    for split, classes in (("base", range(0, 4)), ("validation", range(4, 10)), ("novel", range(10, 15))):
+        labels = np.repeat(np.asarray(classes), 30)
+        write_features(str(tmp_path / f"{split}.npz"), rng.normal(size=(len(labels), 8)), labels)
+    feats = FeatureSplits(str(tmp_path))
+    config = fewshot_config(str(tmp_path))
+    config.fewshot.n_way = 3
+    assert samplers(config, feats)[1].n_way == 3  # default: the meta-training ways
+    config.fewshot.val_way = 5
+    assert samplers(config, feats)[1].n_way == 5
     config.fewshot.val_way = 10000  # all of them: selection on the all-way protocol
     train_sampler, val_sampler = samplers(config, feats)
-    assert val_sampler.n_way == n_val > 2 and train_sampler.n_way == 2
+    assert val_sampler.n_way == 6 and train_sampler.n_way == 3
 
 
 def test_bad_inputs_fail_before_training(pixel_features, tmp_path):
