@@ -256,7 +256,9 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
                   "(20-way), seed-averaged, mean ± 95% CI (points):", "",
                   "| step | " + " | ".join(label for _, label in paired_cols) + " |",
                   "|---" * (len(paired_cols) + 1) + "|"]
-        for step, d in steps.items():
+        order = ["cosine", "gen", "dist", "dist_down", "dist_down_ensemble"]  # the paper's, worst to best
+        rank = lambda step: order.index(step.split(" - ")[1]) if step.split(" - ")[1] in order else len(order)  # noqa: E731
+        for step, d in sorted(steps.items(), key=lambda item: rank(item[0])):
             lines.append(f"| {step} | " + " | ".join(
                 f"{100 * d[p]['mean']:+.2f} ± {100 * d[p]['ci95']:.2f}" if p in d else "–" for p, _ in paired_cols) + " |")
     tuning = r.get("tuning", {})
