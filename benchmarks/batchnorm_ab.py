@@ -32,24 +32,17 @@ VARIANTS = {"fused": True, "keras": False}
 
 def main(argv):
     del argv
-    import keras
-    import tensorflow as tf
-
-    from tfkd import data as data_lib
     from tfkd import train
     from tfkd.models.layers import fused_batchnorm
 
-    base = common.load_config(FLAGS.config)
-    base.train.batch_size = FLAGS.batch_size
-    data = data_lib.load_dataset(base.data)
+    base, data = common.timing_setup(FLAGS.config, FLAGS.batch_size)
     rows = {}
     for name in FLAGS.methods:
         config = train.resolve(base, method=name, seed=FLAGS.seed)
         phases = None
         for variant, enabled in VARIANTS.items():
             with fused_batchnorm(enabled):  # the whole life of the model: its steps trace inside
-                keras.utils.set_random_seed(FLAGS.seed)
-                method, _, _ = train.build_all(config, data, tf.distribute.get_strategy())
+                method = common.fresh_method(config, data, FLAGS.seed)
                 phases = phases or sorted({method.epoch_phase(e) for e in range(config.train.epochs)}, key=str)
                 for phase in phases:
                     rate, rates, first = common.time_fit(

@@ -58,6 +58,27 @@ def load_config(path):
     return module.get_config()
 
 
+def timing_setup(config_path, batch_size):
+    """(config, data) of a config file at ``batch_size``: what the timing benchmarks start from."""
+    from tfkd import data as data_lib
+
+    base = load_config(config_path)
+    base.train.batch_size = batch_size
+    return base, data_lib.load_dataset(base.data)
+
+
+def fresh_method(config, data, seed):
+    """A newly built, compiled method of ``config`` (seeded), on the default strategy."""
+    import keras
+    import tensorflow as tf
+
+    from tfkd import train
+
+    keras.utils.set_random_seed(seed)
+    method, _, _ = train.build_all(config, data, tf.distribute.get_strategy())
+    return method
+
+
 def time_fit(method, data, phase, *, batch_size, augment, seed, warmup, steps, repeats, with_first_step=False):
     """Median images/s of ``fit`` in one training phase (MetaDistiller: 'meta' or 'main'), after
     ``warmup`` untimed steps (tracing); returns (median, every repeat's rate), and with

@@ -45,15 +45,10 @@ def time_pipeline(ds, batches, batch_size):
 
 def main(argv):
     del argv
-    import keras
-    import tensorflow as tf
-
     from tfkd import data as data_lib
     from tfkd import train
 
-    base = common.load_config(FLAGS.config)
-    base.train.batch_size = FLAGS.batch_size
-    data = data_lib.load_dataset(base.data)
+    base, data = common.timing_setup(FLAGS.config, FLAGS.batch_size)
     results = {}
     pipe = data_lib.train_dataset(data, batch_size=FLAGS.batch_size, seed=FLAGS.seed, augment=base.data.augment)
     pipeline_rates = [time_pipeline(pipe, 100, FLAGS.batch_size) for _ in range(FLAGS.repeats)]
@@ -65,8 +60,7 @@ def main(argv):
     phases = {}
     for name in FLAGS.methods:
         config = train.resolve(base, method=name, seed=FLAGS.seed)
-        keras.utils.set_random_seed(FLAGS.seed)
-        method, _, _ = train.build_all(config, data, tf.distribute.get_strategy())
+        method = common.fresh_method(config, data, FLAGS.seed)
         for phase in sorted({method.epoch_phase(e) for e in range(config.train.epochs)}, key=str):
             phases[(name, phase)] = timed(method, phase)
             print(f"{name:>14} [{phase}]: {phases[(name, phase)][0]:8.1f} images/s, first step "
@@ -84,15 +78,13 @@ def main(argv):
         # The meta phase again with a meta step after every 2nd main step (meta_every_steps=2).
         thin = train.resolve(base, method="metadistiller", seed=FLAGS.seed)
         thin.metadistiller.meta_every_steps = 2
-        keras.utils.set_random_seed(FLAGS.seed)
-        method, _, _ = train.build_all(thin, data, tf.distribute.get_strategy())
+        method = common.fresh_method(thin, data, FLAGS.seed)
         phases[("metadistiller/2", "meta")] = timed(method, "meta")
         print(f"metadistiller, meta every 2nd step [meta]: {phases[('metadistiller/2', 'meta')][0]:8.1f} images/s")
         # And with the inner gradient shared by the real update (share_inner_gradient=True).
         shared = train.resolve(base, method="metadistiller", seed=FLAGS.seed)
         shared.metadistiller.share_inner_gradient = True
-        keras.utils.set_random_seed(FLAGS.seed)
-        method, _, _ = train.build_all(shared, data, tf.distribute.get_strategy())
+        method = common.fresh_method(shared, data, FLAGS.seed)
         phases[("metadistiller/shared", "meta")] = timed(method, "meta")
         print(f"metadistiller, shared inner gradient [meta]: {phases[('metadistiller/shared', 'meta')][0]:8.1f} "
               f"images/s")

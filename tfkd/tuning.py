@@ -144,8 +144,9 @@ def _tuner_class(kind):
     class TrainRunTuner(base):
         """run_trial = one bin/train run; Hyperband's budget is the number of epochs."""
 
-        def __init__(self, *args, base_config, space, workdir, strategy, objective_name, **kwargs):
+        def __init__(self, *args, base_config, space, workdir, strategy, objective_name, fewshot, **kwargs):
             self.base_config, self.space, self.runs_dir = base_config, space, os.path.join(workdir, "trials")
+            self.fewshot = fewshot
             self.strategy, self.objective_name = strategy, objective_name
             self.failures_file = os.path.join(workdir, "failures.txt")
             super().__init__(*args, **kwargs)
@@ -153,7 +154,7 @@ def _tuner_class(kind):
         def run_trial(self, trial, *args, **kwargs):
             values = sample(trial.hyperparameters, self.space)
             config = apply_values(self.base_config, values)
-            if METHODS.get(config.method).task == "fewshot":
+            if self.fewshot:
                 config.fewshot.evaluate_novel = False
             if "tuner/epochs" in trial.hyperparameters.values:
                 config.train.epochs = int(trial.hyperparameters.values["tuner/epochs"])
@@ -216,7 +217,7 @@ def tune(config, workdir, *, strategy="default", overwrite=False, verbose=1):
     os.makedirs(workdir, exist_ok=True)
     known = keras_tuner.HyperParameters()
     sample(known, space)  # the whole space up front, so every tuner samples it from the first trial
-    common = dict(hyperparameters=known, tune_new_entries=False, base_config=config, space=space, workdir=workdir, strategy=strategy, objective_name=objective,
+    common = dict(hyperparameters=known, tune_new_entries=False, base_config=config, space=space, workdir=workdir, strategy=strategy, objective_name=objective, fewshot=fewshot,
                   objective=keras_tuner.Objective(objective, direction="max"), directory=workdir,
                   project_name="search", overwrite=False, seed=config.seed,
                   max_consecutive_failed_trials=t.max_consecutive_failed_trials)
