@@ -387,3 +387,23 @@ def test_exports_are_readable_by_other_users(tmp_path, umask):
             modes[os.path.join(folder, name)] = stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode)
     assert {p: m for p, m in modes.items() if m not in (0o644, 0o755)} == {}
     assert modes[path] == 0o755 and modes[os.path.join(path, export.METADATA_FILE)] == 0o644
+
+
+# ---------------------------------------------------------------------- resuming across tfkd versions
+
+
+def test_resume_accepts_fields_a_newer_tfkd_added_at_their_defaults(tmp_path):
+    """A run folder written before a config field existed resumes when the field has its default
+    (the behaviour the run had), and is refused when the field is set to something else."""
+    from tfkd.config import base_config, config_json, resolve
+
+    config = resolve(base_config(), method="self_distill")
+    old = config_json(config)
+    del old["fewshot"]["val_way"], old["self_distill"]["tau"]  # as if written before both fields existed
+    io.write_json_atomic(str(tmp_path / runs.CONFIG), old)
+    assert runs.prepare_workdir(str(tmp_path), config) is True
+
+    changed = resolve(base_config(), method="self_distill")
+    changed.self_distill.tau = config.self_distill.tau + 1.0
+    with pytest.raises(WorkdirError, match=r"different config \(self_distill\.tau: '<absent>' -> "):
+        runs.prepare_workdir(str(tmp_path), changed)

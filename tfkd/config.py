@@ -167,6 +167,13 @@ def config_json(config):
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
+def default_config_json():
+    """config_json of the default config (every method's section): what a field that a newer tfkd
+    added means for a run folder written before it existed (a new field's default keeps the old
+    behaviour, so resuming such a run with the default is not a change of config)."""
+    return config_json(base_config())
+
+
 OUTPUT_METRICS = ("final", "ensemble", "exit_1", "exit_2", "exit_3")
 
 

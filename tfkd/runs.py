@@ -53,7 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfkd import io
-from tfkd.config import config_json
+from tfkd.config import config_json, default_config_json
 from tfkd.distribute import is_chief
 from tfkd.errors import ConfigError, WorkdirError
 from tfkd.methods import build_fewshot_method, build_method, build_optimizer
@@ -164,8 +164,8 @@ def prepare_workdir(workdir, config, overwrite=False, may_contain=()):
         with open(cfg_path) as f:
             old = json.load(f)
         new = config_json(config)
-        if old != new:
-            diffs = _diff(old, new)
+        diffs = _diff(old, new, defaults=default_config_json())
+        if diffs:
             raise WorkdirError(f"--workdir={workdir} was started with a different config "
                                f"({'; '.join(diffs[:5])}); use a new --workdir, or --overwrite to discard it")
     elif os.path.isdir(workdir) and {n for n in os.listdir(workdir) if n != LOCK and not _is_temporary(n)} - set(
@@ -204,12 +204,17 @@ def clean_stale_temporaries(workdir):
     return removed
 
 
-def _diff(old, new, prefix=""):
-    out = []
+def _diff(old, new, prefix="", defaults=None):
+    """The differences between two config JSONs as "key: old -> new". A key absent from ``old`` whose
+    new value is its default (in ``defaults``) is no difference: the field was added by a newer
+    tfkd, and its default is the behaviour the run had."""
+    out, defaults = [], defaults if isinstance(defaults, dict) else {}
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{key}.")
+            out += _diff(a, b, f"{prefix}{key}.", defaults.get(key))
+        elif key not in old and key in defaults and b == defaults[key]:
+            continue
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
