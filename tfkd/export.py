@@ -66,14 +66,16 @@ class InferenceModule(tf.Module):
             return {"logits": in_chunks(lambda x: network.predict_final(tf.cast(x, tf.float32)), images,
                                         int(network.num_classes))}
 
+        # serve calls the logits tf.function, so the network is traced (and saved) once, not twice.
+        self.logits = tf.function(logits, input_signature=[spec])
+
         def serve(images):
-            probabilities = tf.nn.softmax(logits(images)["logits"], axis=-1)
+            probabilities = tf.nn.softmax(self.logits(images)["logits"], axis=-1)
             top = tf.math.top_k(probabilities, k=top_k)
             return {"probabilities": probabilities, "top_k_classes": top.indices,
                     "top_k_probabilities": top.values}
 
         self.serve = tf.function(serve, input_signature=[spec])
-        self.logits = tf.function(logits, input_signature=[spec])
 
 
 def export_saved_model(network, path, metadata=None, top_k=5):
