@@ -155,14 +155,22 @@ def main(argv):
             if (ds, m, int(s)) not in done]
     print(f"{len(done)} runs already in benchmarks/results/{name}.json; {len(todo)} to go", flush=True)
     lock = threading.Lock()
+    failed = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, FLAGS.jobs)) as pool:
         futures = {pool.submit(run_one, *job): job for job in todo}
         for future in concurrent.futures.as_completed(futures):
-            dataset, method, _ = futures[future]
-            m = future.result()
+            dataset, method, seed = futures[future]
+            try:
+                m = future.result()
+            except RuntimeError as e:  # one failed run must not keep the finished ones out of the table
+                print(f"{dataset}/{method}/seed{seed}: {e}", flush=True)
+                failed.append(f"{dataset}/{method}/seed{seed}")
+                continue
             with lock:
                 add_run(results, dataset, method, m)
                 common.write_result(name, results)
+    if failed:
+        sys.exit(f"{len(failed)} runs failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
