@@ -1,4 +1,4 @@
-"""tfkd's BatchNorm: TensorFlow's fused kernel in training mode, numerically Keras' BatchNormalization
+"""tfkd's BatchNormalization: TensorFlow's fused kernel in training mode, numerically Keras' own
 (outputs, moving statistics, first- and second-order gradients: MetaDistiller differentiates the
 network's backward pass)."""
 import keras
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd.models.layers import BatchNorm, fused_batchnorm
+from tfkd.models.layers import BatchNormalization, fused_batchnorm
 
 
 def _pair(channels=3):
-    ours, theirs = BatchNorm(momentum=0.9, epsilon=1e-5), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    ours, theirs = BatchNormalization(momentum=0.9, epsilon=1e-5), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
     for layer in (ours, theirs):
         layer.build((None, 5, 5, channels))
         layer.gamma.assign(np.linspace(0.5, 2.0, channels))
@@ -74,14 +74,44 @@ def test_float64_and_synchronized_replicas_keep_keras_path():
     assert not ours._fused_applies(x64, True, None)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])  # one replica: fused is still exact
     with strategy.scope():
-        synced = BatchNorm(synchronized=True)
+        synced = BatchNormalization(synchronized=True)
     synced.build((None, 5, 5, 3))
     with strategy.scope():
         assert synced._fused_applies(_inputs(), True, None)
-    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(synced)).__class__ is BatchNorm
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(synced)).__class__ is BatchNormalization
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_mask_falls_back(training):
     ours, _ = _pair()
     assert not ours._fused_applies(_inputs(), training, tf.ones((8, 5, 5)))
+
+
+def test_checkpoints_written_with_keras_batchnorm_still_load(tmp_path, monkeypatch):
+    """Run folders trained before tfkd had its own BatchNormalization hold weights saved from Keras' class;
+    Keras names a list-tracked layer's weights after its class, so they load only if the names
+    agree (resuming such a MetaDistiller run failed: "smooth_bn_1 expected 4 variables, but
+    received 0")."""
+    from tfkd.methods import MetaDistiller
+    from tfkd.models import MultiExitResNet, layers as tfkd_layers
+
+    def build():
+        keras.utils.set_random_seed(3)
+        network = MultiExitResNet(depth=10, num_classes=3, width=0.0625, input_shape=(12, 12, 1)).ensure_built()
+        model = MetaDistiller(network)
+        model.build()
+        return model
+
+    with monkeypatch.context() as m:
+        m.setattr(tfkd_layers, "BatchNormalization", keras.layers.BatchNormalization)  # what _bn made before
+        old = build()
+    assert not any(isinstance(layer, BatchNormalization) for layer in old._flatten_layers())
+    x = np.random.default_rng(0).uniform(0, 255, (4, 12, 12, 1)).astype(np.float32)
+    old.network(x, training=True)  # moving statistics away from their initial values
+    old.generator([tf.zeros((4,) + tuple(v.shape[1:])) for v in old.stage_features(old.network(
+        x, training=False, return_features=True)[1])], training=True)
+    old.save_weights(str(tmp_path / "old.weights.h5"))
+    new = build()
+    new.load_weights(str(tmp_path / "old.weights.h5"))
+    for a, b in zip(old.get_weights(), new.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -45,7 +45,7 @@ def fused_batchnorm(enabled):
 
 
 @keras.saving.register_keras_serializable("tfkd")
-class BatchNorm(layers.BatchNormalization):
+class BatchNormalization(layers.BatchNormalization):
     """keras.layers.BatchNormalization whose training-mode forward on 4-D float32 NHWC feature maps
     is TensorFlow's fused kernel: one op (and one gradient op) instead of Keras' ~20 (moments,
     rsqrt, ...). MetaDistiller's meta step differentiates the network's backward pass, so its graph
@@ -53,7 +53,11 @@ class BatchNorm(layers.BatchNormalization):
     1.2-1.4x the images/s for every method, on a loaded 2-core CPU).
     Same weights, same moving averages (TensorFlow's Bessel-corrected batch variance is turned
     back into Keras' biased one); everything else (inference, masks, float64, cross-replica
-    statistics, other backends) is Keras' own path."""
+    statistics, other backends) is Keras' own path.
+
+    Named like Keras' class on purpose: Keras names the weights of layers it tracks in lists after
+    their class (``layers/batch_normalization_1/vars``), so checkpoints and teachers saved before
+    this class existed load into it."""
 
     def _fused_applies(self, inputs, training, mask):
         if not (_FUSED_BN[0] and training and self.trainable) or mask is not None or self.renorm:
@@ -81,7 +85,7 @@ class BatchNorm(layers.BatchNormalization):
 
 
 def _bn(name, momentum):
-    return BatchNorm(momentum=momentum, epsilon=BN_EPSILON, synchronized=_SYNC_BN[0], name=name)
+    return BatchNormalization(momentum=momentum, epsilon=BN_EPSILON, synchronized=_SYNC_BN[0], name=name)
 
 
 def _conv(filters, kernel, stride, name):
