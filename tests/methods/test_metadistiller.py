@@ -171,13 +171,23 @@ def test_metadistiller_learns_and_exports_without_generator(tiny, tmp_path):
     assert export.check_export(network, path) < 1e-5
 
 
-def test_meta_every_steps_thins_meta_steps():
-    method = _tiny_method(meta_every_steps=2)
+def test_meta_every_steps_thins_meta_steps_and_each_phase_is_traced_once():
+    """Meta steps follow every 2nd main update; meta, main, meta epochs trace the meta step once
+    (the second meta epoch reuses it: retracing cost tens of seconds per meta epoch), in a plain
+    fit and in bin/train's one-fit-per-phase loop."""
+    method = _tiny_method(meta_every_steps=2, meta_every_epochs=2)
+    traced = []
+    original = method.train_step
+    method.train_step = lambda data: traced.append(method._phase) or original(data)  # runs when traced
     (xa, ya), (xb, yb) = _batches(tf.float32)
     element = {"main": (xa, ya), "meta_train": (xa, ya), "meta_test": (xb, yb)}
     ds = tf.data.Dataset.from_tensors(element).repeat()
-    method.set_phase("meta")
-    method.fit(ds, epochs=1, steps_per_epoch=4, verbose=0, shuffle=False)
-    # Meta steps follow the main update whose optimizer step count is even: steps 2 and 4.
-    assert int(method.meta_step_counter.numpy()) == 2
-    assert int(method.optimizer.iterations.numpy()) == 4
+    method.fit(ds, epochs=3, steps_per_epoch=4, verbose=0, shuffle=False)  # epochs 1 and 3 are meta epochs
+    # Meta steps follow the main updates whose optimizer step count is even: 2, 4 and 10, 12.
+    assert int(method.meta_step_counter.numpy()) == 4
+    assert int(method.optimizer.iterations.numpy()) == 12
+    assert traced == ["meta", "main"]
+    for phase in ("main", "meta", "main"):
+        method.set_phase(phase)
+        method.fit(ds, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+    assert traced == ["meta", "main"]

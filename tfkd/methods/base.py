@@ -85,6 +85,7 @@ class MultiExitMethod(DistributedFit, keras.Model):
         self.weight_decay = float(weight_decay)
         self.output_names_ordered = list(network.output_names_ordered) if self.uses_exits else ["final"]
         self._phase, self._phase_fixed = None, False
+        self._train_function_of_phase = {}  # phase -> its compiled train step, kept across switches
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + tuple(self.loss_names)}
         self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="final_accuracy")
         self.eval_loss = keras.metrics.Mean(name="loss")
@@ -130,8 +131,15 @@ class MultiExitMethod(DistributedFit, keras.Model):
 
     def _switch_phase(self, phase):
         if self._phase != phase:
+            # Each phase keeps its compiled step: MetaDistiller's next meta epoch reuses the meta
+            # step traced for the first one (tens of seconds of tracing) instead of retracing it.
+            self._train_function_of_phase[self._phase] = self.train_function
             self._phase = phase
-            self.train_function = None  # retrace train_step for the new phase
+            self.train_function = self._train_function_of_phase.get(phase)  # None: Keras traces it
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        self._train_function_of_phase = {}  # steps traced for the previous optimizer are stale
 
     def fit(self, *args, callbacks=None, **kwargs):
         """keras.Model.fit, plus the method's epoch phases: a plain ``fit`` over all epochs switches
@@ -223,7 +231,7 @@ class EpochPhases(keras.callbacks.Callback):
         phase = self.model.epoch_phase(epoch)
         if not self.model._phase_fixed and phase != self.model._phase:
             self.model._switch_phase(phase)
-            self.model.make_train_function(force=True)  # fit calls self.train_function each step
+            self.model.make_train_function()  # fit calls self.train_function each step
 
 
 def trained_network_variables(network, with_exits=True):
