@@ -79,28 +79,52 @@ def fresh_method(config, data, seed):
     return method
 
 
-def time_fit(method, data, phase, *, batch_size, augment, seed, warmup, steps, repeats, with_first_step=False):
-    """Median images/s of ``fit`` in one training phase (MetaDistiller: 'meta' or 'main'), after
-    ``warmup`` untimed steps (tracing); returns (median, every repeat's rate), and with
-    ``with_first_step`` also the seconds of the phase's first ``fit`` step (tracing included: what a
-    user waits before the progress bar moves)."""
-    import statistics
-    import time
+class FitTimer:
+    """Times ``fit`` of one method in one training phase (MetaDistiller: 'meta' or 'main'). Built
+    once: the phase's first ``fit`` step (tracing included: what a user waits before the progress
+    bar moves, ``first_step_s``) and ``warmup`` untimed steps; then ``rate(steps)`` times a fit.
+    Timers of several methods are meant to be called in turns (``interleaved_rates``), so that the
+    machine's slow drifts (other VMs, caches) hit every method alike."""
 
-    from tfkd import data as data_lib
+    def __init__(self, method, data, phase, *, batch_size, augment, seed, warmup):
+        import time
 
-    method.set_phase(phase)
-    ds = data_lib.train_dataset(data, batch_size=batch_size, seed=seed, augment=augment,
-                                meta_split=method.phase_needs_meta_split(phase))
-    start = time.perf_counter()
-    method.fit(ds, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
-    first_step = time.perf_counter() - start
-    method.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0, shuffle=False)
-    rates = []
-    for _ in range(repeats):
+        from tfkd import data as data_lib
+
+        self.method, self.phase, self.batch_size = method, phase, batch_size
+        method.set_phase(phase)
+        self.dataset = data_lib.train_dataset(data, batch_size=batch_size, seed=seed, augment=augment,
+                                              meta_split=method.phase_needs_meta_split(phase))
         start = time.perf_counter()
-        method.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
-        rates.append(steps * batch_size / (time.perf_counter() - start))
+        method.fit(self.dataset, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+        self.first_step_s = time.perf_counter() - start
+        method.fit(self.dataset, epochs=1, steps_per_epoch=warmup, verbose=0, shuffle=False)
+
+    def rate(self, steps):
+        import time
+
+        self.method.set_phase(self.phase)  # each phase keeps its compiled step: no retracing here
+        start = time.perf_counter()
+        self.method.fit(self.dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
+        return steps * self.batch_size / (time.perf_counter() - start)
+
+
+def interleaved_rates(timers, steps, repeats):
+    """{key: every repeat's images/s}, timing each of ``timers`` ({key: FitTimer}) once per round."""
+    rates = {key: [] for key in timers}
+    for _ in range(repeats):
+        for key, timer in timers.items():
+            rates[key].append(timer.rate(steps))
+    return rates
+
+
+def time_fit(method, data, phase, *, batch_size, augment, seed, warmup, steps, repeats, with_first_step=False):
+    """Median images/s of ``fit`` in one training phase after ``warmup`` untimed steps; returns
+    (median, every repeat's rate), and with ``with_first_step`` also the first step's seconds."""
+    import statistics
+
+    timer = FitTimer(method, data, phase, batch_size=batch_size, augment=augment, seed=seed, warmup=warmup)
+    rates = [timer.rate(steps) for _ in range(repeats)]
     if with_first_step:
-        return statistics.median(rates), rates, first_step
+        return statistics.median(rates), rates, timer.first_step_s
     return statistics.median(rates), rates

@@ -26,7 +26,7 @@ flags.DEFINE_string("config", os.path.join(common.REPO, "configs", "fashion_mnis
 flags.DEFINE_list("methods", ["baseline", "dsn", "self_distill", "metadistiller"], "Methods to time.")
 flags.DEFINE_integer("steps", 30, "Timed steps per repeat.")
 flags.DEFINE_integer("warmup", 5, "Untimed steps first.")
-flags.DEFINE_integer("repeats", 3, "Repeats; the median is reported.")
+flags.DEFINE_integer("repeats", 5, "Rounds (every method and phase timed once per round); the median is reported.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_string("name", "step_cost", "Result file name under benchmarks/results/.")
@@ -52,19 +52,33 @@ def main(argv):
     results = {}
     pipe = data_lib.train_dataset(data, batch_size=FLAGS.batch_size, seed=FLAGS.seed, augment=base.data.augment)
     pipeline_rates = [time_pipeline(pipe, 100, FLAGS.batch_size) for _ in range(FLAGS.repeats)]
-    def timed(method, phase):
-        return common.time_fit(method, data, phase, batch_size=FLAGS.batch_size, augment=base.data.augment,
-                               seed=FLAGS.seed, warmup=FLAGS.warmup, steps=FLAGS.steps, repeats=FLAGS.repeats,
-                               with_first_step=True)
+    def timer(method, phase):
+        return common.FitTimer(method, data, phase, batch_size=FLAGS.batch_size, augment=base.data.augment,
+                               seed=FLAGS.seed, warmup=FLAGS.warmup)
 
-    phases = {}
+    # Every (method, phase) is built and traced first, then all are timed in turns, repeat by repeat:
+    # timed one after another, a method's rate depended on when it ran (baseline measured first was
+    # slower than self_distill on an idle machine).
+    timers, phase_keys = {}, {}
     for name in FLAGS.methods:
         config = train.resolve(base, method=name, seed=FLAGS.seed)
         method = common.fresh_method(config, data, FLAGS.seed)
+        phase_keys[name] = (config, method)
         for phase in sorted({method.epoch_phase(e) for e in range(config.train.epochs)}, key=str):
-            phases[(name, phase)] = timed(method, phase)
-            print(f"{name:>14} [{phase}]: {phases[(name, phase)][0]:8.1f} images/s, first step "
-                  f"{phases[(name, phase)][2]:.1f} s", flush=True)
+            timers[(name, phase)] = timer(method, phase)
+    if "metadistiller" in FLAGS.methods and "self_distill" in FLAGS.methods:
+        # The meta phase again with a meta step after every 2nd main step (meta_every_steps=2), and
+        # with the inner gradient shared by the real update (share_inner_gradient=True).
+        for key, field, value in (("metadistiller/2", "meta_every_steps", 2),
+                                  ("metadistiller/shared", "share_inner_gradient", True)):
+            variant = train.resolve(base, method="metadistiller", seed=FLAGS.seed)
+            variant.metadistiller[field] = value
+            timers[(key, "meta")] = timer(common.fresh_method(variant, data, FLAGS.seed), "meta")
+    rates = common.interleaved_rates(timers, FLAGS.steps, FLAGS.repeats)
+    phases = {key: (statistics.median(r), r, timers[key].first_step_s) for key, r in rates.items()}
+    for (name, phase), (rate, _, first) in phases.items():
+        print(f"{name:>20} [{phase}]: {rate:8.1f} images/s, first step {first:.1f} s", flush=True)
+    for name, (config, method) in phase_keys.items():
         if name == "metadistiller":
             m_epochs = config.metadistiller.meta_every_epochs
         # A method's rate over a run: phases weighted by their share of epochs.
@@ -74,20 +88,7 @@ def main(argv):
                                                                    "first_step_s": v[2]}
                                                           for (n, p), v in phases.items() if n == name}}
     results_cycle = None
-    if "metadistiller" in results and "self_distill" in results:
-        # The meta phase again with a meta step after every 2nd main step (meta_every_steps=2).
-        thin = train.resolve(base, method="metadistiller", seed=FLAGS.seed)
-        thin.metadistiller.meta_every_steps = 2
-        method = common.fresh_method(thin, data, FLAGS.seed)
-        phases[("metadistiller/2", "meta")] = timed(method, "meta")
-        print(f"metadistiller, meta every 2nd step [meta]: {phases[('metadistiller/2', 'meta')][0]:8.1f} images/s")
-        # And with the inner gradient shared by the real update (share_inner_gradient=True).
-        shared = train.resolve(base, method="metadistiller", seed=FLAGS.seed)
-        shared.metadistiller.share_inner_gradient = True
-        method = common.fresh_method(shared, data, FLAGS.seed)
-        phases[("metadistiller/shared", "meta")] = timed(method, "meta")
-        print(f"metadistiller, shared inner gradient [meta]: {phases[('metadistiller/shared', 'meta')][0]:8.1f} "
-              f"images/s")
+    if ("metadistiller/2", "meta") in phases:
         step = lambda key: FLAGS.batch_size / phases[key][0]  # noqa: E731
         sd_step, main_step = step(("self_distill", None)), step(("metadistiller", "main"))
         cycles = {}
@@ -117,7 +118,7 @@ def main(argv):
         "config": {"arch": base.model.arch, "width": base.model.width, "dataset": base.data.name,
                    "batch_size": FLAGS.batch_size, "image_shape": list(data.image_shape)},
         "seed": FLAGS.seed, "steps": FLAGS.steps, "warmup": FLAGS.warmup, "repeats": FLAGS.repeats,
-        "methods": results,
+        "interleaved": True, "methods": results,
         "metadistiller_cycle": results_cycle,
         "pipeline_images_per_s": pipeline, "pipeline_runs": pipeline_rates,
     })

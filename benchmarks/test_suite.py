@@ -24,7 +24,7 @@ flags.DEFINE_string("note", "", "What else ran on the machine meanwhile.")
 flags.DEFINE_string("name", "test_suite", "Result file name under benchmarks/results/.")
 FLAGS = flags.FLAGS
 
-PYTEST = [sys.executable, "-m", "pytest", "-n", "2", "--durations=15", "tests"]  # the Makefile's test command
+PYTEST = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadfile", "--durations=15", "tests"]  # as `make test`
 
 
 def parse(text):
@@ -51,7 +51,7 @@ def main(argv):
         text = proc.stdout
         load = {"before": load_before, "after": os.getloadavg()[0], "wall_s": time.time() - start}
     result = parse(text)
-    common.write_result(FLAGS.name, {"benchmark": "test_suite", "pytest_command": "python -m pytest -n 2 --dist loadfile --durations=15 tests",
+    common.write_result(FLAGS.name, {"benchmark": "test_suite", "pytest_command": " ".join(["python"] + PYTEST[1:]),
                                      **result, "load_average": load, "note": FLAGS.note,
                                      "source": "saved log" if FLAGS.log else "run by this script"})
     print(f"{result['seconds'] / 60:.1f} min, {result['counts']}")

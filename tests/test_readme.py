@@ -28,6 +28,15 @@ def test_make_train_writes_where_the_checker_says():
     assert "--workdir=$(WORKDIR)" in makefile
 
 
+def test_suite_benchmark_times_the_makefile_test_command():
+    """benchmarks/test_suite.py (the README's suite time) runs exactly `make test`'s pytest."""
+    makefile = open(os.path.join(REPO, "Makefile")).read()
+    recipe = re.search(r"^test:.*\n\t\$\(PYTHON\) (-m pytest .*)$", makefile, flags=re.M).group(1)
+    source = open(os.path.join(REPO, "benchmarks", "test_suite.py")).read()
+    pytest_list = re.search(r"^PYTEST = \[sys.executable, (.*?)\]", source, flags=re.M).group(1)
+    assert recipe.split() == [arg.strip().strip('"') for arg in pytest_list.split(",")]
+
+
 @pytest.mark.parametrize("commands, problem", [
     ([["bin/export", "--workdir=runs/md", "--check"]], "--workdir=runs/md was not written by an earlier"),
     ([["bin/train", "--workdir=runs/md"], ["bin/export", "--workdir=runs/md"]], "it would be refused"),
