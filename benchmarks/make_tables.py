@@ -92,7 +92,8 @@ def step_cost_table(r):
     c = r["config"]
     lines = [f"`{r['config_file']}` ({c['arch']} width {c['width']}, {c['dataset']} {c['image_shape']}, "
              f"global batch {c['batch_size']}); median of {r['repeats']} repeats of {r['steps']} steps"
-             + ("; every method and phase timed in turns, repeat by repeat.\n" if r.get("interleaved") else ".\n"),
+             + ("; every method and phase timed in turns, round by round, steps 2-N of each fit (a fit's start-up "
+                "excluded).\n" if r.get("interleaved") else ".\n"),
              "| method | training images/s | relative to baseline | relative to self_distill | first step "
              "(tracing included) |",
              "| --- | --- | --- | --- | --- |"]
