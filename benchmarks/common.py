@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -87,8 +88,6 @@ class FitTimer:
     machine's slow drifts (other VMs, caches) hit every method alike."""
 
     def __init__(self, method, data, phase, *, batch_size, augment, seed, warmup):
-        import time
-
         from tfkd import data as data_lib
 
         self.method, self.phase, self.batch_size = method, phase, batch_size
@@ -103,24 +102,15 @@ class FitTimer:
     def rate(self, steps):
         """images/s of steps 2..``steps`` of one fit: a fit's start (a new iterator refilling the
         shuffle buffer) varied by over a second and dominated 30-step timings."""
-        import time
-
         import keras
 
-        clock = {}
-
-        class StepClock(keras.callbacks.Callback):
-            def on_train_batch_begin(self, batch, logs=None):
-                if batch == 1:
-                    clock["start"] = time.perf_counter()
-
-            def on_train_batch_end(self, batch, logs=None):
-                clock["end"] = time.perf_counter()
-
+        starts, ends = [], []
+        clock = keras.callbacks.LambdaCallback(
+            on_train_batch_begin=lambda batch, logs: starts.append(time.perf_counter()),
+            on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
         self.method.set_phase(self.phase)  # each phase keeps its compiled step: no retracing here
-        self.method.fit(self.dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False,
-                        callbacks=[StepClock()])
-        return (steps - 1) * self.batch_size / (clock["end"] - clock["start"])
+        self.method.fit(self.dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[clock])
+        return (steps - 1) * self.batch_size / (ends[-1] - starts[1])
 
 
 def interleaved_rates(timers, steps, repeats):

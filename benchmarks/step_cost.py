@@ -59,11 +59,11 @@ def main(argv):
     # Every (method, phase) is built and traced first, then all are timed in turns, repeat by repeat:
     # timed one after another, a method's rate depended on when it ran (baseline measured first was
     # slower than self_distill on an idle machine).
-    timers, phase_keys = {}, {}
+    timers, built = {}, {}
     for name in FLAGS.methods:
         config = train.resolve(base, method=name, seed=FLAGS.seed)
         method = common.fresh_method(config, data, FLAGS.seed)
-        phase_keys[name] = (config, method)
+        built[name] = (config, method)
         for phase in sorted({method.epoch_phase(e) for e in range(config.train.epochs)}, key=str):
             timers[(name, phase)] = timer(method, phase)
     if "metadistiller" in FLAGS.methods and "self_distill" in FLAGS.methods:
@@ -78,7 +78,7 @@ def main(argv):
     phases = {key: (statistics.median(r), r, timers[key].first_step_s) for key, r in rates.items()}
     for (name, phase), (rate, _, first) in phases.items():
         print(f"{name:>20} [{phase}]: {rate:8.1f} images/s, first step {first:.1f} s", flush=True)
-    for name, (config, method) in phase_keys.items():
+    for name, (config, method) in built.items():
         if name == "metadistiller":
             m_epochs = config.metadistiller.meta_every_epochs
         # A method's rate over a run: phases weighted by their share of epochs.
