@@ -24,6 +24,7 @@ def test_mirrored_update_equals_single_device():
         assert r["max_diff"] < 1e-4, (method, r)
     md = result["metadistiller"]
     assert md["meta_steps"] == 2
+    assert md["generator_max_update"] > 1e-3, md  # the meta steps really moved the generator
     assert md["generator_max_diff"] < 1e-4, md
     assert result["dml"]["peer_max_diff"] < 1e-4, result["dml"]
 
