@@ -1,5 +1,5 @@
 """MultiWorkerMirroredStrategy on loopback: two worker processes with TF_CONFIG train the same
-self_distill run, end with the same weights (they evaluate the best checkpoint to the same
+baseline run, end with the same weights (they evaluate the best checkpoint to the same
 numbers), only the chief writes, and a run resumed from the chief's checkpoint ends as the
 uninterrupted one."""
 import json
