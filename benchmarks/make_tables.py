@@ -8,6 +8,7 @@ A table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; missi
 leave a "not measured yet" line instead of numbers.
 """
 import json
+import math
 import os
 import re
 import sys
@@ -50,6 +51,9 @@ def run_revisions(r):
 
 def pct(s):
     return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" if s else "–"
+
+
+NUM_CLASSES = {"fashion_mnist": 10, "glyphs": 761}  # the entropy of a uniform target is log(classes)
 
 
 def from_result(name, command):
@@ -427,9 +431,10 @@ def self_boosting_converge_table():
                                   for k in exits_named)
                 last = ", ".join(f"{k.replace('_', ' ')} {sum(c[k][-1] for c in curves) / len(curves):.2f}"
                                  for k in exits_named)
-                entropy_notes.append(f"{label}: mean entropy of the generated soft targets on validation (nats; "
-                                     f"uniform over 10 classes = 2.30), first epoch {first}; last epoch {last} "
-                                     f"({len(curves)} run(s)).")
+                classes = NUM_CLASSES.get(dataset)
+                uniform = f"; uniform over {classes} classes = {math.log(classes):.2f}" if classes else ""
+                entropy_notes.append(f"{label}: mean entropy of the generated soft targets on validation (nats"
+                                     f"{uniform}), first epoch {first}; last epoch {last} ({len(curves)} run(s)).")
         lines.append("")
         lines += [n + "\n" for n in entropy_notes]
         # The paper's ordering with the MetaDistiller variant that is best on validation.
@@ -484,7 +489,7 @@ def metadistiller_targets_table(r):
                          f"{exit_acc} |")
     lines.append("")
     lines.append(f"On {r['runs'][0]['images']} validation images, best checkpoint, inference mode; uniform over "
-                 f"{r['runs'][0]['num_classes']} classes is {__import__('math').log(r['runs'][0]['num_classes']):.2f} "
+                 f"{r['runs'][0]['num_classes']} classes is {math.log(r['runs'][0]['num_classes']):.2f} "
                  f"nats and p = {1 / classes:.{digits}f}. " + provenance(r))
     return "\n".join(lines)
 
