@@ -232,7 +232,8 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
     r = load(name)
     if r is None:
         return ("_Not measured yet: run `python benchmarks/fewshot_table.py --dataset=glyphs --name=" + name +
-                " --tune_trials=12 --override=fewshot.val_way=10000 --override=fewshot.val_episodes=100`._")
+                " --tune_trials=12 --override=fewshot.val_way=10000 --override=fewshot.val_episodes=100` (with the "
+                "backbone overrides above)._")
     methods = r["methods"]
     some = next(iter(methods.values()))["test"] if methods else {}
     cols = [(p, label) for p, label in HEADLINE if p in some]
@@ -240,7 +241,8 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
              f"{', '.join(map(str, r['seeds']))} of each row's tuned config.", "",
              "| | " + " | ".join(label for _, label in cols) + " | seeds |", "|---" * (len(cols) + 2) + "|"]
     if not methods:
-        lines = ["_The seed runs have not finished yet; the tuning so far:_"]
+        lines = ["_The seed runs have not finished yet; the tuning so far:_" if r.get("tuning") else
+                 "_No row has finished its tuning yet._"]
     floor = r.get("floors", {}).get("features_prototypes", {}) if methods else {}
     if floor:
         cells = []
@@ -279,6 +281,12 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
             lines.append(f"| {FEWSHOT_LABELS.get(method, method)} | {len(scores)} | {100 * max(scores):.2f} | "
                          f"{100 * min(scores):.2f} | {values} |")
         lines += ["", "Search spaces: " + "; ".join(f"{m}: `{', '.join(t['space'])}`" for m, t in tuning.items()) + "."]
+    backbone = r.get("backbone", {})
+    if backbone:
+        overrides = ", ".join(r.get("backbone_overrides") or []) or "as is"
+        lines += ["", f"Backbone: `configs/glyphs_fewshot_backbone.py` ({overrides}), best epoch "
+                  f"{backbone['best_epoch']}/{backbone['epochs']} by {backbone['select_metric']}, base-class test "
+                  f"accuracy {100 * backbone['test_base_class_accuracy']:.1f}%."]
     lines += ["", provenance(r)]
     return "\n".join(lines)
 
@@ -554,6 +562,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
           "fewshot_glyphs_tuned": fewshot_tuned_table,
+          "fewshot_glyphs_mid_backbone": lambda: fewshot_tuned_table("fewshot_table_glyphs_mid_backbone"),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
           "step_cost": step_cost_table, "batchnorm_ab": batchnorm_ab_table, "generator_lr": generator_lr_table, "default_job": default_job_table,
