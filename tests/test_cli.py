@@ -114,3 +114,33 @@ def test_user_mistake_is_one_error_line_and_exit_2(results, case):
     assert "Traceback" not in err and "Epoch" not in out
     for path in absent:
         assert not os.path.exists(path), f"{path} was written"
+
+
+def _no_tensorflow(tmp):
+    """A PYTHONPATH entry whose ``tensorflow`` and ``keras`` fail to import: a script that still
+    reports the user's mistake as its one error line checked it before importing them."""
+    for name in ("tensorflow", "keras"):
+        os.makedirs(os.path.join(tmp, name), exist_ok=True)
+        with open(os.path.join(tmp, name, "__init__.py"), "w") as f:
+            f.write(f"raise ImportError('{name} was imported before the request was checked')\n")
+    return tmp
+
+
+@pytest.mark.parametrize("script,args,expected", [
+    ("evaluate", ["--workdir={tmp}/nope"], "has no config.json: not a tfkd run folder"),
+    ("evaluate", ["--workdir={tmp}/nope", "--seed=-1"], "--seed=-1: expected an integer seed"),
+    ("evaluate", ["--workdir={tmp}/nope", "--output={tmp}"], "is a folder; expected a file name"),
+    ("export", ["--workdir={tmp}/nope"], "has no config.json: not a tfkd run folder"),
+    ("export", ["--workdir={tmp}/nope", "--output={tmp}"], "already exists (an earlier export?)"),
+    ("extract_features", ["--workdir={tmp}/nope", "--output={tmp}/features"], "not a tfkd run folder"),
+    ("extract_features", ["--workdir={tmp}/nope", "--output={tmp}/a_file"], "is a file, not a folder"),
+])
+def test_run_folder_scripts_refuse_a_bad_request_before_importing_tensorflow(tmp_path, script, args, expected):
+    tmp = str(tmp_path)
+    open(os.path.join(tmp, "a_file"), "w").close()
+    env = dict(os.environ, PYTHONPATH=_no_tensorflow(os.path.join(tmp, "stubs")))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bin", script), *[a.format(tmp=tmp) for a in args]],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert expected in errors[0], errors[0]

@@ -13,7 +13,7 @@ PACKAGE = os.path.join(REPO, "tfkd")
 # Bottom to top; a module may import its own layer and the layers below. Modules not listed
 # (e.g. a new one) count as top-level: they may import anything, and nothing listed may import them.
 LAYERS = [
-    ("base", ["tfkd", "tfkd.errors", "tfkd.io", "tfkd.registry", "tfkd.losses", "tfkd.distribute",
+    ("base", ["tfkd", "tfkd.errors", "tfkd.io", "tfkd.layout", "tfkd.registry", "tfkd.losses", "tfkd.distribute",
               "tfkd.progress"]),
     ("data/models", ["tfkd.data", "tfkd.models", "tfkd.evaluation"]),
     ("methods", ["tfkd.methods"]),

@@ -16,6 +16,7 @@ import ml_collections
 import tfkd.methods  # noqa: F401  (registers the methods, so their config sections exist)
 import tfkd.models  # noqa: F401  (registers the backbones)
 from tfkd.errors import ConfigError
+from tfkd.io import SEED_LIMIT, check_seed  # noqa: F401  (check_seed is part of this module's API)
 from tfkd.methods import resolve_method_config
 from tfkd.registry import BACKBONES, METHODS
 
@@ -175,17 +176,6 @@ def default_config_json():
 
 
 OUTPUT_METRICS = ("final", "ensemble", "exit_1", "exit_2", "exit_3")
-
-
-# Seeds are offset per ensemble member, split and generator, and some become int32 tensors: the
-# bound leaves room for the offsets (and numpy / Keras refuse negative seeds).
-SEED_LIMIT = 2 ** 30
-
-
-def check_seed(value, name):
-    """Raises ConfigError unless ``value`` is a seed in [0, SEED_LIMIT)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
-        raise ConfigError(f"{name}={value!r}: expected an integer seed in [0, {SEED_LIMIT})")
 
 
 def _seed_fields(node, prefix=""):

@@ -1,4 +1,5 @@
-"""Atomic file writes and run provenance (resolved config, seed, git revision).
+"""Atomic file writes, run provenance (resolved config, seed, git revision), and checks of a
+user-given output path or seed that need no TensorFlow (the bin/ scripts run them first).
 
 Atomic writes give their files and folders the modes of an ordinary ``open``/``mkdir`` under the
 process umask (0644 / 0755 under umask 022), not the owner-only modes of ``tempfile``, so a model
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from tfkd.errors import DiskFullError, WorkdirError
+from tfkd.errors import ConfigError, DiskFullError, WorkdirError
 
 
 def umask():
@@ -201,3 +202,14 @@ def check_output_file(path, flag):
     if os.path.isdir(path):
         raise WorkdirError(f"{flag}={path} is a folder; expected a file name")
     check_output_folder(os.path.dirname(os.path.abspath(path)), flag)
+
+
+# Seeds are offset per ensemble member, split and generator, and some become int32 tensors: the
+# bound leaves room for the offsets (and numpy / Keras refuse negative seeds).
+SEED_LIMIT = 2 ** 30
+
+
+def check_seed(value, name):
+    """Raises ConfigError unless ``value`` is a seed in [0, SEED_LIMIT)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{name}={value!r}: expected an integer seed in [0, {SEED_LIMIT})")

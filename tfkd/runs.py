@@ -1,6 +1,7 @@
 """The run folder (``--workdir``): its layout, provenance files, checkpoints, snapshots, history, and
 rebuilding a run's network or few-shot method from it. Both training drivers, bin/export,
-bin/extract_features, bin/evaluate and teachers read and write run folders only through here.
+bin/extract_features, bin/evaluate and teachers read and write run folders only through here (the
+file names live in tfkd.layout, so the bin/ scripts can check a --workdir before importing TensorFlow).
 
 Layer: above methods, models and config; below export, teachers, extract and the drivers (train,
 train_fewshot, tuning), which it never imports.
@@ -56,28 +57,12 @@ from tfkd import io
 from tfkd.config import config_json, default_config_json
 from tfkd.distribute import is_chief
 from tfkd.errors import ConfigError, WorkdirError
+from tfkd.layout import (BEST, CHECKPOINTS, CONFIG, EVALUATION, EXPORT, HISTORY, LOCK, LOGS,  # noqa: F401
+                         MANIFEST, METADATA_FILE, METRICS, NETWORK, NETWORK_WEIGHTS, RUN_INFO, SNAPSHOTS, STATE,
+                         WEIGHTS, require_run_file)
 from tfkd.methods import build_fewshot_method, build_method, build_optimizer
 from tfkd.models import build_backbone
 from tfkd.registry import METHODS
-
-CONFIG = "config.json"
-RUN_INFO = "run_info.json"
-NETWORK = "network.json"
-CHECKPOINTS = "checkpoints"
-BEST = "best"
-WEIGHTS = "model.weights.h5"
-NETWORK_WEIGHTS = "network.weights.h5"  # the network alone, for export / feature extraction / teachers
-STATE = "state.json"
-MANIFEST = "manifest.json"
-LOCK = "run.lock"
-SNAPSHOTS = "snapshots"
-HISTORY = "history.csv"
-METRICS = "metrics.json"
-EVALUATION = "evaluation.json"
-EXPORT = "export"
-LOGS = "logs"
-# Metadata an export carries beside its SavedModel (method, config, class names, ...).
-METADATA_FILE = os.path.join("assets.extra", "tfkd.json")
 
 
 def best_checkpoint(workdir):
@@ -99,18 +84,12 @@ def write_metrics(workdir, metrics):
 
 def read_config(workdir):
     """The run's resolved config (config.json) as a ConfigDict."""
-    path = os.path.join(workdir, CONFIG)
-    if not os.path.exists(path):
-        raise WorkdirError(f"--workdir={workdir} has no {CONFIG}: not a tfkd run folder")
-    with open(path) as f:
+    with open(require_run_file(workdir, CONFIG)) as f:
         return ml_collections.ConfigDict(json.load(f))
 
 
 def read_network_info(workdir):
-    path = os.path.join(workdir, NETWORK)
-    if not os.path.exists(path):
-        raise WorkdirError(f"--workdir={workdir} has no {NETWORK}: not a tfkd run folder")
-    with open(path) as f:
+    with open(require_run_file(workdir, NETWORK)) as f:
         return json.load(f)
 
 
