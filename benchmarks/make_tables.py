@@ -116,13 +116,16 @@ def step_cost_table(r):
                      + (f"{cycle['meta_step_shared_s'] * 1e3:.1f} ms (every step, the real update sharing the "
                         f"lookahead's inner gradient: `share_inner_gradient=True`), "
                         if cycle.get("meta_step_shared_s") else "")
+                     + (f"{cycle['meta_step_every4_shared_s'] * 1e3:.1f} ms (shared, after every 4th step), "
+                        if cycle.get("meta_step_every4_shared_s") else "")
                      + f"main epoch {cycle['main_step_s'] * 1e3:.1f} ms, self_distill "
                      f"{cycle['self_distill_step_s'] * 1e3:.1f} ms. Wall-clock relative to self_distill (target ≤ 1.3×):\n")
         lines.append("| M | meta epoch | cycle cost vs self_distill |")
         lines.append("| --- | --- | --- |")
         labels = {"meta_every_steps=1": "a meta step after every step",
                   "meta_every_steps=2": "a meta step after every 2nd step",
-                  "share_inner_gradient": "every step a meta step sharing the inner gradient"}
+                  "share_inner_gradient": "every step a meta step sharing the inner gradient",
+                  "meta_every_steps=4,share_inner_gradient": "every 4th step a meta step sharing the inner gradient"}
         for key, ratio in cycle["cycle_ratios"].items():
             m, variant = key.split(",", 1)
             lines.append(f"| {m.split('=')[1]} | {labels.get(variant, variant)} | {ratio:.2f}× |")

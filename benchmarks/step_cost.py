@@ -31,6 +31,9 @@ flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_string("name", "step_cost", "Result file name under benchmarks/results/.")
 FLAGS = flags.FLAGS
+META_VARIANTS = {"metadistiller/2": {"meta_every_steps": 2},
+                 "metadistiller/shared": {"share_inner_gradient": True},
+                 "metadistiller/4shared": {"meta_every_steps": 4, "share_inner_gradient": True}}
 
 
 def time_pipeline(ds, batches, batch_size):
@@ -67,12 +70,12 @@ def main(argv):
         for phase in sorted({method.epoch_phase(e) for e in range(config.train.epochs)}, key=str):
             timers[(name, phase)] = timer(method, phase)
     if "metadistiller" in FLAGS.methods and "self_distill" in FLAGS.methods:
-        # The meta phase again with a meta step after every 2nd main step (meta_every_steps=2), and
-        # with the inner gradient shared by the real update (share_inner_gradient=True).
-        for key, field, value in (("metadistiller/2", "meta_every_steps", 2),
-                                  ("metadistiller/shared", "share_inner_gradient", True)):
+        # The meta phase again with a meta step after every 2nd main step (meta_every_steps=2), with
+        # the inner gradient shared by the real update (share_inner_gradient=True), and both thinned
+        # to every 4th step and shared.
+        for key, knobs in META_VARIANTS.items():
             variant = train.resolve(base, method="metadistiller", seed=FLAGS.seed)
-            variant.metadistiller[field] = value
+            variant.metadistiller.update(knobs)
             timers[(key, "meta")] = timer(common.fresh_method(variant, data, FLAGS.seed), "meta")
     rates = common.interleaved_rates(timers, FLAGS.steps, FLAGS.repeats)
     phases = {key: (statistics.median(r), r, timers[key].first_step_s) for key, r in rates.items()}
@@ -94,13 +97,15 @@ def main(argv):
         cycles = {}
         for m in sorted({m_epochs, 5}):  # the config's M and the paper's M = 5
             for variant, key in (("meta_every_steps=1", "metadistiller"), ("meta_every_steps=2", "metadistiller/2"),
-                                 ("share_inner_gradient", "metadistiller/shared")):
+                                 ("share_inner_gradient", "metadistiller/shared"),
+                                 ("meta_every_steps=4,share_inner_gradient", "metadistiller/4shared")):
                 cycle = step((key, "meta")) + (m - 1) * main_step
                 cycles[f"M={m},{variant}"] = cycle / (m * sd_step)
         results_cycle = {
             "M": m_epochs, "meta_step_s": step(("metadistiller", "meta")),
             "meta_step_every2_s": step(("metadistiller/2", "meta")),
             "meta_step_shared_s": step(("metadistiller/shared", "meta")),
+            "meta_step_every4_shared_s": step(("metadistiller/4shared", "meta")),
             "main_step_s": main_step, "self_distill_step_s": sd_step,
             "cycle_ratio_vs_self_distill": cycles[f"M={m_epochs},meta_every_steps=1"],
             "cycle_ratios": cycles,

@@ -61,6 +61,7 @@ class MetaDistiller(MultiExitMethod):
             "outer_outputs": "all",  # all | final
             # In a meta step, train on the D_train batch with the lookahead's own gradient instead
             # of a separate main step on a batch of D (one forward/backward fewer; see docstring).
+            # With meta_every_steps = n, every n-th update of a meta epoch is such a shared step.
             "share_inner_gradient": False,
         })
 
@@ -71,9 +72,7 @@ class MetaDistiller(MultiExitMethod):
                   (cfg.meta_every_steps >= 1, "meta_every_steps", ">= 1"),
                   (cfg.generator_lr > 0, "generator_lr", "> 0"),
                   (cfg.fusion_channels >= 0, "fusion_channels", ">= 0"),
-                  (cfg.outer_outputs in ("all", "final"), "outer_outputs", "'all' or 'final'"),
-                  (not (cfg.share_inner_gradient and cfg.meta_every_steps != 1), "share_inner_gradient",
-                   "False when meta_every_steps > 1 (every step of a meta epoch is then a meta step)")]
+                  (cfg.outer_outputs in ("all", "final"), "outer_outputs", "'all' or 'final'")]
         for ok, field, expected in checks:
             if not ok:
                 raise ConfigError(f"config.metadistiller.{field}={cfg[field]!r}: expected {expected}")
@@ -263,8 +262,14 @@ class MetaDistiller(MultiExitMethod):
         if not split:
             raise ValueError("a MetaDistiller meta epoch needs batches {'main', 'meta_train', 'meta_test'}: "
                              "build the dataset with tfkd.data.train_dataset(..., meta_split=True)")
-        if self.share_inner_gradient and self.meta_every_steps == 1:
-            logs = self.shared_meta_step(data["meta_train"], data["meta_test"])
+        if self.share_inner_gradient:
+            def shared():
+                return self.shared_meta_step(data["meta_train"], data["meta_test"])
+            if self.meta_every_steps == 1:
+                logs = shared()
+            else:  # the n-th, 2n-th, ... updates are shared meta steps, the others main steps
+                due = tf.equal((self.optimizer.iterations + 1) % self.meta_every_steps, 0)
+                logs = tf.cond(due, shared, lambda: self.main_step(*data["main"]))
             return {**logs, **self.entropy_logs(), "meta_loss": self.meta_loss_tracker.result()}
         logs = {**self.main_step(*data["main"]), **self.entropy_logs()}
         if self.meta_every_steps == 1:
