@@ -143,7 +143,7 @@ def prepare_workdir(workdir, config, overwrite=False, may_contain=()):
         with open(cfg_path) as f:
             old = json.load(f)
         new = config_json(config)
-        diffs = _diff(old, new, defaults=default_config_json())
+        diffs = [] if old == new else _diff(old, new, defaults=default_config_json())
         if diffs:
             raise WorkdirError(f"--workdir={workdir} was started with a different config "
                                f"({'; '.join(diffs[:5])}); use a new --workdir, or --overwrite to discard it")
