@@ -129,6 +129,16 @@ def step_cost_table(r):
         for key, ratio in cycle["cycle_ratios"].items():
             m, variant = key.split(",", 1)
             lines.append(f"| {m.split('=')[1]} | {labels.get(variant, variant)} | {ratio:.2f}× |")
+    ref = r.get("reference")
+    if ref:
+        lines += ["", f"The independent PyTorch reference (`{ref['script']}`, PyTorch {ref['torch']}, "
+                  f"{ref['threads']} threads; the same network, width, input and batch on random inputs, its own "
+                  f"clock around each step), timed in the same rounds. Its MetaDistiller meta-phase step is its "
+                  f"student step plus its meta step, as tfkd's is:", "",
+                  "| step | tfkd images/s | PyTorch images/s | tfkd / PyTorch |", "| --- | --- | --- | --- |"]
+        for key, v in ref["steps"].items():
+            lines.append(f"| {key} | {v['tfkd_images_per_s']:.0f} | {v['reference_images_per_s']:.0f} | "
+                         f"{v['ratio']:.2f}× |")
     lines.append("")
     lines.append(f"Input pipeline alone (tf.data, same augmentation): **{r['pipeline_images_per_s']:.0f} images/s**.")
     lines.append("")
@@ -385,7 +395,7 @@ CONVERGE_VARIANTS = [
     ("self_boosting_converge_generator_lr_0.1", "metadistiller", "MD, generator lr 0.1 (paper's)",
      "metadistiller.generator_lr=0.1"),
     ("self_boosting_converge_meta_every_4_shared", "metadistiller",
-     "MD, a shared meta step every 4th update (1.26× SD's cycle cost)",
+     "MD, a shared meta step every 4th update (cheaper cycle, step-cost table)",
      "metadistiller.meta_every_steps=4, metadistiller.share_inner_gradient=True"),
 ]
 

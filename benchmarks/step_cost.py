@@ -9,10 +9,18 @@ M - 1 main epochs; epochs have equal step counts, so the cycle cost is a weighte
 Each method and training phase: a fresh model, ``--warmup`` steps (tracing), then ``--steps``
 timed steps through ``fit`` (the same train_step users run), repeated ``--repeats`` times; the
 median is reported, with ratios from the same run.
+
+With ``--reference_python`` (a Python that has PyTorch, e.g. /tmp/torchref/bin/python), every
+round also times the independent PyTorch reference (../shared/reference/byot_bench.py: the same
+multi-exit ResNet18, width, input, classes and batch, random inputs, its own clock around each
+step) in fresh processes, so tfkd / PyTorch ratios come from the same rounds.
 """
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,10 +38,45 @@ flags.DEFINE_integer("repeats", 5, "Rounds (every method and phase timed once pe
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_string("name", "step_cost", "Result file name under benchmarks/results/.")
+flags.DEFINE_string("reference_python", "", "A Python with PyTorch: also time the PyTorch reference ('' = skip).")
+flags.DEFINE_string("reference_dir", os.path.join(common.REPO, "..", "shared", "reference"),
+                    "Folder of byot_bench.py.")
+flags.DEFINE_integer("reference_threads", 2, "torch.set_num_threads of the reference.")
 FLAGS = flags.FLAGS
 META_VARIANTS = {"metadistiller/2": {"meta_every_steps": 2},
                  "metadistiller/shared": {"share_inner_gradient": True},
                  "metadistiller/4shared": {"meta_every_steps": 4, "share_inner_gradient": True}}
+
+
+# Reference steps -> the tfkd (method, phase) doing the same work: tfkd's meta-phase step is a main
+# step plus a meta step, the reference times the two separately.
+REFERENCE_STEPS = {("baseline", None): ("baseline", ["baseline"]), ("dsn", None): ("dsn", ["dsn"]),
+                   ("self_distill", None): ("self_distill", ["self_distill"]),
+                   ("metadistiller", "main"): ("meta", ["md_student"]),
+                   ("metadistiller", "meta"): ("meta", ["md_student", "meta_step"])}
+
+
+def reference_round(config, data, steps):
+    """{tfkd (method, phase): the reference's images/s} from one fresh byot_bench.py process per
+    reference method; the medians of its own per-step clock (process start-up excluded)."""
+    script = os.path.join(FLAGS.reference_dir, "byot_bench.py")
+    shape = "x".join(str(d) for d in data.image_shape)
+    medians = {}
+    for method in sorted({m for m, _ in REFERENCE_STEPS.values()}):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "times.jsonl")
+            subprocess.run([FLAGS.reference_python, script, "--method", method, "--width", str(config.model.width),
+                            "--input", shape, "--classes", str(data.num_classes), "--batch", str(FLAGS.batch_size),
+                            "--steps", str(steps), "--warmup", str(FLAGS.warmup),
+                            "--threads", str(FLAGS.reference_threads), "--json", out],
+                           check=True, capture_output=True, text=True)
+            with open(out) as f:
+                for line in f:
+                    record = json.loads(line)
+                    medians[(method, record["step"])] = statistics.median(record["times_ms"]) / 1e3
+                    medians["torch"] = record["torch"]
+    return {key: FLAGS.batch_size / sum(medians[(method, step)] for step in names)
+            for key, (method, names) in REFERENCE_STEPS.items()}, medians["torch"]
 
 
 def time_pipeline(ds, batches, batch_size):
@@ -44,6 +87,21 @@ def time_pipeline(ds, batches, batch_size):
     for _ in range(batches):
         next(it)
     return batches * batch_size / (time.perf_counter() - start)
+
+
+def reference_results(phases, reference_rates, torch_version):
+    """tfkd's and the reference's images/s per step kind, and their ratio (None without a reference)."""
+    if not reference_rates:
+        return None
+    steps = {}
+    for (name, phase), runs in reference_rates.items():
+        if (name, phase) in phases:
+            ours = phases[(name, phase)][0]
+            steps[f"{name} [{phase}]" if phase else name] = {
+                "tfkd_images_per_s": ours, "reference_images_per_s": statistics.median(runs),
+                "reference_runs": runs, "ratio": ours / statistics.median(runs)}
+    return {"torch": torch_version, "threads": FLAGS.reference_threads,
+            "script": "../shared/reference/byot_bench.py", "steps": steps}
 
 
 def main(argv):
@@ -77,7 +135,15 @@ def main(argv):
             variant = train.resolve(base, method="metadistiller", seed=FLAGS.seed)
             variant.metadistiller.update(knobs)
             timers[(key, "meta")] = timer(common.fresh_method(variant, data, FLAGS.seed), "meta")
-    rates = common.interleaved_rates(timers, FLAGS.steps, FLAGS.repeats)
+    rates = {key: [] for key in timers}
+    reference_rates, torch_version = {}, None
+    for _ in range(FLAGS.repeats):  # tfkd and, with --reference_python, the reference: round by round
+        for key, rate in common.interleaved_rates(timers, FLAGS.steps, 1).items():
+            rates[key] += rate
+        if FLAGS.reference_python:
+            round_rates, torch_version = reference_round(base, data, FLAGS.steps)
+            for key, rate in round_rates.items():
+                reference_rates.setdefault(key, []).append(rate)
     phases = {key: (statistics.median(r), r, timers[key].first_step_s) for key, r in rates.items()}
     for (name, phase), (rate, _, first) in phases.items():
         print(f"{name:>20} [{phase}]: {rate:8.1f} images/s, first step {first:.1f} s", flush=True)
@@ -126,6 +192,7 @@ def main(argv):
         "interleaved": True, "methods": results,
         "metadistiller_cycle": results_cycle,
         "pipeline_images_per_s": pipeline, "pipeline_runs": pipeline_rates,
+        "reference": reference_results(phases, reference_rates, torch_version),
     })
 
 
