@@ -125,7 +125,7 @@ def main():
         phase = "meta" if name == "metadistiller" else None
         elements = batches(meta=phase == "meta")
         initial = [w.copy() for w in single.get_weights()]
-        initial_generator = [v.numpy() for v in getattr(single, "generator", keras.Model()).trainable_variables]
+        initial_generator = [v.numpy() for v in single.generator.trainable_variables] if phase == "meta" else []
         for model in (multi, single):
             model.set_phase(phase)
             model.fit(dataset(elements), epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
