@@ -50,7 +50,10 @@ def run_revisions(r):
 
 
 def pct(s):
-    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" if s else "–"
+    """mean ± std (%) of a summary; one value has no std to show."""
+    if not s:
+        return "–"
+    return f"{100 * s['mean']:.2f}" if s.get("n") == 1 else f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
 
 
 NUM_CLASSES = {"fashion_mnist": 10, "glyphs": 761}  # the entropy of a uniform target is log(classes)
@@ -250,8 +253,8 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
     methods = r["methods"]
     some = next(iter(methods.values()))["test"] if methods else {}
     cols = [(p, label) for p, label in HEADLINE if p in some]
-    lines = [f"Novel alphabets (165 letters), test accuracy (%), mean ± std over meta-training seeds "
-             f"{', '.join(map(str, r['seeds']))} of each row's tuned config.", "",
+    lines = [f"Novel alphabets (165 letters), test accuracy (%), mean ± std over the meta-training seeds "
+             f"of each row's tuned config (last column; a single seed shows its value alone).", "",
              "| | " + " | ".join(label for _, label in cols) + " | seeds |", "|---" * (len(cols) + 2) + "|"]
     if not methods:
         lines = ["_The seed runs have not finished yet; the tuning so far:_" if r.get("tuning") else
@@ -268,7 +271,7 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
         lines.append(f"| {FEWSHOT_LABELS['features_prototypes']} | " + " | ".join(cells) + " | – |")
     for method, e in methods.items():
         lines.append(f"| {FEWSHOT_LABELS.get(method, method)} | " + " | ".join(
-            f"{100 * e['test'][p]['mean']:.2f} ± {100 * e['test'][p]['std']:.2f}" for p, _ in cols) +
+            pct(e['test'][p]) for p, _ in cols) +
             f" | {', '.join(str(run['seed']) for run in e['runs'])} |")
     steps = r.get("paired_steps", {})
     paired_cols = [(p, label) for p, label in cols if any(p in d for d in steps.values())]
@@ -409,9 +412,6 @@ def self_boosting_converge_table():
     """The convergent-regime table: every exit, the ensemble, validation, best epoch and wall time
     per run; tuned variants (CONVERGE_VARIANTS) as extra rows, the one used for the paper's
     ordering chosen on validation."""
-    def pct(s):  # one seed has no spread to show
-        return "–" if not s else f"{100 * s['mean']:.2f}" if s["n"] == 1 else f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
-
     r = load("self_boosting_converge")
     if r is None:
         return "_Not measured yet: run `python benchmarks/self_boosting_table.py --regime=converge`._"

@@ -43,9 +43,11 @@ flags.DEFINE_string("reference_dir", os.path.join(common.REPO, "..", "shared", "
                     "Folder of byot_bench.py.")
 flags.DEFINE_integer("reference_threads", 2, "torch.set_num_threads of the reference.")
 FLAGS = flags.FLAGS
-META_VARIANTS = {"metadistiller/2": {"meta_every_steps": 2},
-                 "metadistiller/shared": {"share_inner_gradient": True},
-                 "metadistiller/4shared": {"meta_every_steps": 4, "share_inner_gradient": True}}
+# The meta phase again with other knobs: (timer key, label in the cycle table, metadistiller knobs).
+META_VARIANTS = (("metadistiller/2", "meta_every_steps=2", {"meta_every_steps": 2}),
+                 ("metadistiller/shared", "share_inner_gradient", {"share_inner_gradient": True}),
+                 ("metadistiller/4shared", "meta_every_steps=4,share_inner_gradient",
+                  {"meta_every_steps": 4, "share_inner_gradient": True}))
 
 
 # Reference steps -> the tfkd (method, phase) doing the same work: tfkd's meta-phase step is a main
@@ -61,7 +63,7 @@ def reference_round(config, data, steps):
     reference method; the medians of its own per-step clock (process start-up excluded)."""
     script = os.path.join(FLAGS.reference_dir, "byot_bench.py")
     shape = "x".join(str(d) for d in data.image_shape)
-    medians = {}
+    medians, torch_version = {}, None
     for method in sorted({m for m, _ in REFERENCE_STEPS.values()}):
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "times.jsonl")
@@ -74,9 +76,9 @@ def reference_round(config, data, steps):
                 for line in f:
                     record = json.loads(line)
                     medians[(method, record["step"])] = statistics.median(record["times_ms"]) / 1e3
-                    medians["torch"] = record["torch"]
+                    torch_version = record["torch"]
     return {key: FLAGS.batch_size / sum(medians[(method, step)] for step in names)
-            for key, (method, names) in REFERENCE_STEPS.items()}, medians["torch"]
+            for key, (method, names) in REFERENCE_STEPS.items()}, torch_version
 
 
 def time_pipeline(ds, batches, batch_size):
@@ -128,10 +130,8 @@ def main(argv):
         for phase in sorted({method.epoch_phase(e) for e in range(config.train.epochs)}, key=str):
             timers[(name, phase)] = timer(method, phase)
     if "metadistiller" in FLAGS.methods and "self_distill" in FLAGS.methods:
-        # The meta phase again with a meta step after every 2nd main step (meta_every_steps=2), with
-        # the inner gradient shared by the real update (share_inner_gradient=True), and both thinned
-        # to every 4th step and shared.
-        for key, knobs in META_VARIANTS.items():
+        # The meta phase again with each of META_VARIANTS' knobs.
+        for key, _, knobs in META_VARIANTS:
             variant = train.resolve(base, method="metadistiller", seed=FLAGS.seed)
             variant.metadistiller.update(knobs)
             timers[(key, "meta")] = timer(common.fresh_method(variant, data, FLAGS.seed), "meta")
@@ -162,9 +162,7 @@ def main(argv):
         sd_step, main_step = step(("self_distill", None)), step(("metadistiller", "main"))
         cycles = {}
         for m in sorted({m_epochs, 5}):  # the config's M and the paper's M = 5
-            for variant, key in (("meta_every_steps=1", "metadistiller"), ("meta_every_steps=2", "metadistiller/2"),
-                                 ("share_inner_gradient", "metadistiller/shared"),
-                                 ("meta_every_steps=4,share_inner_gradient", "metadistiller/4shared")):
+            for key, variant in [("metadistiller", "meta_every_steps=1")] + [v[:2] for v in META_VARIANTS]:
                 cycle = step((key, "meta")) + (m - 1) * main_step
                 cycles[f"M={m},{variant}"] = cycle / (m * sd_step)
         results_cycle = {

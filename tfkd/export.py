@@ -289,8 +289,7 @@ class FewShotPredictorModule(tf.Module):
 
 def export_fewshot_predictor(workdir, path, metadata=None):
     """SavedModel few-shot predictor of a finished few-shot run or ensemble (see FewShotPredictorModule)."""
-    with open(os.path.join(workdir, "network.json")) as f:
-        network = json.load(f)
+    network = runs.read_network_info(workdir)
     member_dirs = [os.path.join(workdir, m) for m in network.get("ensemble_members", [])] or [workdir]
     snapshots = runs.snapshot_dirs(member_dirs[0])  # the intact ones, {k_train: folder}
     variants, config = [], None
@@ -310,7 +309,7 @@ def export_fewshot_predictor(workdir, path, metadata=None):
     if os.path.exists(features_meta):
         with open(features_meta) as f:
             source = json.load(f)
-        if os.path.exists(os.path.join(source.get("workdir", ""), "network.json")):
+        if os.path.exists(os.path.join(source.get("workdir", ""), runs.NETWORK)):
             backbone, _, _, _ = restore_network(source["workdir"], source["checkpoint"])
             backbone_dir = source["workdir"]
             if int(backbone.embed(tf.zeros((1,) + tuple(backbone.image_shape))).shape[-1]) != network["feature_dim"]:
