@@ -326,6 +326,19 @@ def batchnorm_ab_table(r):
     return "\n".join(lines)
 
 
+@from_result("first_step", "python benchmarks/first_step.py")
+def first_step_table(r):
+    """Where each step's first call goes: tracing train_step, then the rest (benchmarks/first_step.py)."""
+    lines = [f"`{r['config_file']}`, global batch {r['batch_size']}; each step in a fresh process, through the "
+             f"train function `fit` calls; steady step: median of {r['steps']} later calls.", "",
+             "| method [phase] | first call | of which tracing `train_step` | rest (graph optimisation, "
+             "kernel set-up, one step) | steady step | graph ops |", "| --- | --- | --- | --- | --- | --- |"]
+    for label, m in r["steps_measured"].items():
+        lines.append(f"| {label} | {m['first_call_s']:.1f} s | {m['trace_s']:.1f} s | {m['rest_of_first_call_s']:.1f} s"
+                     f" | {1000 * m['step_s']:.0f} ms | {m['graph_ops']} |")
+    return "\n".join(lines + ["", provenance(r)])
+
+
 TS_LABELS = {"baseline": "student alone (baseline)", "kd": "KD (Hinton)", "fitnet": "FitNet", "at": "AT",
              "dml": "DML (two students, no teacher)", "metadistiller": "MetaDistiller (no teacher)"}
 
@@ -581,7 +594,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs_mid_backbone": lambda: fewshot_tuned_table("fewshot_table_glyphs_mid_backbone"),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
-          "step_cost": step_cost_table, "batchnorm_ab": batchnorm_ab_table, "generator_lr": generator_lr_table, "default_job": default_job_table,
+          "step_cost": step_cost_table, "first_step": first_step_table, "batchnorm_ab": batchnorm_ab_table, "generator_lr": generator_lr_table, "default_job": default_job_table,
           "metadistiller_targets": targets_fashion_mnist_table,
           "metadistiller_targets_glyphs": targets_glyphs_table, "test_suite": test_suite_table,
           "serving": serving_table, "reference_targets": reference_targets_table}

@@ -28,10 +28,7 @@ def _fit_step(step):
       (1 / 2 / 4 perfect batches reported accuracy 0.5 / 0.667 / 0.8).
     * Keras 3 reduces step logs across MultiWorkerMirroredStrategy workers with
       ``reduce("MEAN", v, axis=0)``, which fails on scalars (tensorflow/tensorflow#72388): there,
-      logs become shape-(1,) tensors, whose mean over workers along axis 0 is the usual scalar.
-    * Not converted by AutoGraph: steps branch with tf.cond where they must, and converting every
-      function a step calls (backbone, generator, losses) lengthened the first step's tracing."""
-    @tf.autograph.experimental.do_not_convert
+      logs become shape-(1,) tensors, whose mean over workers along axis 0 is the usual scalar."""
     def wrapper(self, data):
         with tf.control_dependencies([t for t in tf.nest.flatten(data) if isinstance(t, tf.Tensor)]):
             logs = step(self, data)

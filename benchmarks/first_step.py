@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Where a training step's first-call time goes, per method and phase: Python tracing of the
+method's ``train_step`` into a graph, then the rest of the first call of Keras' train function
+(its own wrapper's tracing, TensorFlow's graph optimisation and kernel set-up, one step),
+against the step's steady time.
+
+    python benchmarks/first_step.py [--config=configs/fashion_mnist_resnet18.py] [--batch_size=128]
+
+Each (method, phase) runs in a fresh process, as a user's run does (nothing traced or
+optimised before), through the function ``fit`` calls (``make_train_function``) on a dataset
+iterator. ``benchmarks/step_cost.py`` records the whole first ``fit`` step (this plus fit's
+own start-up: callbacks, the epoch iterator).
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app, flags  # noqa: E402
+
+import common  # noqa: E402
+
+flags.DEFINE_string("config", os.path.join(common.REPO, "configs", "fashion_mnist_resnet18.py"), "Config file.")
+flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+flags.DEFINE_integer("steps", 5, "Steady calls timed after the first (median reported).")
+flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_string("name", "first_step", "Result file name under benchmarks/results/.")
+flags.DEFINE_string("only", "", "Internal: measure one 'label' of STEPS in this process, print JSON.")
+FLAGS = flags.FLAGS
+
+# label -> (method, phase, metadistiller knobs)
+STEPS = {"baseline": ("baseline", None, {}), "dsn": ("dsn", None, {}), "self_distill": ("self_distill", None, {}),
+         "metadistiller [main]": ("metadistiller", "main", {}),
+         "metadistiller [meta]": ("metadistiller", "meta", {}),
+         "metadistiller [meta, shared]": ("metadistiller", "meta", {"share_inner_gradient": True})}
+
+
+def measure(label):
+    import tensorflow as tf
+
+    from tfkd import data as data_lib
+    from tfkd import train
+
+    method_name, phase, knobs = STEPS[label]
+    base, data = common.timing_setup(FLAGS.config, FLAGS.batch_size)
+    config = train.resolve(base, method=method_name, seed=FLAGS.seed)
+    if knobs:
+        config.metadistiller.update(knobs)
+    method = common.fresh_method(config, data, FLAGS.seed)
+    method.set_phase(phase)
+    batches = iter(data_lib.train_dataset(data, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+                                          augment=base.data.augment,
+                                          meta_split=method.phase_needs_meta_split(phase)))
+    traces = []
+    train_step = method.train_step
+
+    def timed_train_step(data):  # runs only while Keras traces the step: times that tracing
+        graph, start = tf.compat.v1.get_default_graph(), time.perf_counter()
+        ops_before = len(graph.get_operations())
+        logs = train_step(data)
+        traces.append((time.perf_counter() - start, len(graph.get_operations()) - ops_before))
+        return logs
+
+    method.train_step = timed_train_step
+    method.make_train_function(force=True)
+    start = time.perf_counter()
+    tf.nest.map_structure(lambda t: t.numpy(), method.train_function(batches))
+    first_call_s = time.perf_counter() - start
+    times = []
+    for _ in range(FLAGS.steps):
+        start = time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), method.train_function(batches))
+        times.append(time.perf_counter() - start)
+    (trace_s, graph_ops), = traces  # traced once
+    return {"trace_s": trace_s, "first_call_s": first_call_s, "rest_of_first_call_s": first_call_s - trace_s,
+            "step_s": statistics.median(times), "graph_ops": graph_ops}
+
+
+def main(argv):
+    del argv
+    if FLAGS.only:
+        print("RESULT " + json.dumps(measure(FLAGS.only)), flush=True)
+        return
+    results = {}
+    for label in STEPS:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--only={label}",
+                              f"--config={FLAGS.config}", f"--batch_size={FLAGS.batch_size}",
+                              f"--steps={FLAGS.steps}", f"--seed={FLAGS.seed}"],
+                             check=True, capture_output=True, text=True).stdout
+        results[label] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+        r = results[label]
+        print(f"{label:>30}: first call {r['first_call_s']:5.1f} s (tracing train_step {r['trace_s']:4.1f} s), "
+              f"step {1000 * r['step_s']:6.0f} ms, {r['graph_ops']} graph ops", flush=True)
+    common.write_result(FLAGS.name, {
+        "benchmark": "first_step", "config_file": os.path.relpath(FLAGS.config, common.REPO),
+        "batch_size": FLAGS.batch_size, "seed": FLAGS.seed, "steps": FLAGS.steps, "fresh_process_each": True,
+        "steps_measured": results})
+
+
+if __name__ == "__main__":
+    app.run(main)
