@@ -14,7 +14,10 @@ With --tune_trials=N, step 3 is preceded, for every row, by a bin/tune random se
 (the same budget for every row) over the row's space in TUNE_SPACES, selected on validation-class
 episodes only (--override=fewshot.val_way=10000 selects on the all-way protocol) with a tuning
 seed apart from the reported ones; the seed runs then train the best config. An ensemble row
-reuses the tuned config of its single-model row. The trials never see the novel classes.
+reuses the tuned config of its single-model row. The trials never see the novel classes. A
+search already in the committed results file (same space, trial count, tuning seed and
+--override) is not run again on a new machine: its best values become the row's config
+(``reused_search`` in the JSON), and only the backbone, features and seed runs are redone.
 Floors on the same seeded novel episodes: 1-NN on raw pixels, and cosine prototypes on the
 backbone features with nothing meta-trained. Paired differences (method - cosine) are computed
 episode by episode, since every method sees the same episodes. Results:
@@ -143,6 +146,14 @@ def tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous):
            f"--config.tune.space={space!r}"]
     cmd += [f"--config.{o}" for o in row_overrides + FLAGS.override]
     best_config = os.path.join(workdir, "best_config.py")
+    committed = previous.get("tuning", {}).get(method)
+    if (not os.path.exists(best_config) and committed and committed.get("space") == list(space)
+            and len(committed.get("trials", [])) == FLAGS.tune_trials
+            and previous.get("tune_seed") == FLAGS.tune_seed and previous.get("overrides") == FLAGS.override):
+        write_reused_config(best_config, fewshot_cfg_file, committed["best"]["values"])
+        reused = {k: committed[k] for k in ("command", "seconds", "space", "trials", "best")}
+        return {**reused, "best_config": best_config,
+                "reused_search": {"git_revision": previous.get("git_revision"), "date_utc": previous.get("date_utc")}}
     seconds, pretty = run_command(cmd, best_config, workdir + ".log")
     if seconds is None:
         seconds = previous.get("tuning", {}).get(method, {}).get("seconds")
@@ -157,6 +168,23 @@ def tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous):
     best = max(trials, key=lambda t: t["val_accuracy"])
     return {"command": pretty, "seconds": seconds, "space": list(space), "trials": trials, "best": best,
             "best_config": best_config}
+
+
+def write_reused_config(path, fewshot_cfg_file, values):
+    """A config file: ``fewshot_cfg_file`` with a committed search's best values applied the way
+    bin/tune applies them (the seed runs add the row's and --override's flags, as for bin/tune's
+    own best_config.py)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    text = (f'"""Written by benchmarks/fewshot_table.py: the best values of a committed bin/tune search."""\n'
+            f"import importlib.util\n\nfrom tfkd import tuning\n\n\n"
+            f"def get_config():\n"
+            f"    spec = importlib.util.spec_from_file_location('fewshot_base', {fewshot_cfg_file!r})\n"
+            f"    module = importlib.util.module_from_spec(spec)\n"
+            f"    spec.loader.exec_module(module)\n"
+            f"    return tuning.apply_values(module.get_config(), {values!r})\n")
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def paired(a, b):
