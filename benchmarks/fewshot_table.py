@@ -174,6 +174,8 @@ def write_reused_config(path, fewshot_cfg_file, values):
     """A config file: ``fewshot_cfg_file`` with a committed search's best values applied the way
     bin/tune applies them (the seed runs add the row's and --override's flags, as for bin/tune's
     own best_config.py)."""
+    from tfkd import io
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
     text = (f'"""Written by benchmarks/fewshot_table.py: the best values of a committed bin/tune search."""\n'
             f"import importlib.util\n\nfrom tfkd import tuning\n\n\n"
@@ -182,9 +184,7 @@ def write_reused_config(path, fewshot_cfg_file, values):
             f"    module = importlib.util.module_from_spec(spec)\n"
             f"    spec.loader.exec_module(module)\n"
             f"    return tuning.apply_values(module.get_config(), {values!r})\n")
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    io.write_text_atomic(path, text)
 
 
 def paired(a, b):
