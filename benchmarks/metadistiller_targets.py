@@ -2,7 +2,7 @@
 """What MetaDistiller's label generator teaches: for finished MetaDistiller runs, how accurate and
 how soft the generated targets T_k are on validation images, next to the exits they supervise.
 
-    python benchmarks/metadistiller_targets.py --workdir=RUN [--workdir=RUN2 ...] [--images=2000]
+    python benchmarks/metadistiller_targets.py --workdir=RUN [--workdir=RUN2 ...] [--images=2000] [--add]
 
 For each run (best checkpoint, inference mode) and each of the final output and T_1..T_{K-1}:
 mean entropy (nats), argmax accuracy, mean probability of the true class, and the spread of the
@@ -21,6 +21,8 @@ import common  # noqa: E402
 flags.DEFINE_multi_string("workdir", [], "Finished MetaDistiller run folders.")
 flags.DEFINE_integer("images", 2000, "Validation images used (the first ones of the split).")
 flags.DEFINE_string("name", "metadistiller_targets", "Result file name under benchmarks/results/.")
+flags.DEFINE_bool("add", False, "Keep the runs already in the results file (other workdirs, measured "
+                  "earlier, maybe on another machine) and add these.")
 FLAGS = flags.FLAGS
 
 
@@ -35,7 +37,15 @@ def main(argv):
 
     if not FLAGS.workdir:
         raise app.UsageError("give at least one --workdir")
-    results = []
+    results, earlier_commands = [], []
+    if FLAGS.add:
+        try:
+            previous = common.read_result(FLAGS.name)
+        except FileNotFoundError:
+            previous = {"runs": []}
+        results = [r for r in previous["runs"] if r["workdir"] not in FLAGS.workdir]
+        earlier_commands = previous.get("earlier_commands", []) + [
+            {k: previous[k] for k in ("command", "date_utc", "git_revision") if k in previous}] if results else []
     for workdir in FLAGS.workdir:
         method, _ = visualize.restore_metadistiller(workdir)
         config = runs.read_config(workdir)
@@ -64,7 +74,8 @@ def main(argv):
         print(workdir)
         for name, h in heads.items():
             print(f"  {name:>7}: " + ", ".join(f"{k} {v:.3f}" for k, v in h.items()), flush=True)
-    common.write_result(FLAGS.name, {"benchmark": "metadistiller_targets", "runs": results})
+    common.write_result(FLAGS.name, {"benchmark": "metadistiller_targets", "runs": results,
+                                     **({"earlier_commands": earlier_commands} if earlier_commands else {})})
 
 
 if __name__ == "__main__":
