@@ -28,7 +28,7 @@ PYTEST = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadfile", "--du
 
 
 def parse(text):
-    summary = re.findall(r"=+ (.*?) in ([\d.]+)s", text)
+    summary = re.findall(r"^(?:=+ )?(\d+ (?:passed|failed|skipped|errors?).*?) in ([\d.]+)s", text, flags=re.M)  # -q: no "="
     if not summary:
         raise ValueError("no pytest summary line found")
     counts_text, seconds = summary[-1]
