@@ -44,8 +44,9 @@ def main(argv):
         except FileNotFoundError:
             previous = {"runs": []}
         results = [r for r in previous["runs"] if r["workdir"] not in FLAGS.workdir]
-        earlier_commands = previous.get("earlier_commands", []) + [
-            {k: previous[k] for k in ("command", "date_utc", "git_revision") if k in previous}] if results else []
+        if results:  # the kept runs' provenance: the commands that measured them
+            earlier_commands = previous.get("earlier_commands", []) + [
+                {k: previous[k] for k in ("command", "date_utc", "git_revision") if k in previous}]
     for workdir in FLAGS.workdir:
         method, _ = visualize.restore_metadistiller(workdir)
         config = runs.read_config(workdir)
