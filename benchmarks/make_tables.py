@@ -587,6 +587,54 @@ def reference_targets_table():
     return "\n".join(lines)
 
 
+def _exits(s_of):
+    return " / ".join(f"{100 * s_of(k)['mean']:.1f}" if s_of(k) else "–" for k in ("exit_1", "exit_2", "exit_3"))
+
+
+def reference_converge_table():
+    """tfkd's convergent Fashion-MNIST rows next to the PyTorch reference trained at the same config's
+    regime (benchmarks/reference_table.py): tells "no effect at this scale" from "tfkd differs"."""
+    ours, ref = load("self_boosting_converge"), load("reference_converge")
+    if ours is None or ref is None or not ref["methods"]:
+        return ("_Not measured yet: run `python benchmarks/reference_table.py "
+                "--reference_python=/tmp/torchref/bin/python`._")
+    dataset = "fashion_mnist"
+    d = ours["datasets"][dataset]
+    if d["config_file"] != ref["config_file"]:
+        return f"_The reference ran {ref['config_file']}, tfkd's table {d['config_file']}: not comparable._"
+    tfkd_methods, ref_methods = d["methods"], ref["methods"]
+
+    def over_baseline(methods, name, mean_of):
+        if name == "baseline" or "baseline" not in methods:
+            return "–"
+        return f"{100 * (mean_of(methods[name]) - mean_of(methods['baseline'])):+.2f}"
+
+    lines = ["| method | tfkd final exit | PyTorch final exit | tfkd − baseline | PyTorch − baseline | "
+             "tfkd exits 1 / 2 / 3 | PyTorch exits 1 / 2 / 3 | PyTorch best epochs | PyTorch wall time per run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in ("baseline", "dsn", "self_distill", "metadistiller"):
+        t, p = tfkd_methods.get(name), ref_methods.get(name)
+        if not p:
+            continue
+        t_exits = _exits(lambda k: t.get(k)) if t and name != "baseline" else "–"
+        p_exits = _exits(lambda k: p.get(k)) if name != "baseline" else "–"
+        best = ", ".join(str(run["best_epoch"] + 1) for run in p["runs"])  # the reference counts from 0
+        lines.append(f"| {METHOD_LABELS[name]} | {pct(t.get('final')) if t else '–'} (n={t['final']['n'] if t else 0}) | "
+                     f"{pct(p['final'])} (n={p['final']['n']}) | "
+                     f"{over_baseline(tfkd_methods, name, lambda e: e['final']['mean'])} | "
+                     f"{over_baseline(ref_methods, name, lambda e: e['final']['mean'])} | {t_exits} | {p_exits} | "
+                     f"{best} | {p['seconds']['mean'] / 60:.0f} min |")
+    lines.append("")
+    lines.append(f"Both from `{ref['config_file']}`; the reference's flags, read from that file by the benchmark: "
+                 f"`{' '.join(ref['reference_args'])}`, {ref['threads']} PyTorch thread(s) per run. Test accuracy %, "
+                 "mean ± std over each implementation's seeds; the differences to the baseline are within one "
+                 "implementation. The two draw different subsets and augmentations, so single runs are not paired.")
+    lines.append("")
+    lines.append(f"PyTorch reference ({ref['torch']}, `../shared/reference/byot_train.py`, sha256 "
+                 f"{ref['reference_sha256'][:12]}): " + provenance(ref))
+    return "\n".join(lines)
+
+
 TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
@@ -597,7 +645,8 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "step_cost": step_cost_table, "first_step": first_step_table, "batchnorm_ab": batchnorm_ab_table, "generator_lr": generator_lr_table, "default_job": default_job_table,
           "metadistiller_targets": targets_fashion_mnist_table,
           "metadistiller_targets_glyphs": targets_glyphs_table, "test_suite": test_suite_table,
-          "serving": serving_table, "reference_targets": reference_targets_table}
+          "serving": serving_table, "reference_targets": reference_targets_table,
+          "reference_converge": reference_converge_table}
 
 
 def render(text):
