@@ -13,6 +13,7 @@ from tests.conftest import REPO, SUBPROCESS_TIMEOUT
 TINY_FLAGS = [
     "--config.data.max_train_examples=1500",
     "--config.data.max_eval_examples=300",
+    "--config.model.arch=resnet10",  # ResNet18's stages and exits, half its blocks: what these tests check is bin/train
     "--config.model.width=0.125",
     "--config.train.batch_size=64",
     "--config.train.learning_rate=0.1",
