@@ -132,3 +132,20 @@ def time_fit(method, data, phase, *, batch_size, augment, seed, warmup, steps, r
     if with_first_step:
         return statistics.median(rates), rates, timer.first_step_s
     return statistics.median(rates), rates
+
+
+def write_reused_config(path, fewshot_cfg_file, values):
+    """A config file: ``fewshot_cfg_file`` with a committed search's best values applied the way
+    bin/tune applies them (the seed runs add the row's and --override's flags, as for bin/tune's
+    own best_config.py)."""
+    from tfkd import io
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    text = (f'"""Written by a tfkd benchmark: the best values of a committed bin/tune search."""\n'
+            f"import importlib.util\n\nfrom tfkd import tuning\n\n\n"
+            f"def get_config():\n"
+            f"    spec = importlib.util.spec_from_file_location('fewshot_base', {fewshot_cfg_file!r})\n"
+            f"    module = importlib.util.module_from_spec(spec)\n"
+            f"    spec.loader.exec_module(module)\n"
+            f"    return tuning.apply_values(module.get_config(), {values!r})\n")
+    io.write_text_atomic(path, text)

@@ -150,7 +150,7 @@ def tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous):
     if (not os.path.exists(best_config) and committed and committed.get("space") == list(space)
             and len(committed.get("trials", [])) == FLAGS.tune_trials
             and previous.get("tune_seed") == FLAGS.tune_seed and previous.get("overrides") == FLAGS.override):
-        write_reused_config(best_config, fewshot_cfg_file, committed["best"]["values"])
+        common.write_reused_config(best_config, fewshot_cfg_file, committed["best"]["values"])
         reused = {k: committed[k] for k in ("command", "seconds", "space", "trials", "best")}
         return {**reused, "best_config": best_config,
                 "reused_search": {"git_revision": previous.get("git_revision"), "date_utc": previous.get("date_utc")}}
@@ -168,23 +168,6 @@ def tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous):
     best = max(trials, key=lambda t: t["val_accuracy"])
     return {"command": pretty, "seconds": seconds, "space": list(space), "trials": trials, "best": best,
             "best_config": best_config}
-
-
-def write_reused_config(path, fewshot_cfg_file, values):
-    """A config file: ``fewshot_cfg_file`` with a committed search's best values applied the way
-    bin/tune applies them (the seed runs add the row's and --override's flags, as for bin/tune's
-    own best_config.py)."""
-    from tfkd import io
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    text = (f'"""Written by benchmarks/fewshot_table.py: the best values of a committed bin/tune search."""\n'
-            f"import importlib.util\n\nfrom tfkd import tuning\n\n\n"
-            f"def get_config():\n"
-            f"    spec = importlib.util.spec_from_file_location('fewshot_base', {fewshot_cfg_file!r})\n"
-            f"    module = importlib.util.module_from_spec(spec)\n"
-            f"    spec.loader.exec_module(module)\n"
-            f"    return tuning.apply_values(module.get_config(), {values!r})\n")
-    io.write_text_atomic(path, text)
 
 
 def paired(a, b):
