@@ -3,7 +3,7 @@
 knob of a committed search's best config, scored on validation-class episodes only.
 
     python benchmarks/fewshot_gamma_sweep.py [--table=fewshot_table_glyphs_mid_backbone]
-        [--runs_dir=/tmp/tfkd_fs_mid] [--gammas=0,0.05,0.2,2] [--seeds=100,101]
+        [--runs_dir=/tmp/tfkd_fs_mid] [--gammas=0,0.05,0.2,2] [--seeds=100,101] [--from_search=dist|gen]
 
 Why: a bin/tune search of ``dist`` whose best gamma sits at its range's floor says "less teacher is
 better" without saying how little. gamma = 0 leaves only the student's cross-entropy on real and
@@ -31,6 +31,8 @@ flags.DEFINE_string("table", "fewshot_table_glyphs_mid_backbone", "Committed few
                     "give the configs (benchmarks/results/<table>.json).")
 flags.DEFINE_string("runs_dir", "/tmp/tfkd_fs_mid", "The --runs_dir that table was built with (its features).")
 flags.DEFINE_list("gammas", ["0", "0.05", "0.2", "2"], "Values of dist.gamma (the searched best is always added).")
+flags.DEFINE_enum("from_search", "dist", ["dist", "gen"], "Whose searched best values dist starts from: dist's "
+                  "own search, or gen's (the student's knobs gen found best; the teacher's term added on top).")
 flags.DEFINE_list("seeds", ["100", "101"], "Meta-training seeds (kept apart from the table's reported seeds).")
 flags.DEFINE_integer("threads", 0, "TF intra/inter-op threads per run (0 = TensorFlow's default).")
 flags.DEFINE_string("name", "", "Result file name (default <table>_gamma_sweep).")
@@ -39,9 +41,9 @@ FLAGS = flags.FLAGS
 
 def check_request(table):
     """Every bad request fails here, before any training."""
-    if "dist" not in table.get("tuning", {}):
-        raise app.UsageError(f"benchmarks/results/{FLAGS.table}.json has no tuned dist row; expected a table "
-                             "built with --tune_trials and dist among its --methods")
+    if FLAGS.from_search not in table.get("tuning", {}):
+        raise app.UsageError(f"benchmarks/results/{FLAGS.table}.json has no tuned {FLAGS.from_search} row; expected "
+                             f"a table built with --tune_trials and {FLAGS.from_search} among its --methods")
     features = os.path.join(FLAGS.runs_dir, table["dataset"], "features")
     if not os.path.exists(os.path.join(features, "features.json")):
         raise app.UsageError(f"{features} holds no extracted features; run benchmarks/fewshot_table.py "
@@ -96,27 +98,32 @@ def main(argv):
     del argv
     table = common.read_result(FLAGS.table)
     features, gammas, seeds = check_request(table)
-    name = FLAGS.name or f"{FLAGS.table}_gamma_sweep"
-    root = os.path.join(FLAGS.runs_dir, table["dataset"], "gamma_sweep")
+    suffix = "" if FLAGS.from_search == "dist" else f"_from_{FLAGS.from_search}"
+    name = FLAGS.name or f"{FLAGS.table}_gamma_sweep{suffix}"
+    root = os.path.join(FLAGS.runs_dir, table["dataset"], "gamma_sweep" + suffix)
     fewshot_cfg = os.path.join(common.REPO, table["fewshot_config"])
     overrides = [f"--config.{o}" for o in table["overrides"]]  # the table's selection protocol
     try:
         results = common.read_result(name)
     except FileNotFoundError:
         results = {"benchmark": "fewshot_gamma_sweep", "gammas": {}, "gen": {"runs": []}}
-    base = table["tuning"]["dist"]["best"]["values"]
-    gammas = sorted(set(gammas) | {float(base["dist.gamma"])})
+    # gen's values name gen's section: the same student knobs in dist's section.
+    base = {k.replace(f"{FLAGS.from_search}.", "dist.", 1): v
+            for k, v in table["tuning"][FLAGS.from_search]["best"]["values"].items()}
+    if "dist.gamma" in base:
+        gammas = sorted(set(gammas) | {float(base["dist.gamma"])})
     results.update({"table": FLAGS.table, "dataset": table["dataset"], "fewshot_config": table["fewshot_config"],
-                    "dist_best_values": base, "gen_best_values": table["tuning"].get("gen", {}).get("best", {})
-                    .get("values"), "overrides": table["overrides"], "threads": FLAGS.threads,
+                    "from_search": FLAGS.from_search, "dist_values": base,
+                    "gen_best_values": table["tuning"].get("gen", {}).get("best", {}).get("values"),
+                    "overrides": table["overrides"], "threads": FLAGS.threads,
                     "tuned_val_accuracy": {m: t["best"]["val_accuracy"] for m, t in table["tuning"].items()}})
-    for key in ("command", "date_utc", "machine", "git_revision"):
-        results.pop(key, None)  # rewritten for this invocation
-    configs = {}
-    for method in ("dist", "gen"):
-        if method in table["tuning"]:
-            configs[method] = os.path.join(root, f"{method}_best_config.py")
-            common.write_reused_config(configs[method], fewshot_cfg, table["tuning"][method]["best"]["values"])
+    for key in ("command", "date_utc", "machine", "git_revision", "dist_best_values"):
+        results.pop(key, None)  # rewritten for this invocation (dist_best_values: dist_values' first name)
+    configs = {"dist": os.path.join(root, "dist_config.py")}
+    common.write_reused_config(configs["dist"], fewshot_cfg, base)
+    if "gen" in table["tuning"]:
+        configs["gen"] = os.path.join(root, "gen_best_config.py")
+        common.write_reused_config(configs["gen"], fewshot_cfg, table["tuning"]["gen"]["best"]["values"])
     for seed in seeds:  # seed-major: a partial sweep still covers every gamma
         for gamma in gammas:
             key = repr(gamma)
