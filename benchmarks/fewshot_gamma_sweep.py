@@ -140,6 +140,7 @@ def main(argv):
                                                 features, overrides))
             results["gen"]["val_accuracy"] = summarize(results["gen"]["runs"])
             common.write_result(name, results)
+    common.write_result(name, results)  # also when every run was done earlier
 
 
 if __name__ == "__main__":
