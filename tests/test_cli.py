@@ -134,8 +134,19 @@ def _no_tensorflow(tmp):
     ("export", ["--workdir={tmp}/nope", "--output={tmp}"], "already exists (an earlier export?)"),
     ("extract_features", ["--workdir={tmp}/nope", "--output={tmp}/features"], "not a tfkd run folder"),
     ("extract_features", ["--workdir={tmp}/nope", "--output={tmp}/a_file"], "is a file, not a folder"),
+    # Config mistakes: tfkd.config and every method's section (tfkd.method_config) need no TensorFlow.
+    ("train", ["--workdir={tmp}/w", "--method=self_distill", "--config.self_distill.alpha=1.5"],
+     "config.self_distill.alpha must be in [0, 1]"),
+    ("train", ["--workdir={tmp}/w", "--method=nope"], "config.method='nope': expected one of"),
+    ("train", ["--workdir={tmp}/w", "--config.train.epochs=0"], "config.train.epochs=0: expected a positive"),
+    ("train", ["--workdir={tmp}/w", "--method=progressive", "--config.fewshot.features_dir={tmp}",
+               "--config.progressive.direction=up"],
+     "direction='up': expected one of"),
+    ("train", ["--workdir={tmp}/w", "--config=configs/nonexistent.py"], "no such config file"),
+    ("tune", ["--workdir={tmp}/w", "--method=metadistiller", "--config.metadistiller.tau=0"],
+     "config.metadistiller.tau=0.0: expected > 0"),
 ])
-def test_run_folder_scripts_refuse_a_bad_request_before_importing_tensorflow(tmp_path, script, args, expected):
+def test_scripts_refuse_a_bad_request_before_importing_tensorflow(tmp_path, script, args, expected):
     tmp = str(tmp_path)
     open(os.path.join(tmp, "a_file"), "w").close()
     env = dict(os.environ, PYTHONPATH=_no_tensorflow(os.path.join(tmp, "stubs")))

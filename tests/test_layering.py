@@ -13,8 +13,8 @@ PACKAGE = os.path.join(REPO, "tfkd")
 # Bottom to top; a module may import its own layer and the layers below. Modules not listed
 # (e.g. a new one) count as top-level: they may import anything, and nothing listed may import them.
 LAYERS = [
-    ("base", ["tfkd", "tfkd.errors", "tfkd.io", "tfkd.layout", "tfkd.registry", "tfkd.losses", "tfkd.distribute",
-              "tfkd.progress"]),
+    ("base", ["tfkd", "tfkd.errors", "tfkd.io", "tfkd.layout", "tfkd.registry", "tfkd.method_config", "tfkd.losses",
+              "tfkd.distribute", "tfkd.progress"]),
     ("data/models", ["tfkd.data", "tfkd.models", "tfkd.evaluation"]),
     ("methods", ["tfkd.methods"]),
     ("config", ["tfkd.config"]),

@@ -3,22 +3,21 @@ validation.
 
 The base config is locked: a config file or a ``--config.a.b=v`` flag that names a field that
 does not exist fails at once with ml_collections' "Key ... does not exist" error. Each registered
-method has a section named after it (``config.self_distill.alpha``) holding its own knobs.
+method has a section named after it (``config.self_distill.alpha``) holding its own knobs
+(tfkd.method_config).
 
-Layer: above methods and models (it reads their registries), below the run folder (tfkd.runs) and
-the drivers.
+Needs no TensorFlow, so a config mistake is reported before seconds of imports; the one check that
+needs the backbones' registry (``model.arch``) is tfkd.train.resolve's.
+Layer: just above the base (errors, io, method_config); below the run folder and the drivers.
 """
 import json
 import os
 
 import ml_collections
 
-import tfkd.methods  # noqa: F401  (registers the methods, so their config sections exist)
-import tfkd.models  # noqa: F401  (registers the backbones)
 from tfkd.errors import ConfigError
 from tfkd.io import SEED_LIMIT, check_seed  # noqa: F401  (check_seed is part of this module's API)
-from tfkd.methods import resolve_method_config
-from tfkd.registry import BACKBONES, METHODS
+from tfkd.method_config import METHOD_CONFIGS, resolve_method_config
 
 
 def base_config():
@@ -127,8 +126,8 @@ def base_config():
     c.export.enabled = True
     c.export.top_k = 5
 
-    for name in METHODS.names():
-        c[name] = METHODS.get(name).default_config()
+    for name in METHOD_CONFIGS.names():
+        c[name] = METHOD_CONFIGS.get(name).default_config()
     c.lock()
     return c
 
@@ -143,8 +142,8 @@ def resolve(config, method=None, seed=None):
         config.seed = int(seed)
     validate(config)
     # Only the chosen method's section is kept: it is what the run used.
-    method_cfg = resolve_method_config(METHODS.get(config.method), config.get(config.method), config.method)
-    for name in METHODS.names():
+    method_cfg = resolve_method_config(METHOD_CONFIGS.get(config.method), config.get(config.method), config.method)
+    for name in METHOD_CONFIGS.names():
         if name in config and name != config.method:
             del config[name]
     config[config.method] = method_cfg
@@ -193,10 +192,9 @@ def validate(config):
 
     for field, value in _seed_fields(config):
         check_seed(value, f"config.{field}")
-    if config.method not in METHODS:
-        fail("method", f"one of {METHODS.names()}")
-    if config.model.arch not in BACKBONES:
-        fail("model.arch", f"one of {BACKBONES.names()}")
+    if config.method not in METHOD_CONFIGS:
+        fail("method", f"one of {METHOD_CONFIGS.names()}")
+    # config.model.arch is checked by tfkd.train.resolve: the backbones register with Keras imported.
     if config.model.head not in ("linear", "cosine"):
         fail("model.head", "'linear' or 'cosine'")
     if config.model.stem not in ("auto", "cifar", "imagenet"):
@@ -241,7 +239,7 @@ def validate(config):
         fail("export.top_k", "a positive integer")
     if config.train.keep_checkpoints < 1:
         fail("train.keep_checkpoints", "at least 1")
-    if METHODS.get(config.method).task == "fewshot":
+    if METHOD_CONFIGS.get(config.method).task == "fewshot":
         validate_fewshot(config, fail)
 
 

@@ -35,5 +35,6 @@ class Registry:
 
 
 METHODS = Registry("method")
+METHOD_CONFIGS = Registry("method")  # each method's config section (tfkd.method_config), TF-free
 BACKBONES = Registry("backbone")
 DATASETS = Registry("dataset")

@@ -60,9 +60,9 @@ from tfkd.errors import ConfigError, WorkdirError
 from tfkd.layout import (BEST, CHECKPOINTS, CONFIG, EVALUATION, EXPORT, HISTORY, LOCK, LOGS,  # noqa: F401
                          MANIFEST, METADATA_FILE, METRICS, NETWORK, NETWORK_WEIGHTS, RUN_INFO, SNAPSHOTS, STATE,
                          WEIGHTS, require_run_file)
+from tfkd.method_config import METHOD_CONFIGS
 from tfkd.methods import build_fewshot_method, build_method, build_optimizer
 from tfkd.models import build_backbone
-from tfkd.registry import METHODS
 
 
 def best_checkpoint(workdir):
@@ -516,7 +516,7 @@ def restore_network(workdir, checkpoint="best", load_teacher=None):
         network.load_weights(network_weights)
         return network, config, net.get("class_names"), ckpt
     extra = {}
-    if getattr(METHODS.get(config.method), "needs_teacher", False):
+    if METHOD_CONFIGS.get(config.method).needs_teacher:
         field = f"config.{config.method}.teacher"
         if load_teacher is None:
             raise WorkdirError(f"{ckpt} has no {NETWORK_WEIGHTS}; rebuilding its {config.method} model needs the "
@@ -533,9 +533,10 @@ def restore_network(workdir, checkpoint="best", load_teacher=None):
 def restore_fewshot_method(workdir, checkpoint="best"):
     """(method, config) of a finished or running few-shot run, with ``checkpoint`` loaded."""
     config = read_config(workdir)
-    if config.method not in METHODS or METHODS.get(config.method).task != "fewshot":
+    if config.method not in METHOD_CONFIGS or METHOD_CONFIGS.get(config.method).task != "fewshot":
+        fewshot = [m for m in METHOD_CONFIGS.names() if METHOD_CONFIGS.get(m).task == "fewshot"]
         raise WorkdirError(f"--workdir={workdir} holds a {config.method!r} run, not a few-shot method "
-                           f"(expected one of {[m for m in METHODS.names() if METHODS.get(m).task == 'fewshot']})")
+                           f"(expected one of {fewshot})")
     feature_dim = read_network_info(workdir)["feature_dim"]
     method = build_fewshot_method(config, feature_dim, tf.distribute.get_strategy(), steps=1)
     if config[config.method].get("ensemble_size", 1) > 1:

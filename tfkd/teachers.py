@@ -10,13 +10,13 @@ import tensorflow as tf
 
 from tfkd import runs
 from tfkd.errors import ConfigError
-from tfkd.registry import METHODS
+from tfkd.method_config import METHOD_CONFIGS
 
 
 def teacher_kwargs(method_name, method_cfg):
     """``{"teacher": Teacher}`` for a method that distils a frozen teacher (``needs_teacher``),
     loaded from ``config.<method>.teacher``; ``{}`` for every other method."""
-    if not getattr(METHODS.get(method_name), "needs_teacher", False):
+    if not METHOD_CONFIGS.get(method_name).needs_teacher:
         return {}
     return {"teacher": Teacher(method_cfg.teacher, f"config.{method_name}.teacher")}
 

@@ -10,12 +10,13 @@ import os
 
 import keras
 
+from tfkd import config as config_lib
 from tfkd import data as data_lib
 from tfkd import export as export_lib
 from tfkd import io
 from tfkd import runs
 from tfkd import train_fewshot
-from tfkd.config import config_json, resolve  # noqa: F401  (resolve: part of this module's API)
+from tfkd.config import config_json
 from tfkd.distribute import barrier, get_strategy, is_chief
 from tfkd.errors import ConfigError
 from tfkd.evaluation import ValidationClassEpisodes, validation_class_images
@@ -27,6 +28,15 @@ from tfkd.teachers import teacher_kwargs
 
 
 # ---------------------------------------------------------------------- building
+
+
+def resolve(config, method=None, seed=None):
+    """tfkd.config.resolve (flag overrides, checks that need no TensorFlow), then the check that
+    needs the registered backbones: ``config.model.arch``."""
+    config = config_lib.resolve(config, method=method, seed=seed)
+    if config.model.arch not in BACKBONES:
+        raise ConfigError(f"config.model.arch={config.model.arch!r}: expected one of {BACKBONES.names()}")
+    return config
 
 
 def build_network(config, data):

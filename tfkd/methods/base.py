@@ -10,12 +10,11 @@ scaling under ``tf.distribute`` and mixed-precision loss scaling, and keeps the 
   (the mean of all heads' softmax outputs).
 """
 import keras
-import ml_collections
 import tensorflow as tf
 
-from tfkd import losses
+from tfkd import losses, method_config
 from tfkd.distribute import replica_scale
-from tfkd.errors import ConfigError
+from tfkd.method_config import resolve_method_config  # noqa: F401  (part of this module's API)
 
 
 def _fit_step(step):
@@ -70,14 +69,17 @@ class MultiExitMethod(DistributedFit, keras.Model):
     loss_names = ()
     uses_exits = True  # False: only the final head is computed, trained and evaluated
 
+    config_section = method_config.MethodConfig  # the knobs of config.<method name> (TF-free)
+
     @classmethod
     def default_config(cls):
         """Method-specific knobs and their defaults (``config.<method name>`` overrides them)."""
-        return ml_collections.ConfigDict()
+        return cls.config_section.default_config()
 
     @classmethod
     def check_config(cls, cfg):
         """Raises ConfigError for out-of-range knobs (called before any data is loaded)."""
+        cls.config_section.check_config(cfg)
 
     def __init__(self, network, weight_decay=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -240,20 +242,3 @@ def trained_network_variables(network, with_exits=True):
         return network.trainable_variables
     exit_ids = {id(v) for head in network.exit_heads for v in head.variables}
     return [v for v in network.trainable_variables if id(v) not in exit_ids]
-
-
-def resolve_method_config(method_cls, overrides, method_name):
-    """Method defaults updated by ``config.<method_name>``; unknown fields are an error."""
-    cfg = method_cls.default_config()
-    if overrides is None:
-        return cfg
-    for key, value in overrides.items():
-        if key not in cfg:
-            raise ConfigError(f"config.{method_name}.{key} is not a field of method {method_name!r}; "
-                              f"its fields are: {', '.join(sorted(cfg.keys())) or '(none)'}")
-        try:
-            cfg[key] = value
-        except TypeError as e:
-            raise ConfigError(f"config.{method_name}.{key}={value!r}: {e}") from None
-    method_cls.check_config(cfg)
-    return cfg

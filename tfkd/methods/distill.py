@@ -25,14 +25,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfkd import losses
+from tfkd import losses, method_config
 from tfkd.distribute import replica_scale
 from tfkd.errors import ConfigError
 from tfkd.methods.fewshot import GeneratorAugmented
 from tfkd.registry import METHODS
 
-DIRECTIONS = ("weaken", "strengthen")
-SCHEDULES = ("log", "linear")
 
 
 def k_at(step, k_start, k_end, steps, schedule):
@@ -74,37 +72,7 @@ def teacher_support(features, labels, classes, k_teacher, seed):
 class Distill(GeneratorAugmented):
     """Fixed many-shot teacher, Eq. 1."""
 
-    @classmethod
-    def default_config(cls):
-        cfg = super().default_config()
-        cfg.gamma = 5.0  # Eq. 1 trade-off (paper: 5 on miniImageNet, 150 on ImageNet1K)
-        cfg.temperature_init = 7.0  # learnable T
-        cfg.k_teacher = 0  # real examples per class in S_teacher; 0 = every example of the class
-        cfg.teacher_seed = 0  # which S_teacher sample (ensemble members use different ones)
-        cfg.teacher_scale = 0.0  # cosine scale of the teacher; 0 = scale_init
-        cfg.teacher_embedding_units = ()  # () = none; (d,) = a linear embedding pre-trained on S_teacher
-        cfg.teacher_pretrain_steps = 200
-        cfg.fill_to = 0  # >0: generate up to this many examples per class in total (at least num_generated)
-        cfg.ensemble_size = 1  # independent (teacher, student, generator) triples; prediction = mean probability
-        cfg.ensemble_member = -1  # -1 = train every member in turn; i = train member i only (parallel runs)
-        return cfg
-
-    @classmethod
-    def check_config(cls, cfg):
-        super().check_config(cfg)
-        if cfg.gamma < 0:
-            raise ConfigError(f"gamma={cfg.gamma}: expected a non-negative weight")
-        if not cfg.temperature_init > 0:
-            raise ConfigError(f"temperature_init={cfg.temperature_init}: expected a positive temperature")
-        if cfg.k_teacher < 0:
-            raise ConfigError(f"k_teacher={cfg.k_teacher}: expected 0 (all examples) or a positive count")
-        if cfg.ensemble_size < 1:
-            raise ConfigError(f"ensemble_size={cfg.ensemble_size}: expected at least 1 member")
-        if not -1 <= cfg.ensemble_member < cfg.ensemble_size:
-            raise ConfigError(f"ensemble_member={cfg.ensemble_member}: expected -1 (all) or 0..{cfg.ensemble_size - 1}")
-        if len(cfg.teacher_embedding_units) > 1:
-            raise ConfigError(f"teacher_embedding_units={tuple(cfg.teacher_embedding_units)}: expected () or one "
-                              f"width (a linear embedding, Appendix A)")
+    config_section = method_config.DistillConfig
 
     def __init__(self, feature_dim, gamma=5.0, temperature_init=7.0, k_teacher=0, teacher_seed=0, teacher_scale=0.0,
                  teacher_embedding_units=(), teacher_pretrain_steps=200, fill_to=0, ensemble_size=1,
@@ -274,36 +242,7 @@ class Distill(GeneratorAugmented):
 class ProgressiveDistill(Distill):
     """Dist with a k schedule: weaken the student or strengthen the teacher."""
 
-    @classmethod
-    def default_config(cls):
-        cfg = super().default_config()
-        cfg.direction = "weaken"  # weaken (student: k_start -> k_end real shots) | strengthen (teacher)
-        cfg.schedule = "log"  # log | linear
-        cfg.k_start = 16
-        cfg.k_end = 1
-        cfg.schedule_steps = 2000  # optimizer steps from k_start to k_end (then held)
-        cfg.save_at_k = (16, 8, 4, 2, 1)  # weaken: snapshot the model when k_train takes these values
-        return cfg
-
-    @classmethod
-    def check_config(cls, cfg):
-        super().check_config(cfg)
-        if cfg.direction not in DIRECTIONS:
-            raise ConfigError(f"direction={cfg.direction!r}: expected one of {DIRECTIONS}")
-        if cfg.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule={cfg.schedule!r}: expected one of {SCHEDULES}")
-        if cfg.k_start < 1 or cfg.k_end < 1:
-            raise ConfigError(f"k_start={cfg.k_start}, k_end={cfg.k_end}: expected positive shot counts")
-        if cfg.direction == "weaken" and cfg.k_end > cfg.k_start:
-            raise ConfigError(f"direction=weaken needs k_end <= k_start (the student loses real shots), got "
-                              f"k_start={cfg.k_start}, k_end={cfg.k_end}")
-        if cfg.direction == "strengthen" and cfg.k_end < cfg.k_start:
-            raise ConfigError(f"direction=strengthen needs k_end >= k_start (the teacher gains real shots), got "
-                              f"k_start={cfg.k_start}, k_end={cfg.k_end}")
-        if cfg.schedule_steps < 1:
-            raise ConfigError(f"schedule_steps={cfg.schedule_steps}: expected a positive number of steps")
-        if cfg.direction == "strengthen" and cfg.k_teacher and cfg.k_teacher < cfg.k_end:
-            raise ConfigError(f"direction=strengthen: k_teacher={cfg.k_teacher} must be 0 (all) or >= k_end={cfg.k_end}")
+    config_section = method_config.ProgressiveDistillConfig
 
     @classmethod
     def sampler_shots(cls, cfg, fewshot_cfg):

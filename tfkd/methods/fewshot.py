@@ -13,17 +13,15 @@ An episode batch is a dict of static-shape tensors (see ``episode_arrays``): ``s
 import warnings
 
 import keras
-import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from tfkd import losses
+from tfkd import losses, method_config
 from tfkd.data.episodes import episode_arrays, episode_dataset  # noqa: F401  (re-exported)
 from tfkd.distribute import replica_scale
 from tfkd.methods.base import DistributedFit
 from tfkd.models.cosine_classifier import CosineClassifier
 from tfkd.models.feature_generator import FeatureGenerator
-from tfkd.errors import ConfigError
 from tfkd.registry import METHODS
 
 
@@ -55,18 +53,15 @@ class EpisodicMethod(SavesSeedStates, DistributedFit, keras.Model):
     """
 
     task = "fewshot"  # trained by tfkd.train_fewshot on feature files (bin/train dispatches on it)
+    config_section = method_config.EpisodicConfig  # the knobs of config.<method name> (TF-free)
 
     @classmethod
     def default_config(cls):
-        # Appendix A: no embedding, or a 2-layer FC; scale initialised at 75 (150 on ImageNet).
-        return ml_collections.ConfigDict({"embedding_units": (), "scale_init": 75.0})
+        return cls.config_section.default_config()
 
     @classmethod
     def check_config(cls, cfg):
-        if any(int(u) <= 0 for u in cfg.embedding_units):
-            raise ConfigError(f"embedding_units={tuple(cfg.embedding_units)}: expected positive layer widths")
-        if not cfg.scale_init > 0:
-            raise ConfigError(f"scale_init={cfg.scale_init}: expected a positive scale")
+        cls.config_section.check_config(cfg)
 
     @classmethod
     def sampler_shots(cls, cfg, fewshot_cfg):
@@ -211,14 +206,7 @@ class CosinePrototypes(EpisodicMethod):
 class GeneratorAugmented(EpisodicMethod):
     """The student's support set is filled up with G(x, z, q) features, trained end to end."""
 
-    @classmethod
-    def default_config(cls):
-        cfg = super().default_config()
-        cfg.num_generated = 4  # generated features per class and episode
-        cfg.generator_hidden = (512,)
-        cfg.noise_dim = 0  # 0 = feature dimension
-        cfg.seed = 0
-        return cfg
+    config_section = method_config.GeneratorAugmentedConfig
 
     def __init__(self, feature_dim, num_generated=4, generator_hidden=(512,), noise_dim=0, seed=0, **kwargs):
         super().__init__(feature_dim, **kwargs)
@@ -228,16 +216,6 @@ class GeneratorAugmented(EpisodicMethod):
         # Set (a (2,) int tensor) by the few-shot SavedModel: stateless noise, so the same request
         # always gets the same answer and no RNG state lives in the served graph.
         self.serving_seed = None
-
-    @classmethod
-    def check_config(cls, cfg):
-        super().check_config(cfg)
-        if cfg.num_generated < 1:
-            raise ConfigError(f"num_generated={cfg.num_generated}: expected at least 1 generated feature per class")
-        if any(int(u) <= 0 for u in cfg.generator_hidden):
-            raise ConfigError(f"generator_hidden={tuple(cfg.generator_hidden)}: expected positive layer widths")
-        if cfg.noise_dim < 0:
-            raise ConfigError(f"noise_dim={cfg.noise_dim}: expected 0 (= feature dimension) or a positive size")
 
     @property
     def max_generated(self):

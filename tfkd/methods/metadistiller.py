@@ -31,11 +31,9 @@ Readings of the ambiguous parts (all config fields of ``config.metadistiller``):
   the moving statistics produced by stateless_call are discarded.
 """
 import keras
-import ml_collections
 import tensorflow as tf
 
-from tfkd import losses
-from tfkd.errors import ConfigError
+from tfkd import losses, method_config
 from tfkd.methods.base import MultiExitMethod
 from tfkd.models.label_generator import LabelGenerator
 from tfkd.registry import METHODS
@@ -48,34 +46,7 @@ def _values(variables):
 @METHODS.register("metadistiller")
 class MetaDistiller(MultiExitMethod):
     loss_names = ("ce_final", "ce_exits", "kd_exits")
-
-    @classmethod
-    def default_config(cls):
-        return ml_collections.ConfigDict({
-            "alpha": 0.5,
-            "tau": 1.0,
-            "meta_every_epochs": 5,  # M
-            "meta_every_steps": 1,  # within a meta epoch: a meta step after every n-th main step
-            "generator_lr": 1e-3,  # Adam
-            "fusion_channels": 0,  # 0 = the main model's first-stage width
-            "outer_outputs": "all",  # all | final
-            # In a meta step, train on the D_train batch with the lookahead's own gradient instead
-            # of a separate main step on a batch of D (one forward/backward fewer; see docstring).
-            # With meta_every_steps = n, every n-th update of a meta epoch is such a shared step.
-            "share_inner_gradient": False,
-        })
-
-    @classmethod
-    def check_config(cls, cfg):
-        checks = [(0.0 <= cfg.alpha <= 1.0, "alpha", "in [0, 1]"), (cfg.tau > 0, "tau", "> 0"),
-                  (cfg.meta_every_epochs >= 1, "meta_every_epochs", ">= 1"),
-                  (cfg.meta_every_steps >= 1, "meta_every_steps", ">= 1"),
-                  (cfg.generator_lr > 0, "generator_lr", "> 0"),
-                  (cfg.fusion_channels >= 0, "fusion_channels", ">= 0"),
-                  (cfg.outer_outputs in ("all", "final"), "outer_outputs", "'all' or 'final'")]
-        for ok, field, expected in checks:
-            if not ok:
-                raise ConfigError(f"config.metadistiller.{field}={cfg[field]!r}: expected {expected}")
+    config_section = method_config.MetaDistillerConfig
 
     def __init__(self, network, alpha=0.5, tau=1.0, meta_every_epochs=5, meta_every_steps=1, generator_lr=1e-3,
                  fusion_channels=0, outer_outputs="all", share_inner_gradient=False, **kwargs):

@@ -2,7 +2,7 @@
 import ml_collections
 import tensorflow as tf
 
-from tfkd import losses
+from tfkd import losses, method_config
 from tfkd.errors import ConfigError
 from tfkd.methods.base import MultiExitMethod
 from tfkd.registry import METHODS
@@ -43,19 +43,7 @@ class SelfDistillation(MultiExitMethod):
     """
 
     loss_names = ("ce_final", "ce_exits", "kd_exits", "hint")
-
-    @classmethod
-    def default_config(cls):
-        return ml_collections.ConfigDict({"alpha": 0.5, "tau": 1.0, "hint_weight": 0.0})
-
-    @classmethod
-    def check_config(cls, cfg):
-        if not 0.0 <= cfg.alpha <= 1.0:
-            raise ConfigError(f"config.self_distill.alpha must be in [0, 1], got {cfg.alpha}")
-        if cfg.tau <= 0:
-            raise ConfigError(f"config.self_distill.tau must be > 0, got {cfg.tau}")
-        if cfg.hint_weight < 0:
-            raise ConfigError(f"config.self_distill.hint_weight must be >= 0, got {cfg.hint_weight}")
+    config_section = method_config.SelfDistillationConfig
 
     def __init__(self, network, alpha=0.5, tau=1.0, hint_weight=0.0, **kwargs):
         self.check_config(ml_collections.ConfigDict({"alpha": alpha, "tau": tau, "hint_weight": hint_weight}))

@@ -19,11 +19,10 @@ passed in already loaded (``teacher=``, see ``TeacherStudentMethod``): this modu
 folders.
 """
 import keras
-import ml_collections
 import tensorflow as tf
 from keras import layers
 
-from tfkd import losses
+from tfkd import losses, method_config
 from tfkd.errors import ConfigError
 from tfkd.methods.base import MultiExitMethod, trained_network_variables
 from tfkd.registry import METHODS
@@ -36,24 +35,14 @@ def student_stages_and_logits(network, images, training):
 
 class TeacherStudentMethod(MultiExitMethod):
     uses_exits = False
-    needs_teacher = True
-
-    @classmethod
-    def default_config(cls):
-        return ml_collections.ConfigDict({"teacher": ""})
-
-    @classmethod
-    def check_config(cls, cfg):
-        if cls.needs_teacher and not cfg.teacher:
-            raise ConfigError(f"config.{cls.config_name}.teacher: expected a finished bin/train run folder or a "
-                              f"SavedModel from bin/export (the frozen teacher)")
+    config_section = method_config.TeacherStudentConfig
 
     def __init__(self, network, teacher=None, **kwargs):
         """``teacher``: a loaded frozen teacher (``tfkd.teachers.Teacher`` or any object with
         ``logits``, ``stages``, ``require_stages`` and ``check_compatible``); the drivers load it
         from ``config.<method>.teacher``."""
         super().__init__(network, **kwargs)
-        if self.needs_teacher:
+        if self.config_section.needs_teacher:
             if teacher is None or isinstance(teacher, str):
                 raise TypeError(f"{type(self).__name__} takes a loaded teacher (tfkd.teachers.Teacher(path, field)), "
                                 f"got {teacher!r}")
@@ -64,23 +53,8 @@ class TeacherStudentMethod(MultiExitMethod):
 
 @METHODS.register("kd")
 class KnowledgeDistillation(TeacherStudentMethod):
-    config_name = "kd"
+    config_section = method_config.KnowledgeDistillationConfig
     loss_names = ("ce_final", "kd")
-
-    @classmethod
-    def default_config(cls):
-        cfg = super().default_config()
-        cfg.alpha = 0.9
-        cfg.temperature = 4.0
-        return cfg
-
-    @classmethod
-    def check_config(cls, cfg):
-        super().check_config(cfg)
-        if not 0.0 <= cfg.alpha <= 1.0:
-            raise ConfigError(f"config.kd.alpha={cfg.alpha}: expected a weight in [0, 1]")
-        if not cfg.temperature > 0:
-            raise ConfigError(f"config.kd.temperature={cfg.temperature}: expected a positive temperature")
 
     def __init__(self, network, alpha=0.9, temperature=4.0, **kwargs):
         super().__init__(network, **kwargs)
@@ -102,24 +76,8 @@ class KnowledgeDistillation(TeacherStudentMethod):
 
 @METHODS.register("fitnet")
 class FitNet(TeacherStudentMethod):
-    config_name = "fitnet"
+    config_section = method_config.FitNetConfig
     loss_names = ("ce_final", "hint")
-
-    @classmethod
-    def default_config(cls):
-        cfg = super().default_config()
-        cfg.beta = 100.0
-        cfg.student_stage = 2  # the "guided" stage (1-based)
-        cfg.teacher_stage = 2  # the "hint" stage (1-based)
-        return cfg
-
-    @classmethod
-    def check_config(cls, cfg):
-        super().check_config(cfg)
-        if cfg.beta < 0:
-            raise ConfigError(f"config.fitnet.beta={cfg.beta}: expected a non-negative weight")
-        if cfg.student_stage < 1 or cfg.teacher_stage < 1:
-            raise ConfigError("config.fitnet.student_stage / teacher_stage: expected 1-based stage numbers")
 
     def __init__(self, network, beta=100.0, student_stage=2, teacher_stage=2, **kwargs):
         super().__init__(network, **kwargs)
@@ -171,22 +129,8 @@ def attention_loss(student_map, teacher_map, p=2):
 
 @METHODS.register("at")
 class AttentionTransfer(TeacherStudentMethod):
-    config_name = "at"
+    config_section = method_config.AttentionTransferConfig
     loss_names = ("ce_final", "attention")
-
-    @classmethod
-    def default_config(cls):
-        cfg = super().default_config()
-        cfg.beta = 1000.0
-        cfg.p = 2.0
-        cfg.pairs = 0  # stage pairs, counted from the last stage back; 0 = as many as both networks have
-        return cfg
-
-    @classmethod
-    def check_config(cls, cfg):
-        super().check_config(cfg)
-        if cfg.beta < 0 or cfg.p <= 0:
-            raise ConfigError(f"config.at: beta={cfg.beta} must be >= 0 and p={cfg.p} > 0")
 
     def __init__(self, network, beta=1000.0, p=2.0, pairs=0, **kwargs):
         super().__init__(network, **kwargs)
@@ -206,13 +150,8 @@ class AttentionTransfer(TeacherStudentMethod):
 
 @METHODS.register("dml")
 class DeepMutualLearning(TeacherStudentMethod):
-    config_name = "dml"
-    needs_teacher = False
+    config_section = method_config.DeepMutualLearningConfig
     loss_names = ("ce_final", "kl_peer", "ce_peer", "kl_to_first")
-
-    @classmethod
-    def default_config(cls):
-        return ml_collections.ConfigDict()
 
     def __init__(self, network, **kwargs):
         super().__init__(network, **kwargs)
