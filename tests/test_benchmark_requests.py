@@ -1,0 +1,50 @@
+"""Benchmarks that train for hours refuse a request they cannot honour before any training: the
+PyTorch reference only reproduces some regimes, and a gamma sweep needs its table's features."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, SUBPROCESS_TIMEOUT
+
+
+def run_benchmark(script, *args):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", script), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return proc.returncode, proc.stderr
+
+
+def _config_file(tmp_path, line):
+    path = tmp_path / "regime.py"
+    path.write_text("import importlib.util\n\n\ndef get_config():\n"
+                    f"    spec = importlib.util.spec_from_file_location('c', {os.path.join(REPO, 'configs', 'bench_fashion_mnist_converge.py')!r})\n"
+                    "    module = importlib.util.module_from_spec(spec)\n"
+                    "    spec.loader.exec_module(module)\n"
+                    "    c = module.get_config()\n"
+                    f"    {line}\n"
+                    "    return c\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("c.data.name = 'glyphs'", "data.name='glyphs', but the reference only runs data.name='fashion_mnist'"),
+    ("c.train.weight_decay = 1e-4", "train.weight_decay=0.0001, but the reference only runs"),
+    ("c.train.lr_schedule = 'cosine'", "train.lr_schedule='cosine', but the reference only runs"),
+    ("c.metadistiller.meta_every_steps = 4", "metadistiller.meta_every_steps=4"),
+    ("c.self_distill.alpha = 0.3", "one --alpha/--tau for SD and MetaDistiller"),
+])
+def test_reference_table_refuses_a_regime_the_reference_cannot_run(tmp_path, line, expected):
+    rc, err = run_benchmark("reference_table.py", f"--reference_python={sys.executable}",
+                            f"--config={_config_file(tmp_path, line)}", f"--runs_dir={tmp_path}/runs",
+                            "--name=never_written")
+    assert rc != 0 and expected in err, err[-2000:]
+    assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_gamma_sweep_refuses_without_the_tables_features(tmp_path):
+    rc, err = run_benchmark("fewshot_gamma_sweep.py", f"--runs_dir={tmp_path}", "--name=never_written")
+    assert rc != 0 and "holds no extracted features" in err, err[-2000:]
+    assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
