@@ -628,7 +628,8 @@ def reference_converge_table():
     lines.append(f"Both from `{ref['config_file']}`; the reference's flags, read from that file by the benchmark: "
                  f"`{' '.join(ref['reference_args'])}`, {ref['threads']} PyTorch thread(s) per run. Test accuracy %, "
                  "mean ± std over each implementation's seeds; the differences to the baseline are within one "
-                 "implementation. The two draw different subsets and augmentations, so single runs are not paired.")
+                 "implementation. The two draw different subsets and augmentations, so single runs are not paired. "
+                 "Wall time: one thread per run, other jobs sharing the 2 cores at times, so context only.")
     lines.append("")
     lines.append(f"PyTorch reference ({ref['torch']}, `../shared/reference/byot_train.py`, sha256 "
                  f"{ref['reference_sha256'][:12]}): " + provenance(ref))
