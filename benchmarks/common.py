@@ -12,6 +12,33 @@ RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, REPO)
 
 
+_HELD_LOCKS = {}
+
+
+def hold_results(name):
+    """Takes benchmarks/results/.<name>.lock for the rest of this process, so that a second
+    invocation writing the same results file is refused (one line, exit 2) instead of both
+    rewriting the file and the later one dropping the other's finished runs. The OS releases the
+    lock when the process ends, however it ends, so a killed run leaves nothing to clean up."""
+    import fcntl
+
+    os.makedirs(RESULTS, exist_ok=True)
+    f = open(os.path.join(RESULTS, f".{name}.lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        owner = f.read().strip() or "another process"
+        print(f"error: benchmarks/results/{name}.json is being written by {owner}; wait for it to finish, "
+              "or give another --name", file=sys.stderr)
+        sys.exit(2)
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {platform.node()}")
+    f.flush()
+    _HELD_LOCKS[name] = f
+
+
 def machine():
     import tensorflow as tf
 

@@ -100,6 +100,7 @@ def main(argv):
     features, gammas, seeds = check_request(table)
     suffix = "" if FLAGS.from_search == "dist" else f"_from_{FLAGS.from_search}"
     name = FLAGS.name or f"{FLAGS.table}_gamma_sweep{suffix}"
+    common.hold_results(name)
     root = os.path.join(FLAGS.runs_dir, table["dataset"], "gamma_sweep" + suffix)
     fewshot_cfg = os.path.join(common.REPO, table["fewshot_config"])
     overrides = [f"--config.{o}" for o in table["overrides"]]  # the table's selection protocol

@@ -185,6 +185,7 @@ def main(argv):
     del argv
     dataset = FLAGS.dataset
     name = FLAGS.name or f"fewshot_table_{dataset}"
+    common.hold_results(name)
     root = os.path.join(FLAGS.runs_dir, dataset)
     backbone_cfg = os.path.join(common.REPO, "configs", f"{dataset}_fewshot_backbone.py")
     fewshot_cfg_file = os.path.join(common.REPO, "configs", f"{dataset}_fewshot.py")

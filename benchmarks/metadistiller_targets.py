@@ -37,6 +37,7 @@ def main(argv):
 
     if not FLAGS.workdir:
         raise app.UsageError("give at least one --workdir")
+    common.hold_results(FLAGS.name)
     results, earlier_commands = [], []
     if FLAGS.add:
         try:

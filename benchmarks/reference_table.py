@@ -135,6 +135,7 @@ def main(argv):
     del argv
     config_path = os.path.join(common.REPO, FLAGS.config) if not os.path.isabs(FLAGS.config) else FLAGS.config
     script, config, args = check_flags(config_path)
+    common.hold_results(FLAGS.name)
     try:
         results = common.read_result(FLAGS.name)
     except FileNotFoundError:

@@ -135,6 +135,7 @@ def add_run(results, dataset, method, m):
 def main(argv):
     del argv
     name = FLAGS.name or DEFAULT_NAMES[FLAGS.regime]
+    common.hold_results(name)
     try:
         results = common.read_result(name)  # continue a table started earlier (maybe elsewhere)
     except FileNotFoundError:

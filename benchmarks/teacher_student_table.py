@@ -64,6 +64,7 @@ def run(name, workdir, extra):
 def main(argv):
     del argv
     name = "teacher_student_table"
+    common.hold_results(name)
     previous = common.read_result(name) if os.path.exists(os.path.join(common.RESULTS, f"{name}.json")) else {}
     results = {"benchmark": name, "config": FLAGS.config, "seeds": [int(s) for s in FLAGS.seeds],
                "teacher_overrides": FLAGS.teacher_override, "overrides": FLAGS.override, "methods": {}}

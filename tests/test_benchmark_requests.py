@@ -48,3 +48,23 @@ def test_gamma_sweep_refuses_without_the_tables_features(tmp_path):
     rc, err = run_benchmark("fewshot_gamma_sweep.py", f"--runs_dir={tmp_path}", "--name=never_written")
     assert rc != 0 and "holds no extracted features" in err, err[-2000:]
     assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
+
+
+def test_a_second_invocation_on_the_same_results_file_is_refused(tmp_path):
+    """Two invocations rewriting one results file would drop each other's finished runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_common", os.path.join(REPO, "benchmarks", "common.py"))
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    name = f"lock_test_{os.getpid()}"
+    lock = os.path.join(REPO, "benchmarks", "results", f".{name}.lock")
+    try:
+        common.hold_results(name)  # as a running invocation does
+        rc, err = run_benchmark("reference_table.py", f"--reference_python={sys.executable}", f"--name={name}",
+                                f"--runs_dir={tmp_path}/runs")
+        assert rc == 2 and f"benchmarks/results/{name}.json is being written by pid {os.getpid()}" in err, err[-2000:]
+        assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", f"{name}.json"))
+    finally:
+        common._HELD_LOCKS.pop(name).close()
+        os.remove(lock)
