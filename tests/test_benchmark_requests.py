@@ -17,9 +17,11 @@ def run_benchmark(script, *args):
 
 
 def _config_file(tmp_path, line):
+    """The convergent Fashion-MNIST regime with ``line`` applied to it."""
+    base = os.path.join(REPO, "configs", "bench_fashion_mnist_converge.py")
     path = tmp_path / "regime.py"
     path.write_text("import importlib.util\n\n\ndef get_config():\n"
-                    f"    spec = importlib.util.spec_from_file_location('c', {os.path.join(REPO, 'configs', 'bench_fashion_mnist_converge.py')!r})\n"
+                    f"    spec = importlib.util.spec_from_file_location('c', {base!r})\n"
                     "    module = importlib.util.module_from_spec(spec)\n"
                     "    spec.loader.exec_module(module)\n"
                     "    c = module.get_config()\n"

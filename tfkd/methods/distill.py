@@ -32,7 +32,6 @@ from tfkd.methods.fewshot import GeneratorAugmented
 from tfkd.registry import METHODS
 
 
-
 def k_at(step, k_start, k_end, steps, schedule):
     """The scheduled k after ``step`` of ``steps`` optimizer steps (an int; then held at k_end)."""
     frac = min(max(step / steps, 0.0), 1.0) if steps > 0 else 1.0
