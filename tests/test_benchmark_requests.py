@@ -16,6 +16,15 @@ def run_benchmark(script, *args):
     return proc.returncode, proc.stderr
 
 
+def _reference_dir(tmp_path):
+    """A stand-in for ../shared/reference (absent outside this checkout's workspace): the checks under
+    test refuse before the reference script would run."""
+    folder = tmp_path / "reference"
+    folder.mkdir(exist_ok=True)
+    (folder / "byot_train.py").write_text("raise SystemExit('the reference must not run in this test')\n")
+    return str(folder)
+
+
 def _config_file(tmp_path, line):
     """The convergent Fashion-MNIST regime with ``line`` applied to it."""
     base = os.path.join(REPO, "configs", "bench_fashion_mnist_converge.py")
@@ -39,6 +48,7 @@ def _config_file(tmp_path, line):
 ])
 def test_reference_table_refuses_a_regime_the_reference_cannot_run(tmp_path, line, expected):
     rc, err = run_benchmark("reference_table.py", f"--reference_python={sys.executable}",
+                            f"--reference_dir={_reference_dir(tmp_path)}",
                             f"--config={_config_file(tmp_path, line)}", f"--runs_dir={tmp_path}/runs",
                             "--name=never_written")
     assert rc != 0 and expected in err, err[-2000:]
@@ -64,6 +74,7 @@ def test_a_second_invocation_on_the_same_results_file_is_refused(tmp_path):
     try:
         common.hold_results(name)  # as a running invocation does
         rc, err = run_benchmark("reference_table.py", f"--reference_python={sys.executable}", f"--name={name}",
+                                f"--reference_dir={_reference_dir(tmp_path)}",
                                 f"--runs_dir={tmp_path}/runs")
         assert rc == 2 and f"benchmarks/results/{name}.json is being written by pid {os.getpid()}" in err, err[-2000:]
         assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", f"{name}.json"))
