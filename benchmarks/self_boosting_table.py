@@ -11,6 +11,15 @@ benchmarks/results/<name>.json after *every* finished run, and runs already in t
 run again: a table can be completed over several sessions on different machines from the
 committed file alone (unfinished runs in --runs_dir also resume from their last epoch).
 
+With ``--tune_trials=N`` every (dataset, method) first gets a ``bin/tune`` random search of N
+trials over the method's default space (tfkd/tuning.py: lr and weight decay for every method,
+plus α, τ for SD and α, τ, generator lr, M for MetaDistiller: the same trial budget per method),
+selected on the validation split with a tuning seed apart from the reported ones. The trials
+train at the proxy regime of ``--tune_override`` (e.g. ``train.epochs=10``): a search at the full
+regime does not fit a 2-core CPU. The seed runs then train the full regime with the best trial's
+values. A finished search is written to the results file and is reused from it on any machine
+(same trials, tuning seed, proxy and space): only the seed runs still missing are trained.
+
 ``--jobs=N`` runs N trainings side by side (each with ``--threads`` TensorFlow threads; on a
 2-core CPU two 1-thread runs have more throughput than one 2-thread run). The checkpoint is
 chosen on validation; the table reports test accuracy of the final exit, each exit and the exit
@@ -45,8 +54,13 @@ flags.DEFINE_integer("threads", 0, "TF intra/inter-op threads per run (0 = Tenso
 flags.DEFINE_integer("jobs", 1, "Runs trained side by side.")
 flags.DEFINE_multi_string("override", [], "Extra --config.* flags for every run, e.g. train.epochs=2.")
 flags.DEFINE_string("name", "", "Result file name under benchmarks/results/ ('' = by regime).")
+flags.DEFINE_integer("tune_trials", 0, "Random-search trials per (dataset, method) before the seed runs (0 = no search).")
+flags.DEFINE_integer("tune_seed", 100, "Seed of the search and its trials (kept apart from --seeds).")
+flags.DEFINE_multi_string("tune_override", [], "--config.* flags of the trials only: the proxy regime, "
+                          "e.g. train.epochs=10 and train.lr_boundaries=(5,8).")
 FLAGS = flags.FLAGS
 
+RELATIVE_COST = {"metadistiller": 3, "self_distill": 2, "dsn": 1, "baseline": 0}  # per epoch, measured
 RUN_KEYS = ("seed", "best_epoch", "test", "val", "command", "num_train_examples", "num_test_examples",
             "meta_loss_first_last", "git_revision", "seconds", "val_curve", "epochs_in_history", "resumed",
             "target_entropy_curve")
@@ -67,27 +81,81 @@ def regime(dataset):
             "method_knobs": {m: c[m].to_dict() for m in ("self_distill", "metadistiller") if m in c}}
 
 
-def run_one(dataset, method, seed):
+def run_command(cmd, workdir, done_path, label):
+    """Runs cmd (logged beside workdir) unless done_path exists -> seconds, or None if already done."""
+    if os.path.exists(done_path):
+        return None
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if FLAGS.threads:
+        env.update(TF_NUM_INTRAOP_THREADS=str(FLAGS.threads), TF_NUM_INTEROP_THREADS=str(FLAGS.threads))
+    start = time.time()
+    log_path = workdir + ".log"
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"run failed ({proc.returncode}): {' '.join(cmd)}; see {log_path}")
+    seconds = time.time() - start  # includes a resumed run's earlier part only if not resumed
+    print(f"{label}: {seconds:.0f}s", flush=True)
+    return seconds
+
+
+def pretty(cmd):
+    return " ".join(["python"] + cmd[1:]).replace(common.REPO + os.sep, "")
+
+
+def search_space(method):
+    """The method's default bin/tune space (what a search without config.tune.space uses)."""
+    from tfkd import tuning  # noqa: PLC0415 (TensorFlow only when a search is asked for)
+
+    return list(tuning.default_space(method))
+
+
+def tune_one(dataset, method, previous):
+    """bin/tune for (dataset, method) at the proxy regime -> summary, reused from the results file
+    when a finished search with the same settings is there."""
+    space = search_space(method)
+    settings = {"space": space, "tune_seed": FLAGS.tune_seed, "proxy_overrides": FLAGS.tune_override,
+                "overrides": FLAGS.override}
+    committed = previous.get(method)
+    if committed and len(committed.get("trials", [])) == FLAGS.tune_trials and all(
+            committed.get(k) == v for k, v in settings.items()):
+        return committed
+    workdir = os.path.join(FLAGS.runs_dir, FLAGS.name or FLAGS.regime, "tune", dataset, method)
+    cmd = [sys.executable, os.path.join(common.REPO, "bin", "tune"), f"--config={config_path(dataset)}",
+           f"--method={method}", f"--seed={FLAGS.tune_seed}", f"--workdir={workdir}",
+           "--config.tune.tuner=random", f"--config.tune.max_trials={FLAGS.tune_trials}",
+           "--config.export.enabled=False"]
+    cmd += [f"--config.{o}" for o in FLAGS.override + FLAGS.tune_override]
+    seconds = run_command(cmd, workdir, os.path.join(workdir, "best_config.py"), f"{dataset}/{method}/search")
+    trials = []
+    trials_dir = os.path.join(workdir, "trials")
+    for trial_id in sorted(os.listdir(trials_dir), key=lambda t: (len(t), t)):
+        path = os.path.join(trials_dir, trial_id, "trial.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                t = json.load(f)
+            with open(os.path.join(trials_dir, trial_id, "metrics.json")) as f:
+                best_epoch = json.load(f).get("best_epoch")
+            trials.append({"trial": trial_id, "values": t["values"], "objective": t["objective"],
+                           "score": t["score"], "best_epoch": best_epoch})
+    best = max(trials, key=lambda t: t["score"])
+    return {**settings, "command": pretty(cmd), "seconds": seconds, "trials": trials, "best": best}
+
+
+def tuned_overrides(search):
+    """The best trial's values as --config overrides of the full-regime runs."""
+    return [f"{field}={value!r}" for field, value in sorted(search["best"]["values"].items())]
+
+
+def run_one(dataset, method, seed, tuned=()):
     # A named table (e.g. one with --override) gets its own runs: finished ones are reused by path.
     workdir = os.path.join(FLAGS.runs_dir, FLAGS.name or FLAGS.regime, dataset, method, f"seed{seed}")
     metrics_path = os.path.join(workdir, "metrics.json")
     cmd = [sys.executable, os.path.join(common.REPO, "bin", "train"), f"--config={config_path(dataset)}",
            f"--method={method}", f"--seed={seed}", f"--workdir={workdir}", "--config.export.enabled=False"]
-    cmd += [f"--config.{o}" for o in FLAGS.override]
-    seconds = None
-    if not os.path.exists(metrics_path):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        if FLAGS.threads:
-            env.update(TF_NUM_INTRAOP_THREADS=str(FLAGS.threads), TF_NUM_INTEROP_THREADS=str(FLAGS.threads))
-        start = time.time()
-        log_path = workdir + ".log"
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        with open(log_path, "a") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if proc.returncode != 0:
-            raise RuntimeError(f"run failed ({proc.returncode}): {' '.join(cmd)}; see {log_path}")
-        seconds = time.time() - start  # includes a resumed run's earlier part only if not resumed
-        print(f"{dataset}/{method}/seed{seed}: {seconds:.0f}s", flush=True)
+    cmd += [f"--config.{o}" for o in list(FLAGS.override) + list(tuned)]
+    seconds = run_command(cmd, workdir, metrics_path, f"{dataset}/{method}/seed{seed}")
     with open(metrics_path) as f:
         metrics = json.load(f)
     with open(os.path.join(workdir, "history.csv")) as f:
@@ -108,7 +176,7 @@ def run_one(dataset, method, seed):
         starts = json.load(f)
     metrics["git_revision"] = starts[0]["git_revision"]  # the code that trained this run
     metrics["resumed"] = len(starts) > 1
-    metrics["command"] = " ".join(["python"] + cmd[1:]).replace(common.REPO + os.sep, "")
+    metrics["command"] = pretty(cmd)
     metrics["epochs_in_history"] = len(history)
     metrics["seconds"] = seconds
     return metrics
@@ -155,21 +223,47 @@ def main(argv):
     todo = [(ds, m, int(s)) for s in FLAGS.seeds for ds in FLAGS.datasets for m in FLAGS.methods
             if (ds, m, int(s)) not in done]
     print(f"{len(done)} runs already in benchmarks/results/{name}.json; {len(todo)} to go", flush=True)
+    if FLAGS.tune_trials:
+        results.update(tune_trials=FLAGS.tune_trials, tune_seed=FLAGS.tune_seed, tune_overrides=FLAGS.tune_override)
+    searches = results.setdefault("tuning", {}) if FLAGS.tune_trials else {}
     lock = threading.Lock()
     failed = []
+
+    def record(job, future):
+        try:
+            outcome = future.result()
+        except RuntimeError as e:  # one failed run must not keep the finished ones out of the table
+            print(f"{'/'.join(map(str, job))}: {e}", flush=True)
+            failed.append("/".join(map(str, job)))
+            return None
+        with lock:
+            if job[-1] == "search":
+                searches.setdefault(job[0], {})[job[1]] = outcome
+            else:
+                add_run(results, job[0], job[1], outcome)
+            common.write_result(name, results)
+        return outcome
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, FLAGS.jobs)) as pool:
-        futures = {pool.submit(run_one, *job): job for job in todo}
-        for future in concurrent.futures.as_completed(futures):
-            dataset, method, seed = futures[future]
-            try:
-                m = future.result()
-            except RuntimeError as e:  # one failed run must not keep the finished ones out of the table
-                print(f"{dataset}/{method}/seed{seed}: {e}", flush=True)
-                failed.append(f"{dataset}/{method}/seed{seed}")
-                continue
-            with lock:
-                add_run(results, dataset, method, m)
-                common.write_result(name, results)
+        pending = {}
+        # A method's seed runs wait for its search; the longest searches start first.
+        to_search = sorted({(ds, m) for ds, m, _ in todo}, key=lambda j: -RELATIVE_COST.get(j[1], 0))
+        if FLAGS.tune_trials:
+            for ds, m in to_search:
+                previous = searches.get(ds, {})
+                pending[pool.submit(tune_one, ds, m, previous)] = (ds, m, "search")
+        else:
+            pending.update({pool.submit(run_one, *job): job for job in todo})
+        while pending:
+            finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                job = pending.pop(future)
+                outcome = record(job, future)
+                if job[-1] == "search" and outcome is not None:
+                    tuned = tuned_overrides(outcome)
+                    for ds, m, seed in todo:
+                        if (ds, m) == job[:2]:
+                            pending[pool.submit(run_one, ds, m, seed, tuned)] = (ds, m, seed)
     if failed:
         sys.exit(f"{len(failed)} runs failed: {', '.join(failed)}")
 
