@@ -421,6 +421,49 @@ def _mean_val(entry, seeds=None):
     return sum(values) / len(values) if values else float("-inf")
 
 
+def converge_header(dataset, d):
+    """The regime line and column header of a convergent-regime table."""
+    g = d["regime"]
+    any_run = next(iter(d["methods"].values()))["runs"][0]
+    return [f"**{dataset}** (`{d['config_file']}`: {g['arch']} width {g['width']}, {g['epochs']} epochs, "
+            f"SGD lr {g['learning_rate']} ÷10 at epochs {', '.join(map(str, g['lr_boundaries']))}, weight "
+            f"decay {g['weight_decay']}, batch {g['batch_size']}; {any_run['num_train_examples']} training "
+            f"images, {any_run['num_test_examples']} test images. Test accuracy %, mean ± std over seeds, "
+            f"each run's checkpoint chosen on validation `{g['select_metric']}`; the validation column is "
+            f"that checkpoint's final-exit validation accuracy)\n",
+            "| method | final exit | exit 1 | exit 2 | exit 3 | ensemble of exits | validation (final) | "
+            "best epoch | wall time per run | seeds |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+
+def converge_rows(lines, rows, dataset):
+    """Appends one table line per (label, method name, results entry); returns the notes on the
+    generated targets' entropy."""
+    entropy_notes = []
+    for label, name, e in rows:
+        seeds = ", ".join(str(run["seed"]) for run in e["runs"])
+        exits = [pct(e.get(f"exit_{k}")) for k in (1, 2, 3)]
+        ens = pct(e.get("ensemble")) if name != "baseline" else "– (no exits)"
+        val = f"{100 * _mean_val(e):.2f}"
+        best = ", ".join(str(run["best_epoch"]) for run in e["runs"])
+        secs = e.get("seconds")
+        wall = f"{secs['mean'] / 60:.0f} min" if secs else "–"
+        lines.append(f"| {label} | {pct(e.get('final'))} | {' | '.join(exits)} | {ens} | {val} | {best} | "
+                     f"{wall} | {seeds} |")
+        curves = [run["target_entropy_curve"] for run in e["runs"] if run.get("target_entropy_curve")]
+        if curves:
+            exits_named = sorted(curves[0])
+            first = ", ".join(f"{k.replace('_', ' ')} {sum(c[k][0] for c in curves) / len(curves):.2f}"
+                              for k in exits_named)
+            last = ", ".join(f"{k.replace('_', ' ')} {sum(c[k][-1] for c in curves) / len(curves):.2f}"
+                             for k in exits_named)
+            classes = NUM_CLASSES.get(dataset)
+            uniform = f"; uniform over {classes} classes = {math.log(classes):.2f}" if classes else ""
+            entropy_notes.append(f"{label}: mean entropy of the generated soft targets on validation (nats"
+                                 f"{uniform}), first epoch {first}; last epoch {last} ({len(curves)} run(s)).")
+    return entropy_notes
+
+
 def self_boosting_converge_table():
     """The convergent-regime table: every exit, the ensemble, validation, best epoch and wall time
     per run; tuned variants (CONVERGE_VARIANTS) as extra rows, the one used for the paper's
@@ -434,44 +477,13 @@ def self_boosting_converge_table():
         methods = d["methods"]
         if not methods:
             continue
-        g = d["regime"]
-        any_run = next(iter(methods.values()))["runs"][0]
-        lines.append(f"**{dataset}** (`{d['config_file']}`: {g['arch']} width {g['width']}, {g['epochs']} epochs, "
-                     f"SGD lr {g['learning_rate']} ÷10 at epochs {', '.join(map(str, g['lr_boundaries']))}, weight "
-                     f"decay {g['weight_decay']}, batch {g['batch_size']}; {any_run['num_train_examples']} training "
-                     f"images, {any_run['num_test_examples']} test images. Test accuracy %, mean ± std over seeds, "
-                     f"each run's checkpoint chosen on validation `{g['select_metric']}`; the validation column is "
-                     f"that checkpoint's final-exit validation accuracy)\n")
-        lines.append("| method | final exit | exit 1 | exit 2 | exit 3 | ensemble of exits | validation (final) | "
-                     "best epoch | wall time per run | seeds |")
-        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        lines += converge_header(dataset, d)
         rows = [(METHOD_LABELS[n], n, methods[n]) for n in ("baseline", "dsn", "self_distill", "metadistiller")
                 if n in methods]
         for v, method, label, _ in variants:
             if v and dataset in v["datasets"] and method in v["datasets"][dataset]["methods"]:
                 rows.append((label, method, v["datasets"][dataset]["methods"][method]))
-        entropy_notes = []
-        for label, name, e in rows:
-            seeds = ", ".join(str(run["seed"]) for run in e["runs"])
-            exits = [pct(e.get(f"exit_{k}")) for k in (1, 2, 3)]
-            ens = pct(e.get("ensemble")) if name != "baseline" else "– (no exits)"
-            val = f"{100 * _mean_val(e):.2f}"
-            best = ", ".join(str(run["best_epoch"]) for run in e["runs"])
-            secs = e.get("seconds")
-            wall = f"{secs['mean'] / 60:.0f} min" if secs else "–"
-            lines.append(f"| {label} | {pct(e.get('final'))} | {' | '.join(exits)} | {ens} | {val} | {best} | "
-                         f"{wall} | {seeds} |")
-            curves = [run["target_entropy_curve"] for run in e["runs"] if run.get("target_entropy_curve")]
-            if curves:
-                exits_named = sorted(curves[0])
-                first = ", ".join(f"{k.replace('_', ' ')} {sum(c[k][0] for c in curves) / len(curves):.2f}"
-                                  for k in exits_named)
-                last = ", ".join(f"{k.replace('_', ' ')} {sum(c[k][-1] for c in curves) / len(curves):.2f}"
-                                 for k in exits_named)
-                classes = NUM_CLASSES.get(dataset)
-                uniform = f"; uniform over {classes} classes = {math.log(classes):.2f}" if classes else ""
-                entropy_notes.append(f"{label}: mean entropy of the generated soft targets on validation (nats"
-                                     f"{uniform}), first epoch {first}; last epoch {last} ({len(curves)} run(s)).")
+        entropy_notes = converge_rows(lines, rows, dataset)
         lines.append("")
         lines += [n + "\n" for n in entropy_notes]
         # The paper's ordering with the MetaDistiller variant that is best on validation.
@@ -492,6 +504,72 @@ def self_boosting_converge_table():
     for v, _, label, _ in variants:
         if v:
             lines.append(f"\n{label}: " + provenance(v) + run_revisions(v))
+    return "\n".join(lines)
+
+
+SELF_BOOSTING_ORDER = ("baseline", "dsn", "self_distill", "metadistiller")
+
+
+def _paired_to_default(tuned, default):
+    """Mean over shared seeds of tuned - default final-exit accuracy (points): (validation, test, seeds)."""
+    t, d = ({run["seed"]: run for run in e["runs"]} for e in (tuned, default))
+    seeds = sorted(set(t) & set(d))
+    if not seeds:
+        return None
+    diff = lambda split: 100 * sum(t[s][split]["final_accuracy"] - d[s][split]["final_accuracy"]  # noqa: E731
+                                   for s in seeds) / len(seeds)
+    return diff("val"), diff("test"), seeds
+
+
+def self_boosting_tuned_table():
+    """Equal-budget searches per method (benchmarks/self_boosting_table.py --tune_trials) and the
+    full-regime runs with each method's best values, against the default-knob runs."""
+    r = load("self_boosting_converge_tuned")
+    if r is None:
+        return ("_Not measured yet: run `python benchmarks/self_boosting_table.py --regime=converge --tune_trials=4 "
+                "--name=self_boosting_converge_tuned ...`._")
+    default = load("self_boosting_converge") or {"datasets": {}}
+    lines = []
+    for dataset, searches in r.get("tuning", {}).items():
+        lines.append(f"**{dataset}**, the searches: {r['tune_trials']} random-search trials per method (`bin/tune`, "
+                     f"each method's default space, tuning seed {r['tune_seed']}), each trial trained at the proxy "
+                     f"regime {', '.join(f'`{o}`' for o in r['tune_overrides'])} and scored by its best epoch's "
+                     "final-exit validation accuracy.\n")
+        lines.append("| method | searched | best trial's values | its validation | every trial's validation | "
+                     "search time |")
+        lines.append("| --- | --- | --- | --- | --- | --- |")
+        for name in SELF_BOOSTING_ORDER:
+            search = searches.get(name)
+            if not search:
+                continue
+            searched = ", ".join(spec.split("=")[0].split(".")[-1] for spec in search["space"])
+            values = ", ".join(f"{k.split('.')[-1]} {v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}"
+                               for k, v in search["best"]["values"].items())
+            every = ", ".join(f"{100 * t['score']:.1f}" for t in search["trials"])
+            secs = search.get("seconds")
+            lines.append(f"| {METHOD_LABELS[name]} | {searched} | {values} | {100 * search['best']['score']:.2f} | "
+                         f"{every} | {f'{secs / 60:.0f} min' if secs else '–'} |")
+        lines.append("")
+        d = r["datasets"].get(dataset)
+        if d and d["methods"]:
+            lines.append("The full regime with each method's best values:\n")
+            lines += converge_header(dataset, d)
+            rows = [(METHOD_LABELS[n] + ", tuned", n, d["methods"][n]) for n in SELF_BOOSTING_ORDER
+                    if n in d["methods"]]
+            lines += [""] + [n + "\n" for n in converge_rows(lines, rows, dataset)]
+            default_methods = default["datasets"].get(dataset, {}).get("methods", {})
+            paired = []
+            for n in SELF_BOOSTING_ORDER:
+                if n in d["methods"] and n in default_methods:
+                    p = _paired_to_default(d["methods"][n], default_methods[n])
+                    if p:
+                        paired.append(f"{METHOD_LABELS[n]} validation {p[0]:+.2f}, test {p[1]:+.2f} "
+                                      f"(seeds {', '.join(map(str, p[2]))})")
+            if paired:
+                lines.append("Tuned minus default knobs, final exit, paired by seed (points): " + "; ".join(paired)
+                             + ".\n")
+            lines += paper_targets(d["methods"])
+    lines.append(provenance(r) + (run_revisions(r) if any(d["methods"] for d in r["datasets"].values()) else ""))
     return "\n".join(lines)
 
 
@@ -684,6 +762,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs_mid_backbone": lambda: fewshot_tuned_table("fewshot_table_glyphs_mid_backbone"),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
+          "self_boosting_tuned": self_boosting_tuned_table,
           "step_cost": step_cost_table, "first_step": first_step_table, "batchnorm_ab": batchnorm_ab_table,
           "generator_lr": generator_lr_table, "default_job": default_job_table,
           "metadistiller_targets": targets_fashion_mnist_table,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkd import export, train
+from tfkd import export, losses, train
 from tfkd.methods import build_method
 from tfkd.models import MultiExitResNet
 
@@ -79,6 +79,30 @@ def test_meta_gradient_matches_finite_differences(float64):
         assert rel < 1e-4, (method.generator.trainable_variables[i].path, idx, fd_coarse, g[idx], rel)
         checked += 1
     assert checked >= 10 and skipped <= checked, (checked, skipped)
+
+
+def test_lookahead_inner_gradient_is_the_d_train_gradient_with_coupled_weight_decay():
+    """The inner step's gradient (written-out weight decay, no L2 term in the tape) equals the
+    gradient of the student loss + weight_decay * 0.5 * sum ||w||^2 taken with an ordinary tape."""
+    keras.utils.set_random_seed(4)
+    method = _tiny_method()
+    method.weight_decay = 0.05  # large enough that a missing or doubled decay term shows
+    (xa, ya), (xb, yb) = _batches(tf.float32)
+    theta = [tf.convert_to_tensor(v) for v in method.network.trainable_variables]
+    _, inner = method.lookahead_loss(
+        [tf.convert_to_tensor(v) for v in method.generator.trainable_variables], theta,
+        [tf.convert_to_tensor(v) for v in method.network.non_trainable_variables],
+        [tf.convert_to_tensor(v) for v in method.generator.non_trainable_variables],
+        (xa, ya), (xb, yb), tf.constant(0.1), return_inner=True)
+    with tf.GradientTape() as tape:
+        logits, features = method.network(xa, training=True, return_features=True)
+        targets = method.generator([tf.stop_gradient(f) for f in method.stage_features(features)], training=True)
+        terms = method.student_terms(ya, logits, method.soft_targets(targets, logits["final"].dtype))
+        loss = tf.add_n(list(terms.values())) + 0.05 * losses.l2_penalty(method.network.trainable_variables)
+    expected = tape.gradient(loss, method.network.trainable_variables,
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    for got, want, v in zip(inner["grads"], expected, method.network.trainable_variables):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6, err_msg=v.path)
 
 
 def test_lookahead_leaves_real_model_untouched():

@@ -114,3 +114,31 @@ def test_baseline_leaves_exit_heads_untouched(tiny, fmnist_small, weight_decay):
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(stage_before, method.network.stages[0][0].conv1.kernel.numpy())
+
+
+@pytest.mark.parametrize("name", ["baseline", "self_distill"])
+def test_main_step_applies_coupled_weight_decay(name):
+    """One plain-SGD main step moves each weight by -lr * (dL/dw + weight_decay * w): the gradient
+    of the loss with weight_decay * 0.5 * sum ||w||^2 added, though the step writes the decay out."""
+    import keras
+
+    from tfkd import losses
+
+    keras.utils.set_random_seed(5)
+    net = build_backbone("resnet10", num_classes=3, width=0.0625, input_shape=(8, 8, 1))
+    method = build_method(name, net, {}, weight_decay=0.05)
+    method.build()
+    method.compile(optimizer=keras.optimizers.SGD(0.1))
+    method.build_state()
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(size=(6, 8, 8, 1)), tf.float32)
+    y = tf.constant(rng.integers(0, 3, 6).astype(np.int32))
+    variables = method.update_variables()
+    before = [v.numpy() for v in variables]
+    with tf.GradientTape() as tape:
+        terms, _ = method.compute_losses(x, y, training=True)
+        loss = tf.add_n(list(terms.values())) + 0.05 * losses.l2_penalty(variables)
+    grads = tape.gradient(loss, variables)
+    method.main_step(x, y)
+    for w0, g, v in zip(before, grads, variables):
+        np.testing.assert_allclose(v.numpy(), w0 - 0.1 * g.numpy(), rtol=1e-4, atol=1e-6, err_msg=v.path)

@@ -5,6 +5,7 @@ teachers or the drivers. A teacher-student method takes an already-loaded teache
 (tfkd.teachers builds it; the driver injects it)."""
 import keras
 
+from tfkd import optimizers
 from tfkd.methods import distill, fewshot, metadistiller, multi_exit, teacher_student  # noqa: F401  (registers the methods)
 from tfkd.methods.base import EpochPhases, MultiExitMethod, resolve_method_config
 from tfkd.methods.distill import Distill, ProgressiveDistill
@@ -39,8 +40,8 @@ def build_optimizer(train_cfg, steps):
     lr = learning_rate(train_cfg, steps)
     # Weight decay is added to the loss by the method (coupled L2, as in the papers' PyTorch code).
     if train_cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=train_cfg.momentum, nesterov=train_cfg.nesterov)
-    return keras.optimizers.Adam(lr)
+        return optimizers.SGD(lr, momentum=train_cfg.momentum, nesterov=train_cfg.nesterov)
+    return optimizers.Adam(lr)
 
 
 def build_fewshot_method(config, feature_dim, strategy, steps):

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfkd import losses, method_config
+from tfkd import losses, method_config, optimizers
 from tfkd.distribute import replica_scale
 from tfkd.errors import ConfigError
 from tfkd.methods.fewshot import GeneratorAugmented
@@ -168,7 +168,7 @@ class Distill(GeneratorAugmented):
         for layer in self.teacher_embedding:
             layer.trainable = True
         variables = [v for layer in self.teacher_embedding for v in layer.trainable_variables]
-        optimizer = keras.optimizers.Adam(learning_rate)
+        optimizer = optimizers.Adam(learning_rate)
         rng = np.random.default_rng([seed, 2027])
 
         @tf.function

@@ -33,7 +33,7 @@ Readings of the ambiguous parts (all config fields of ``config.metadistiller``):
 import keras
 import tensorflow as tf
 
-from tfkd import losses, method_config
+from tfkd import losses, method_config, optimizers
 from tfkd.methods.base import MultiExitMethod
 from tfkd.models.label_generator import LabelGenerator
 from tfkd.registry import METHODS
@@ -79,7 +79,7 @@ class MetaDistiller(MultiExitMethod):
 
     def compile(self, optimizer="sgd", generator_optimizer=None, **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
-        self.generator_optimizer = generator_optimizer or keras.optimizers.Adam(self.generator_lr)
+        self.generator_optimizer = generator_optimizer or optimizers.Adam(self.generator_lr)
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -159,11 +159,10 @@ class MetaDistiller(MultiExitMethod):
                 [tf.stop_gradient(f) for f in self.stage_features(features)], training=True)
             soft = self.soft_targets(targets, logits["final"].dtype)
             terms = self.student_terms(y_a, logits, soft, stop_target_gradient=False)
-            inner_loss = tf.add_n(list(terms.values()))
-            if self.weight_decay:
-                inner_loss += self.weight_decay * losses.l2_penalty(theta)
-            inner_loss = self.replica_scale(inner_loss)
-        replica_grads = inner.gradient(inner_loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            inner_loss = self.replica_scale(tf.add_n(list(terms.values())))
+        replica_grads = self.with_weight_decay(
+            inner.gradient(inner_loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO), theta,
+            self.replica_scale(tf.constant(1.0, inner_loss.dtype)))
         grads = _all_reduce_sum(replica_grads)
         theta_plus = [t - tf.cast(zeta, t.dtype) * g for t, g in zip(theta, grads)]
         test_logits, _ = self.network.stateless_call(theta_plus, non_trainable, x_b, training=True)
