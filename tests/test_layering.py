@@ -14,7 +14,7 @@ PACKAGE = os.path.join(REPO, "tfkd")
 # (e.g. a new one) count as top-level: they may import anything, and nothing listed may import them.
 LAYERS = [
     ("base", ["tfkd", "tfkd.errors", "tfkd.io", "tfkd.layout", "tfkd.registry", "tfkd.method_config", "tfkd.losses",
-              "tfkd.distribute", "tfkd.progress"]),
+              "tfkd.optimizers", "tfkd.distribute", "tfkd.progress"]),
     ("data/models", ["tfkd.data", "tfkd.models", "tfkd.evaluation"]),
     ("methods", ["tfkd.methods"]),
     ("config", ["tfkd.config"]),
