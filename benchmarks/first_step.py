@@ -10,6 +10,10 @@ Each (method, phase) runs in a fresh process, as a user's run does (nothing trac
 optimised before), through the function ``fit`` calls (``make_train_function``) on a dataset
 iterator. ``benchmarks/step_cost.py`` records the whole first ``fit`` step (this plus fit's
 own start-up: callbacks, the epoch iterator).
+
+``--against=DIR`` (a checkout of another revision, e.g. ``git worktree add /tmp/old HEAD~1``)
+measures every step in both checkouts, alternating, ``--repeats`` times each, and records the
+ratio of their first calls: a before/after comparison from one run, under the same load.
 """
 import json
 import os
@@ -30,6 +34,8 @@ flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 flags.DEFINE_integer("steps", 5, "Steady calls timed after the first (median reported).")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_string("name", "first_step", "Result file name under benchmarks/results/.")
+flags.DEFINE_string("against", "", "Another checkout to measure alternately with this one (ratios recorded).")
+flags.DEFINE_integer("repeats", 1, "With --against: fresh processes per step and checkout.")
 flags.DEFINE_string("only", "", "Internal: measure one 'label' of STEPS in this process, print JSON.")
 FLAGS = flags.FLAGS
 
@@ -81,25 +87,46 @@ def measure(label):
             "step_s": statistics.median(times), "graph_ops": graph_ops}
 
 
+def measure_in(repo, label):
+    """One fresh process of ``repo``'s copy of this benchmark measuring ``label``."""
+    out = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "first_step.py"), f"--only={label}",
+                          f"--config={FLAGS.config}", f"--batch_size={FLAGS.batch_size}",
+                          f"--steps={FLAGS.steps}", f"--seed={FLAGS.seed}"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
 def main(argv):
     del argv
     if FLAGS.only:
         print("RESULT " + json.dumps(measure(FLAGS.only)), flush=True)
         return
-    results = {}
+    results, against = {}, {}
+    other = os.path.abspath(FLAGS.against) if FLAGS.against else None
     for label in STEPS:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--only={label}",
-                              f"--config={FLAGS.config}", f"--batch_size={FLAGS.batch_size}",
-                              f"--steps={FLAGS.steps}", f"--seed={FLAGS.seed}"],
-                             check=True, capture_output=True, text=True).stdout
-        results[label] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+        if other:
+            ours, theirs = [], []
+            for _ in range(FLAGS.repeats):  # alternating, so both see the same load
+                theirs.append(measure_in(other, label))
+                ours.append(measure_in(common.REPO, label))
+            pick = lambda runs: min(runs, key=lambda r: r["first_call_s"])  # noqa: E731  (least disturbed)
+            results[label], against[label] = pick(ours), pick(theirs)
+            against[label]["first_call_ratio"] = results[label]["first_call_s"] / against[label]["first_call_s"]
+        else:
+            results[label] = measure_in(common.REPO, label)
         r = results[label]
         print(f"{label:>30}: first call {r['first_call_s']:5.1f} s (tracing train_step {r['trace_s']:4.1f} s), "
-              f"step {1000 * r['step_s']:6.0f} ms, {r['graph_ops']} graph ops", flush=True)
-    common.write_result(FLAGS.name, {
-        "benchmark": "first_step", "config_file": os.path.relpath(FLAGS.config, common.REPO),
-        "batch_size": FLAGS.batch_size, "seed": FLAGS.seed, "steps": FLAGS.steps, "fresh_process_each": True,
-        "steps_measured": results})
+              f"step {1000 * r['step_s']:6.0f} ms, {r['graph_ops']} graph ops"
+              + (f"; {against[label]['first_call_ratio']:.2f}x the other checkout's" if other else ""), flush=True)
+    payload = {"benchmark": "first_step", "config_file": os.path.relpath(FLAGS.config, common.REPO),
+               "batch_size": FLAGS.batch_size, "seed": FLAGS.seed, "steps": FLAGS.steps, "fresh_process_each": True,
+               "load_average_before": os.getloadavg()[0], "steps_measured": results}
+    if other:
+        from tfkd import io
+
+        payload["against"] = {"path": other, "git_revision": io.git_revision(other), "repeats": FLAGS.repeats,
+                              "steps_measured": against}
+    common.write_result(FLAGS.name, payload)
 
 
 if __name__ == "__main__":

@@ -328,15 +328,33 @@ def batchnorm_ab_table(r):
 
 @from_result("first_step", "python benchmarks/first_step.py")
 def first_step_table(r):
-    """Where each step's first call goes: tracing train_step, then the rest (benchmarks/first_step.py)."""
+    """Where each step's first call goes: tracing train_step, then the rest (benchmarks/first_step.py);
+    with --against, the other checkout's first call and graph size beside it."""
+    other = r.get("against")
     lines = [f"`{r['config_file']}`, global batch {r['batch_size']}; each step in a fresh process, through the "
-             f"train function `fit` calls; steady step: median of {r['steps']} later calls.", "",
-             "| method [phase] | first call | of which tracing `train_step` | rest (graph optimisation, "
-             "kernel set-up, one step) | steady step | graph ops |", "| --- | --- | --- | --- | --- | --- |"]
+             f"train function `fit` calls; steady step: median of {r['steps']} later calls.", ""]
+    head = ("| method [phase] | first call | of which tracing `train_step` | rest (graph optimisation, "
+            "kernel set-up, one step) | steady step | graph ops |")
+    rule = "| --- | --- | --- | --- | --- | --- |"
+    if other:
+        rev = short_rev(other["git_revision"])
+        head += f" first call at {rev} | graph ops at {rev} | first call, this ÷ {rev} |"
+        rule += " --- | --- | --- |"
+    lines += [head, rule]
     for label, m in r["steps_measured"].items():
-        lines.append(f"| {label} | {m['first_call_s']:.1f} s | {m['trace_s']:.1f} s | {m['rest_of_first_call_s']:.1f} s"
-                     f" | {1000 * m['step_s']:.0f} ms | {m['graph_ops']} |")
-    return "\n".join(lines + ["", provenance(r)])
+        line = (f"| {label} | {m['first_call_s']:.1f} s | {m['trace_s']:.1f} s | {m['rest_of_first_call_s']:.1f} s"
+                f" | {1000 * m['step_s']:.0f} ms | {m['graph_ops']} |")
+        if other:
+            o = other["steps_measured"][label]
+            line += f" {o['first_call_s']:.1f} s | {o['graph_ops']} | {o['first_call_ratio']:.2f} |"
+        lines.append(line)
+    notes = [provenance(r)]
+    if other:
+        notes.append(f"Both checkouts measured alternately in one run, {other['repeats']} fresh process(es) per step "
+                     f"and checkout, the fastest first call of each kept; load average "
+                     f"{r['load_average_before']:.1f} at the start (above 0 means other work shared the 2 cores, so "
+                     "read the ratio, not the seconds).")
+    return "\n".join(lines + [""] + notes)
 
 
 TS_LABELS = {"baseline": "student alone (baseline)", "kd": "KD (Hinton)", "fitnet": "FitNet", "at": "AT",

@@ -144,9 +144,10 @@ def atomic_directory(path, needed_bytes=0):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def git_revision():
-    """'<sha>[+dirty]' of the tfkd source tree, or 'unknown' outside a git checkout."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def git_revision(root=None):
+    """'<sha>[+dirty]' of the tfkd source tree (or of the checkout at ``root``), or 'unknown'
+    outside a git checkout."""
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10).stdout.strip()
