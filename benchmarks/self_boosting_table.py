@@ -202,6 +202,14 @@ def add_run(results, dataset, method, m):
 
 def main(argv):
     del argv
+    if FLAGS.tune_override and not FLAGS.tune_trials:
+        sys.stderr.write("error: --tune_override sets the searches' proxy regime; expected --tune_trials=N (N >= 1) "
+                         "with it\n")
+        sys.exit(2)
+    if FLAGS.tune_trials and not FLAGS.name:
+        sys.stderr.write("error: --tune_trials trains tuned runs; expected a --name for their results file (the "
+                         "default-knob table keeps its own)\n")
+        sys.exit(2)
     name = FLAGS.name or DEFAULT_NAMES[FLAGS.regime]
     common.hold_results(name)
     try:

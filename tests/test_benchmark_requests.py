@@ -81,3 +81,14 @@ def test_a_second_invocation_on_the_same_results_file_is_refused(tmp_path):
     finally:
         common._HELD_LOCKS.pop(name).close()
         os.remove(lock)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--tune_override=train.epochs=10"], "--tune_override sets the searches' proxy regime; expected --tune_trials"),
+    (["--tune_trials=4"], "--tune_trials trains tuned runs; expected a --name"),
+])
+def test_self_boosting_table_refuses_an_incomplete_tuning_request(tmp_path, args, expected):
+    """A search's proxy without a search, or tuned runs that would land in the default-knob table."""
+    rc, err = run_benchmark("self_boosting_table.py", "--regime=converge", f"--runs_dir={tmp_path}/runs", *args)
+    assert rc == 2 and expected in err, err[-2000:]
+    assert not os.path.exists(tmp_path / "runs")
