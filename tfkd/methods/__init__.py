@@ -38,7 +38,8 @@ def learning_rate(train_cfg, steps):
 def build_optimizer(train_cfg, steps):
     """The optimizer of config.train for ``steps`` steps per epoch."""
     lr = learning_rate(train_cfg, steps)
-    # Weight decay is added to the loss by the method (coupled L2, as in the papers' PyTorch code).
+    # Weight decay is coupled (added to the gradients by the method, as PyTorch's SGD does in the
+    # papers' code), not the optimizers' decoupled weight_decay.
     if train_cfg.optimizer == "sgd":
         return optimizers.SGD(lr, momentum=train_cfg.momentum, nesterov=train_cfg.nesterov)
     return optimizers.Adam(lr)
