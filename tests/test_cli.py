@@ -145,6 +145,10 @@ def _no_tensorflow(tmp):
     ("train", ["--workdir={tmp}/w", "--config=configs/nonexistent.py"], "no such config file"),
     ("tune", ["--workdir={tmp}/w", "--method=metadistiller", "--config.metadistiller.tau=0"],
      "config.metadistiller.tau=0.0: expected > 0"),
+    ("visualize", ["--output={tmp}/figures"], "nothing to draw: pass --workdir=RUN"),
+    ("visualize", ["--workdir={tmp}/nope", "--output={tmp}/figures"], "--workdir={tmp}/nope is not a folder"),
+    ("visualize", ["--workdir={tmp}", "--output={tmp}/figures"], "has no config.json: not a tfkd run folder"),
+    ("visualize", ["--results={tmp}/a_file", "--output={tmp}/figures"], "is not valid JSON"),
 ])
 def test_scripts_refuse_a_bad_request_before_importing_tensorflow(tmp_path, script, args, expected):
     tmp = str(tmp_path)
@@ -154,4 +158,4 @@ def test_scripts_refuse_a_bad_request_before_importing_tensorflow(tmp_path, scri
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
-    assert expected in errors[0], errors[0]
+    assert expected.format(tmp=tmp) in errors[0], errors[0]

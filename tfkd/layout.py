@@ -1,9 +1,16 @@
 """The run folder's file names (documented in tfkd.runs) and a check that a folder is a run.
 
 Free of TensorFlow, so the bin/ scripts can refuse a --workdir that is not a run before they spend
-seconds importing it. Layer: base (imports only tfkd.errors).
+seconds importing it: besides the names, the readers of a run's config and network files and the
+integrity check of a checkpoint folder live here (tfkd.runs re-exports them). Layer: base
+(imports only tfkd.errors).
 """
+import hashlib
+import json
 import os
+
+import h5py
+import ml_collections
 
 from tfkd.errors import WorkdirError
 
@@ -39,3 +46,78 @@ def require_run_folder(workdir, flag="--workdir"):
     """What every reader of a finished or running run needs first: its config and network files."""
     for name in (CONFIG, NETWORK):
         require_run_file(workdir, name, flag)
+
+
+def read_config(workdir):
+    """The run's resolved config (config.json) as a ConfigDict."""
+    with open(require_run_file(workdir, CONFIG)) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def read_network_info(workdir):
+    with open(require_run_file(workdir, NETWORK)) as f:
+        return json.load(f)
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _h5_problem(path):
+    if os.path.getsize(path) == 0:
+        return "is empty"
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except Exception:  # noqa: BLE001  (h5py raises OSError / RuntimeError on damaged files)
+        return "cannot be read as HDF5 (truncated or damaged)"
+    return None
+
+
+def checkpoint_problem(folder):
+    """None when a checkpoint folder is intact, else what is wrong with it (a short phrase)."""
+    if not os.path.isdir(folder):
+        return "it is missing"
+    manifest = os.path.join(folder, MANIFEST)
+    if os.path.exists(manifest):
+        try:
+            with open(manifest) as f:
+                files = json.load(f)["files"]
+            entries = [(name, int(e["size"]), str(e["sha256"])) for name, e in sorted(files.items())]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{MANIFEST} is unreadable"
+        if STATE not in files:
+            return f"{MANIFEST} lists no {STATE}"
+        for name, size, digest in entries:
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                return f"{name} is missing"
+            actual = os.path.getsize(path)
+            if actual != size:
+                return (f"{name} is empty" if actual == 0 else
+                        f"{name} is truncated ({actual} of {size} bytes)" if actual < size else
+                        f"{name} has {actual} bytes, {size} expected")
+            if file_sha256(path) != digest:
+                return f"{name} does not match its checksum"
+        return None
+    # Checkpoints written before manifests existed: what can be checked without one.
+    try:
+        with open(os.path.join(folder, STATE)) as f:
+            if not isinstance(json.load(f), dict):
+                raise ValueError
+    except FileNotFoundError:
+        return f"{STATE} is missing"
+    except (OSError, ValueError):
+        return f"{STATE} is not valid JSON"
+    if not os.path.exists(os.path.join(folder, WEIGHTS)):
+        return f"{WEIGHTS} is missing"
+    for name in (WEIGHTS, NETWORK_WEIGHTS):
+        if os.path.exists(os.path.join(folder, name)):
+            problem = _h5_problem(os.path.join(folder, name))
+            if problem:
+                return f"{name} {problem}"
+    return None

@@ -37,7 +37,6 @@ killed process are removed at the next start.
 import contextlib
 import csv
 import errno
-import hashlib
 import io as _stdio
 import json
 import os
@@ -48,8 +47,6 @@ import tempfile
 import time
 
 import keras
-import h5py
-import ml_collections
 import numpy as np
 import tensorflow as tf
 
@@ -59,7 +56,7 @@ from tfkd.distribute import is_chief
 from tfkd.errors import ConfigError, WorkdirError
 from tfkd.layout import (BEST, CHECKPOINTS, CONFIG, EVALUATION, EXPORT, HISTORY, LOCK, LOGS,  # noqa: F401
                          MANIFEST, METADATA_FILE, METRICS, NETWORK, NETWORK_WEIGHTS, RUN_INFO, SNAPSHOTS, STATE,
-                         WEIGHTS, require_run_file)
+                         WEIGHTS, file_sha256, checkpoint_problem, read_config, read_network_info, require_run_file)
 from tfkd.method_config import METHOD_CONFIGS
 from tfkd.methods import build_fewshot_method, build_method, build_optimizer
 from tfkd.models import build_backbone
@@ -80,17 +77,6 @@ def is_finished(workdir):
 def write_metrics(workdir, metrics):
     """metrics.json, written last: it marks the run finished."""
     io.write_json_atomic(os.path.join(workdir, METRICS), metrics)
-
-
-def read_config(workdir):
-    """The run's resolved config (config.json) as a ConfigDict."""
-    with open(require_run_file(workdir, CONFIG)) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
-def read_network_info(workdir):
-    with open(require_run_file(workdir, NETWORK)) as f:
-        return json.load(f)
 
 
 def load_metadata(export_path):
@@ -219,75 +205,11 @@ def write_run_files(workdir, config, network_info, start_info):
 # ---------------------------------------------------------------------- checkpoints
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder):
     """manifest.json: size and sha256 of every file of a checkpoint folder (written last)."""
-    files = {n: {"size": os.path.getsize(os.path.join(folder, n)), "sha256": _sha256(os.path.join(folder, n))}
+    files = {n: {"size": os.path.getsize(os.path.join(folder, n)), "sha256": file_sha256(os.path.join(folder, n))}
              for n in sorted(os.listdir(folder)) if n != MANIFEST and os.path.isfile(os.path.join(folder, n))}
     io.write_json_atomic(os.path.join(folder, MANIFEST), {"files": files})
-
-
-def _h5_problem(path):
-    if os.path.getsize(path) == 0:
-        return "is empty"
-    try:
-        with h5py.File(path, "r"):
-            pass
-    except Exception:  # noqa: BLE001  (h5py raises OSError / RuntimeError on damaged files)
-        return "cannot be read as HDF5 (truncated or damaged)"
-    return None
-
-
-def checkpoint_problem(folder):
-    """None when a checkpoint folder is intact, else what is wrong with it (a short phrase)."""
-    if not os.path.isdir(folder):
-        return "it is missing"
-    manifest = os.path.join(folder, MANIFEST)
-    if os.path.exists(manifest):
-        try:
-            with open(manifest) as f:
-                files = json.load(f)["files"]
-            entries = [(name, int(e["size"]), str(e["sha256"])) for name, e in sorted(files.items())]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return f"{MANIFEST} is unreadable"
-        if STATE not in files:
-            return f"{MANIFEST} lists no {STATE}"
-        for name, size, digest in entries:
-            path = os.path.join(folder, name)
-            if not os.path.isfile(path):
-                return f"{name} is missing"
-            actual = os.path.getsize(path)
-            if actual != size:
-                return (f"{name} is empty" if actual == 0 else
-                        f"{name} is truncated ({actual} of {size} bytes)" if actual < size else
-                        f"{name} has {actual} bytes, {size} expected")
-            if _sha256(path) != digest:
-                return f"{name} does not match its checksum"
-        return None
-    # Checkpoints written before manifests existed: what can be checked without one.
-    try:
-        with open(os.path.join(folder, STATE)) as f:
-            if not isinstance(json.load(f), dict):
-                raise ValueError
-    except FileNotFoundError:
-        return f"{STATE} is missing"
-    except (OSError, ValueError):
-        return f"{STATE} is not valid JSON"
-    if not os.path.exists(os.path.join(folder, WEIGHTS)):
-        return f"{WEIGHTS} is missing"
-    for name in (WEIGHTS, NETWORK_WEIGHTS):
-        if os.path.exists(os.path.join(folder, name)):
-            problem = _h5_problem(os.path.join(folder, name))
-            if problem:
-                return f"{name} {problem}"
-    return None
 
 
 def _epoch_dirs(workdir):

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from tfkd import runs  # noqa: E402
+from tfkd import layout  # noqa: E402  (TF-free: every input is checked before TensorFlow loads)
 from tfkd.errors import ConfigError, DataError, WorkdirError  # noqa: E402
 
 SELF_BOOSTING = ("baseline", "dsn", "self_distill", "metadistiller")
@@ -52,9 +52,9 @@ DEFAULT_DPI = 80
 
 def read_history(workdir):
     """history.csv as {column: float array (NaN where an epoch did not log it)}, epochs ascending."""
-    path = os.path.join(workdir, runs.HISTORY)
+    path = os.path.join(workdir, layout.HISTORY)
     if not os.path.exists(path):
-        raise WorkdirError(f"--workdir={workdir} has no {runs.HISTORY} (no epoch finished yet)")
+        raise WorkdirError(f"--workdir={workdir} has no {layout.HISTORY} (no epoch finished yet)")
     with open(path) as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -67,9 +67,9 @@ def read_history(workdir):
 
 
 def history_columns(workdir):
-    path = os.path.join(workdir, runs.HISTORY)
+    path = os.path.join(workdir, layout.HISTORY)
     if not os.path.exists(path):
-        raise WorkdirError(f"--workdir={workdir} has no {runs.HISTORY} (no epoch finished yet)")
+        raise WorkdirError(f"--workdir={workdir} has no {layout.HISTORY} (no epoch finished yet)")
     with open(path) as f:
         return next(csv.reader(f), [])
 
@@ -78,11 +78,18 @@ def _require_columns(workdir, wanted, why):
     have = history_columns(workdir)
     missing = [c for c in wanted if c not in have]
     if missing:
-        raise WorkdirError(f"{os.path.join(workdir, runs.HISTORY)} has no column(s) {missing} ({why})")
+        raise WorkdirError(f"{os.path.join(workdir, layout.HISTORY)} has no column(s) {missing} ({why})")
 
 
 def _require_checkpoint(workdir):
-    runs.resolve_checkpoint(workdir, "best")  # raises WorkdirError naming the missing file
+    """The best checkpoint is there, or an epoch checkpoint it can be rebuilt from (tfkd.runs
+    rebuilds a damaged one when the figure is drawn)."""
+    best = os.path.join(workdir, layout.CHECKPOINTS, layout.BEST)
+    problem = layout.checkpoint_problem(best)
+    epochs = os.path.join(workdir, layout.CHECKPOINTS)
+    if problem and not any(d.startswith("epoch_") for d in (os.listdir(epochs) if os.path.isdir(epochs) else ())):
+        raise WorkdirError(f"--workdir={workdir}: its best checkpoint {best} is unusable ({problem}) and no epoch "
+                           f"checkpoint is left to rebuild it from")
 
 
 def figures_for_run(workdir):
@@ -90,7 +97,7 @@ def figures_for_run(workdir):
     a file a figure needs is missing."""
     if not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir={workdir} is not a folder")
-    config = runs.read_config(workdir)
+    config = layout.read_config(workdir)
     method = config.get("method")
     name = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
     supported = SELF_BOOSTING + GENERATOR_METHODS
@@ -102,17 +109,17 @@ def figures_for_run(workdir):
         _require_columns(workdir, ["val_final_accuracy"], "the learning curve")
         kinds.append("curve")
     if method == "metadistiller":
-        runs.read_network_info(workdir)
+        layout.read_network_info(workdir)
         _require_checkpoint(workdir)
         if not any(c.startswith(ENTROPY_PREFIX) for c in history_columns(workdir)):
-            raise WorkdirError(f"{os.path.join(workdir, runs.HISTORY)} has no {ENTROPY_PREFIX}* columns: the run was "
+            raise WorkdirError(f"{os.path.join(workdir, layout.HISTORY)} has no {ENTROPY_PREFIX}* columns: the run was "
                                f"trained before MetaDistiller logged its target entropy; re-train it")
         kinds += ["targets", "target_entropy"]
     if method in GENERATOR_METHODS:
         if config[method].get("ensemble_size", 1) > 1:
             raise WorkdirError(f"--workdir={workdir} is an ensemble; pass one member's folder "
                                f"({os.path.join(workdir, 'members', 'member_0')})")
-        novel = runs.read_network_info(workdir).get("features", {}).get("novel")
+        novel = layout.read_network_info(workdir).get("features", {}).get("novel")
         if not novel or not os.path.exists(novel):
             raise WorkdirError(f"--workdir={workdir}: its novel-class feature file {novel!r} (network.json) is missing")
         _require_checkpoint(workdir)
@@ -157,7 +164,9 @@ def restore_metadistiller(workdir):
     from tfkd.methods import build_method, build_optimizer
     from tfkd.models import build_backbone
 
-    config, net = runs.read_config(workdir), runs.read_network_info(workdir)
+    from tfkd import runs
+
+    config, net = layout.read_config(workdir), layout.read_network_info(workdir)
     kwargs = dict(net["kwargs"], input_shape=tuple(net["kwargs"]["input_shape"]))
     network = build_backbone(net["arch"], **kwargs)
     network.ensure_built()
@@ -220,7 +229,7 @@ def novel_split(workdir):
     """(features, labels, {class id: name}) of the run's novel-class feature file."""
     from tfkd.data.features import read_features
 
-    path = runs.read_network_info(workdir)["features"]["novel"]
+    path = layout.read_network_info(workdir)["features"]["novel"]
     features, labels = read_features(path)
     names = {}
     meta = os.path.join(os.path.dirname(path), "features.json")
@@ -273,7 +282,7 @@ def self_boosting_curves_from_runs(workdirs):
     """Like self_boosting_curves_from_results, from run folders' history.csv."""
     curves = {}
     for workdir in workdirs:
-        config = runs.read_config(workdir)
+        config = layout.read_config(workdir)
         history = read_history(workdir)
         curves.setdefault(config.data.name, {}).setdefault(config.method, []).append(
             list(history["val_final_accuracy"]))
@@ -481,14 +490,16 @@ def make_figures(workdirs=(), results=(), output=None, overwrite=False, images=3
     for path, kind, source in jobs:
         if kind == "targets":
             method, class_names = restore_metadistiller(source)
-            config = runs.read_config(source)
+            config = layout.read_config(source)
             x, y = test_images(config, images)
             plot_targets(x, y, metadistiller_targets(method, x), class_names, path, dpi=dpi)
         elif kind == "target_entropy":
-            net = runs.read_network_info(source)
+            net = layout.read_network_info(source)
             plot_target_entropy(read_history(source), int(net["kwargs"]["num_classes"]), path, dpi=dpi)
         elif kind == "tsne":
             if source not in restored:
+                from tfkd import runs
+
                 restored[source] = runs.restore_fewshot_method(source)
             method, config = restored[source]
             features, labels, names = novel_split(source)
@@ -496,7 +507,7 @@ def make_figures(workdirs=(), results=(), output=None, overwrite=False, images=3
             title = f"{_fewshot_label(config)}\nreal vs generated novel-class features (t-SNE)"
             plot_tsne(data, names, title, path, dpi=dpi)
         elif kind == "k_schedule":
-            config = runs.read_config(source)
+            config = layout.read_config(source)
             title = f"{_fewshot_label(config)}: k over meta-training ({config.progressive.schedule} schedule)"
             plot_k_schedule(k_schedule_data(config, read_history(source)), title, path, dpi=dpi)
         elif kind == "curves_runs":
