@@ -568,6 +568,17 @@ def self_boosting_tuned_table():
             lines.append(f"| {METHOD_LABELS[name]} | {searched} | {values} | {100 * search['best']['score']:.2f} | "
                          f"{every} | {f'{secs / 60:.0f} min' if secs else '–'} |")
         lines.append("")
+        ranked = sorted(searches, key=lambda n: -searches[n]["best"]["score"])
+        lines.append("At the proxy, the best trials rank " + " > ".join(
+            f"{METHOD_LABELS.get(n, n).split(' (')[0]} {100 * searches[n]['best']['score']:.2f}" for n in ranked) + ".")
+        # The same tuning seed over the same space draws the same trials: such methods are compared
+        # on identical knobs, trial by trial.
+        draws = {n: [t["values"] for t in searches[n]["trials"]] for n in ranked}
+        same = [(a, b) for i, a in enumerate(ranked) for b in ranked[i + 1:] if draws[a] == draws[b]]
+        for a, b in same:
+            lines.append(f"{METHOD_LABELS[a].split(' (')[0]} and {METHOD_LABELS[b].split(' (')[0]} searched the same "
+                         f"space with the same seed, so they trained the same {len(draws[a])} draws.")
+        lines.append("")
         d = r["datasets"].get(dataset)
         if d and d["methods"]:
             lines.append("The full regime with each method's best values:\n")
