@@ -439,13 +439,16 @@ def _mean_val(entry, seeds=None):
     return sum(values) / len(values) if values else float("-inf")
 
 
-def converge_header(dataset, d):
-    """The regime line and column header of a convergent-regime table."""
+def converge_header(dataset, d, tuned=False):
+    """The regime line and column header of a convergent-regime table (``tuned``: lr and weight
+    decay are each method's searched values, not the config's)."""
     g = d["regime"]
     any_run = next(iter(d["methods"].values()))["runs"][0]
+    lr = "each method's searched lr" if tuned else f"lr {g['learning_rate']}"
+    decay = "each method's searched weight decay" if tuned else f"weight decay {g['weight_decay']}"
     return [f"**{dataset}** (`{d['config_file']}`: {g['arch']} width {g['width']}, {g['epochs']} epochs, "
-            f"SGD lr {g['learning_rate']} ÷10 at epochs {', '.join(map(str, g['lr_boundaries']))}, weight "
-            f"decay {g['weight_decay']}, batch {g['batch_size']}; {any_run['num_train_examples']} training "
+            f"SGD {lr} ÷10 at epochs {', '.join(map(str, g['lr_boundaries']))}, "
+            f"{decay}, batch {g['batch_size']}; {any_run['num_train_examples']} training "
             f"images, {any_run['num_test_examples']} test images. Test accuracy %, mean ± std over seeds, "
             f"each run's checkpoint chosen on validation `{g['select_metric']}`; the validation column is "
             f"that checkpoint's final-exit validation accuracy)\n",
@@ -582,7 +585,7 @@ def self_boosting_tuned_table():
         d = r["datasets"].get(dataset)
         if d and d["methods"]:
             lines.append("The full regime with each method's best values:\n")
-            lines += converge_header(dataset, d)
+            lines += converge_header(dataset, d, tuned=True)
             rows = [(METHOD_LABELS[n] + ", tuned", n, d["methods"][n]) for n in SELF_BOOSTING_ORDER
                     if n in d["methods"]]
             lines += [""] + [n + "\n" for n in converge_rows(lines, rows, dataset)]
