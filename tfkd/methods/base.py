@@ -182,7 +182,8 @@ class MultiExitMethod(DistributedFit, keras.Model):
         if not self.weight_decay:
             return list(grads)
         factor = scale * self.weight_decay
-        return [g if g is None else g + tf.cast(factor, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+        return [g if g is None else g + tf.cast(factor, g.dtype) * tf.cast(v, g.dtype)
+                for g, v in zip(grads, variables)]
 
     replica_scale = staticmethod(replica_scale)
 
