@@ -32,7 +32,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -234,7 +233,6 @@ def main(argv):
     if FLAGS.tune_trials:
         results.update(tune_trials=FLAGS.tune_trials, tune_seed=FLAGS.tune_seed, tune_overrides=FLAGS.tune_override)
     searches = results.setdefault("tuning", {}) if FLAGS.tune_trials else {}
-    lock = threading.Lock()
     failed = []
 
     def record(job, future):
@@ -244,12 +242,12 @@ def main(argv):
             print(f"{'/'.join(map(str, job))}: {e}", flush=True)
             failed.append("/".join(map(str, job)))
             return None
-        with lock:
-            if job[-1] == "search":
-                searches.setdefault(job[0], {})[job[1]] = outcome
-            else:
-                add_run(results, job[0], job[1], outcome)
-            common.write_result(name, results)
+        # Only this (main) thread records: the workers just train.
+        if job[-1] == "search":
+            searches.setdefault(job[0], {})[job[1]] = outcome
+        else:
+            add_run(results, job[0], job[1], outcome)
+        common.write_result(name, results)
         return outcome
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, FLAGS.jobs)) as pool:
