@@ -106,8 +106,25 @@ def reference_results(phases, reference_rates, torch_version):
             "script": "../shared/reference/byot_bench.py", "steps": steps}
 
 
+def check_reference():
+    """The reference is timed inside every round, after all of tfkd's tracing: check it can run first."""
+    if not FLAGS.reference_python:
+        return
+    script = os.path.join(FLAGS.reference_dir, "byot_bench.py")
+    if not os.path.isfile(script):
+        sys.stderr.write(f"error: --reference_dir={FLAGS.reference_dir} has no byot_bench.py; expected the folder "
+                         "of the PyTorch reference (../shared/reference beside the checkout)\n")
+        sys.exit(2)
+    probe = subprocess.run([FLAGS.reference_python, "-c", "import torch"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        sys.stderr.write(f"error: --reference_python={FLAGS.reference_python} cannot import torch; expected a "
+                         "Python with PyTorch installed\n")
+        sys.exit(2)
+
+
 def main(argv):
     del argv
+    check_reference()
     from tfkd import data as data_lib
     from tfkd import train
 

@@ -92,3 +92,23 @@ def test_self_boosting_table_refuses_an_incomplete_tuning_request(tmp_path, args
     rc, err = run_benchmark("self_boosting_table.py", "--regime=converge", f"--runs_dir={tmp_path}/runs", *args)
     assert rc == 2 and expected in err, err[-2000:]
     assert not os.path.exists(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("case", ["no_script", "no_torch"])
+def test_step_cost_refuses_a_reference_it_cannot_run_before_timing(tmp_path, case):
+    """The reference is timed after all of tfkd's tracing (minutes): a wrong folder or a Python
+    without PyTorch must fail at once, not after that work."""
+    if case == "no_script":
+        args = [f"--reference_python={sys.executable}", f"--reference_dir={tmp_path}"]
+        expected = "has no byot_bench.py"
+    else:
+        (tmp_path / "byot_bench.py").write_text("raise SystemExit('must not run')\n")
+        fake = tmp_path / "python"
+        fake.write_text("#!/bin/sh\nexit 1\n")
+        fake.chmod(0o755)
+        args = [f"--reference_python={fake}", f"--reference_dir={tmp_path}"]
+        expected = "cannot import torch"
+    rc, err = run_benchmark("step_cost.py", *args, "--name=never_written")
+    assert rc == 2 and expected in err, err[-2000:]
+    assert "Traceback" not in err
+    assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
