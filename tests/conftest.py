@@ -3,22 +3,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-def _share_cores_between_workers():
-    """Each pytest-xdist worker (and every TensorFlow subprocess it starts, which inherits the
-    environment) gets its share of the cores instead of a full-size thread pool per process: with
-    `-n 2` on 2 cores, two 2-thread pools spun against each other (measured on two heavy test files:
-    139 s -> 122 s wall, system time 53 s -> 36 s). Set before any test module imports TensorFlow,
-    which reads these once, at start-up; a value the caller set is kept."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-    if workers > 1:
-        threads = str(max(1, (os.cpu_count() or 1) // workers))
-        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", threads)
-        os.environ.setdefault("TF_NUM_INTEROP_THREADS", threads)
-
-
-_share_cores_between_workers()
-
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
