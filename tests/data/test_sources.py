@@ -170,6 +170,21 @@ def test_fashion_mnist_normalisation_from_train(fmnist_full):
     assert mean == pytest.approx(float(fmnist_full.train.images.mean()), rel=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1000, 7, 5, 1), (333, 4, 6, 3)])
+def test_channel_stats_of_uint8_images_equal_float64_numpy(shape):
+    """The exact integer sums (chunked, several chunks here) give numpy's float64 mean and
+    population std per channel, for one and for three channels."""
+    images = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+    images[:10] = 255  # extreme values in the first chunk only
+    mean, std = sources.channel_stats(images, chunk=128)
+    x = images.astype(np.float64)
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 1, 2)), rtol=1e-13)
+    np.testing.assert_allclose(std, x.std(axis=(0, 1, 2)), rtol=1e-13)
+    assert sources.channel_stats(np.zeros((4, 2, 2, 1), np.uint8)) == ((0.0,), (1e-3,))  # std floored
+    floats = images.astype(np.float32) / 255.0  # other dtypes keep the float64 path
+    np.testing.assert_allclose(sources.channel_stats(floats)[0], floats.astype(np.float64).mean(axis=(0, 1, 2)))
+
+
 def test_fashion_mnist_split_is_deterministic_and_depends_only_on_split_seed(fmnist_full):
     cfg = data_config(name="fashion_mnist")
     assert "seed" not in cfg  # the experiment seed never reaches the data split

@@ -6,7 +6,9 @@ The validation split is always carved from the training data, deterministically 
 so model selection never looks at test data.
 """
 import dataclasses
+import fractions
 import gzip
+import math
 import os
 import zlib
 from typing import Optional, Tuple, Union
@@ -99,11 +101,31 @@ def subsample(split: ArraySplit, max_examples, seed):
     return ArraySplit(split.images[chosen], split.labels[chosen])
 
 
-def channel_stats(images):
-    x = images.astype(np.float64)
-    mean = x.mean(axis=(0, 1, 2))
-    std = x.std(axis=(0, 1, 2))
-    return tuple(float(v) for v in mean), tuple(float(max(v, 1e-3)) for v in std)
+def channel_stats(images, chunk=4096):
+    """Per-channel mean and std of NHWC images (std floored at 1e-3).
+
+    uint8 images are summed exactly in integers, a chunk at a time: a float64 copy of the
+    Fashion-MNIST training set is 376 MB plus a second one for the std, which took 3-8 s of every
+    run's start (and of every test that trains) on a 2-core VM; the integer sums take ~0.1 s and
+    give the same float64 values, rounded once from the exact ones."""
+    images = np.asarray(images)
+    channels = images.shape[-1]
+    if images.dtype != np.uint8:
+        x = images.astype(np.float64)
+        mean, std = x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
+        return tuple(float(v) for v in mean), tuple(float(max(v, 1e-3)) for v in std)
+    total = np.zeros(channels, np.int64)
+    squares = np.zeros(channels, np.int64)
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk].reshape(-1, channels)
+        total += part.sum(axis=0, dtype=np.int64)
+        wide = part.astype(np.int32)
+        squares += (wide * wide).sum(axis=0, dtype=np.int64)
+    n = images.size // channels
+    mean = tuple(float(fractions.Fraction(int(s), n)) for s in total)
+    # Population variance (numpy's std default): (n * sum(x^2) - sum(x)^2) / n^2, exact.
+    std = tuple(math.sqrt(fractions.Fraction(n * int(q) - int(s) ** 2, n * n)) for s, q in zip(total, squares))
+    return mean, tuple(float(max(v, 1e-3)) for v in std)
 
 
 def check_labels(labels, num_classes, where, what="class ids"):
