@@ -1,6 +1,7 @@
 """Keras Tuner searches: every tuner type on a tiny real subset, resume, visible failures, and the
 best config round trip into bin/train."""
 import importlib.util
+import json
 import os
 
 import pytest
@@ -24,6 +25,7 @@ def search_config(tuner="random", trials=2):
 @pytest.mark.parametrize("kind", ["random", "bayesian", "hyperband"])
 def test_each_tuner_runs_trials_and_writes_a_ready_to_run_best_config(kind, tmp_path):
     config = search_config(kind)
+    config.export.enabled = True  # the trials still skip it (below)
     if kind == "hyperband":
         config.train.epochs = 2  # the budget: trials of 1 and 2 epochs
         config.tune.hyperband_factor = 2
@@ -33,6 +35,10 @@ def test_each_tuner_runs_trials_and_writes_a_ready_to_run_best_config(kind, tmp_
     assert 0.01 <= values["train.learning_rate"] <= 0.2 and values["train.momentum"] in (0.0, 0.9)
     trials = [d for d in os.listdir(os.path.join(workdir, "trials"))]
     assert len(trials) >= 2
+    for trial in trials:  # a search never sees test, and exports nothing it would throw away
+        with open(os.path.join(workdir, "trials", trial, "metrics.json")) as f:
+            assert json.load(f)["test"] == {}
+        assert not os.path.exists(os.path.join(workdir, "trials", trial, "export"))
     table = open(os.path.join(workdir, "trials.md")).read()
     assert "train.learning_rate" in table and "val_final_accuracy" in table
     # The best config is a config file bin/train takes as is.
@@ -42,9 +48,12 @@ def test_each_tuner_runs_trials_and_writes_a_ready_to_run_best_config(kind, tmp_
     best = module.get_config()
     assert best.train.learning_rate == pytest.approx(values["train.learning_rate"])
     assert best.train.momentum == pytest.approx(values["train.momentum"])
+    assert best.train.evaluate_test and best.export.enabled  # the trials' own settings stay out of it
     if kind == "random":
+        best.export.enabled = False
         rerun = train.run(best, str(tmp_path / "rerun"))
         assert rerun["val"]["final_accuracy"] == pytest.approx(score, abs=0.05)  # same recipe, same data
+        assert 0.0 <= rerun["test"]["final_accuracy"] <= 1.0  # the chosen config is tested once, by the user
 
 
 def test_search_resumes_and_only_runs_the_missing_trials(tmp_path):
@@ -119,8 +128,6 @@ def test_fewshot_search_selects_on_validation_episodes(tmp_path):
     workdir = str(tmp_path / "search")
     values, score, best_config = tuning.tune(config, workdir, verbose=0)
     assert 0.0 < score <= 1.0 and set(values) == {"gen.scale_init", "train.learning_rate", "gen.embedding_units"}
-    import json
-
     sizes = set()
     for trial in os.listdir(os.path.join(workdir, "trials")):
         trial_dir = os.path.join(workdir, "trials", trial)

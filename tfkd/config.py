@@ -80,6 +80,8 @@ def base_config():
     c.train.lr_boundaries = (80, 140)  # epochs, for 'step'
     c.train.lr_decay = 0.1
     c.train.select_metric = "val_final_accuracy"  # validation metric that picks the best checkpoint
+    # False: no test-set evaluation at the end (bin/tune's trials: a search never sees test).
+    c.train.evaluate_test = True
     c.train.keep_checkpoints = 2
     c.train.mixed_precision = False
     c.train.jit_compile = False

@@ -168,7 +168,8 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
     best_state = runs.read_state(best_dir)
     evaluate = lambda split: method.evaluate(  # noqa: E731
         data_lib.eval_dataset(data, split, batch_size=config.train.eval_batch_size), verbose=0, return_dict=True)
-    val_metrics, test_metrics = evaluate("val"), evaluate("test")
+    val_metrics = evaluate("val")
+    test_metrics = evaluate("test") if config.train.evaluate_test else {}
     metrics = {
         "method": config.method,
         "dataset": config.data.name,
@@ -205,10 +206,11 @@ def run_title(config):
 
 
 def print_summary(metrics, title):
-    heads = [k[: -len("_accuracy")] for k in metrics["test"] if k.endswith("_accuracy")]
+    heads = [k[: -len("_accuracy")] for k in metrics["val"] if k.endswith("_accuracy")]
     if len(heads) <= 2 and "ensemble" in heads:  # one head (no exits): its "ensemble" is itself
         heads.remove("ensemble")
     print(f"\n{title} (best epoch {metrics['best_epoch']} by {metrics['select_metric']})")
     print(f"{'head':<10} {'val acc':>8} {'test acc':>9}")
     for h in heads:
-        print(f"{h:<10} {metrics['val'][h + '_accuracy']:>8.4f} {metrics['test'][h + '_accuracy']:>9.4f}")
+        test = metrics["test"].get(h + "_accuracy")
+        print(f"{h:<10} {metrics['val'][h + '_accuracy']:>8.4f} {'not run' if test is None else f'{test:.4f}':>9}")

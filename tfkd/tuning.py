@@ -154,8 +154,13 @@ def _tuner_class(kind):
         def run_trial(self, trial, *args, **kwargs):
             values = sample(trial.hyperparameters, self.space)
             config = apply_values(self.base_config, values)
+            # A search never sees test (novel classes for few-shot), and a trial's export would only
+            # be thrown away: the best values are retrained from best_config.py.
             if self.fewshot:
                 config.fewshot.evaluate_novel = False
+            else:
+                config.train.evaluate_test = False
+            config.export.enabled = False
             if "tuner/epochs" in trial.hyperparameters.values:
                 config.train.epochs = int(trial.hyperparameters.values["tuner/epochs"])
             trial_dir = os.path.join(self.runs_dir, trial.trial_id)
