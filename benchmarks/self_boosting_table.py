@@ -123,8 +123,7 @@ def tune_one(dataset, method, previous):
     workdir = os.path.join(FLAGS.runs_dir, FLAGS.name or FLAGS.regime, "tune", dataset, method)
     cmd = [sys.executable, os.path.join(common.REPO, "bin", "tune"), f"--config={config_path(dataset)}",
            f"--method={method}", f"--seed={FLAGS.tune_seed}", f"--workdir={workdir}",
-           "--config.tune.tuner=random", f"--config.tune.max_trials={FLAGS.tune_trials}",
-           "--config.export.enabled=False"]
+           "--config.tune.tuner=random", f"--config.tune.max_trials={FLAGS.tune_trials}"]  # trials never export
     cmd += [f"--config.{o}" for o in FLAGS.override + FLAGS.tune_override]
     seconds = run_command(cmd, workdir, os.path.join(workdir, "best_config.py"), f"{dataset}/{method}/search")
     trials = []
