@@ -15,6 +15,24 @@ sys.path.insert(0, REPO)
 _HELD_LOCKS = {}
 
 
+def refuse(message):
+    """A request the benchmark cannot honour: one line ``error: ...`` and exit status 2, before any
+    training (the contract of bin/, tfkd.cli.fail)."""
+    from tfkd import cli
+
+    cli.fail(message)
+
+
+def run(main):
+    """``app.run(main)`` with bin/'s flag parsing: a bad flag value or a stray argument is one error
+    line and exit status 2 instead of absl's usage text and exit 1."""
+    from absl import app
+
+    from tfkd import cli
+
+    app.run(main, flags_parser=cli.parse_flags)
+
+
 def hold_results(name):
     """Takes benchmarks/results/.<name>.lock for the rest of this process, so that a second
     invocation writing the same results file is refused (one line, exit 2) instead of both
@@ -29,9 +47,8 @@ def hold_results(name):
     except OSError:
         f.seek(0)
         owner = f.read().strip() or "another process"
-        print(f"error: benchmarks/results/{name}.json is being written by {owner}; wait for it to finish, "
-              "or give another --name", file=sys.stderr)
-        sys.exit(2)
+        refuse(f"benchmarks/results/{name}.json is being written by {owner}; wait for it to finish, "
+               "or give another --name")
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()} on {platform.node()}")

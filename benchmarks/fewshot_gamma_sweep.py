@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 import common  # noqa: E402
 
@@ -42,19 +42,19 @@ FLAGS = flags.FLAGS
 def check_request(table):
     """Every bad request fails here, before any training."""
     if FLAGS.from_search not in table.get("tuning", {}):
-        raise app.UsageError(f"benchmarks/results/{FLAGS.table}.json has no tuned {FLAGS.from_search} row; expected "
-                             f"a table built with --tune_trials and {FLAGS.from_search} among its --methods")
+        common.refuse(f"benchmarks/results/{FLAGS.table}.json has no tuned {FLAGS.from_search} row; expected "
+                      f"a table built with --tune_trials and {FLAGS.from_search} among its --methods")
     features = os.path.join(FLAGS.runs_dir, table["dataset"], "features")
     if not os.path.exists(os.path.join(features, "features.json")):
-        raise app.UsageError(f"{features} holds no extracted features; run benchmarks/fewshot_table.py "
-                             f"--runs_dir={FLAGS.runs_dir} (with the table's flags) first")
+        common.refuse(f"{features} holds no extracted features; run benchmarks/fewshot_table.py "
+                      f"--runs_dir={FLAGS.runs_dir} (with the table's flags) first")
     try:
         gammas = [float(g) for g in FLAGS.gammas]
         seeds = [int(s) for s in FLAGS.seeds]
     except ValueError as e:
-        raise app.UsageError(f"--gammas/--seeds: {e}; expected numbers")
+        common.refuse(f"--gammas/--seeds: {e}; expected numbers")
     if min(gammas) < 0:
-        raise app.UsageError(f"--gammas={FLAGS.gammas}: expected non-negative weights")
+        common.refuse(f"--gammas={FLAGS.gammas}: expected non-negative weights")
     return features, gammas, seeds
 
 
@@ -145,4 +145,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 import common  # noqa: E402
 
@@ -36,7 +36,7 @@ def main(argv):
     from tfkd.data import load_dataset
 
     if not FLAGS.workdir:
-        raise app.UsageError("give at least one --workdir")
+        common.refuse("no --workdir given; expected one or more --workdir=RUN, each a MetaDistiller run folder")
     common.hold_results(FLAGS.name)
     results, earlier_commands = [], []
     if FLAGS.add:
@@ -81,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 import common  # noqa: E402
 
@@ -76,25 +76,25 @@ def reference_args(config):
 def check_flags(config_path):
     """Every bad request fails here, before any training, with what was expected."""
     if not FLAGS.reference_python or not os.access(FLAGS.reference_python, os.X_OK):
-        raise app.UsageError(f"--reference_python={FLAGS.reference_python!r} is not an executable; expected "
-                             "the python of a virtual environment with torch and numpy")
+        common.refuse(f"--reference_python={FLAGS.reference_python!r} is not an executable; expected "
+                      "the python of a virtual environment with torch and numpy")
     script = os.path.join(FLAGS.reference_dir, "byot_train.py")
     if not os.path.isfile(script):
-        raise app.UsageError(f"--reference_dir={FLAGS.reference_dir!r} has no byot_train.py")
+        common.refuse(f"--reference_dir={FLAGS.reference_dir!r} has no byot_train.py")
     if not os.path.isfile(config_path):
-        raise app.UsageError(f"--config={FLAGS.config!r} does not exist")
+        common.refuse(f"--config={FLAGS.config!r} does not exist")
     unknown = sorted(set(FLAGS.methods) - set(METHODS))
     if unknown:
-        raise app.UsageError(f"--methods has {unknown}; expected some of {list(METHODS)}")
+        common.refuse(f"--methods has {unknown}; expected some of {list(METHODS)}")
     config = common.load_config(config_path)
     if (_get(config, "self_distill.alpha"), _get(config, "self_distill.tau")) != (
             _get(config, "metadistiller.alpha"), _get(config, "metadistiller.tau")):
-        raise app.UsageError("the reference takes one --alpha/--tau for SD and MetaDistiller; the config "
-                             "gives them different values")
+        common.refuse("the reference takes one --alpha/--tau for SD and MetaDistiller; the config "
+                      "gives them different values")
     try:
         return script, config, reference_args(config)
     except ValueError as e:
-        raise app.UsageError(f"--config={FLAGS.config}: {e}")
+        common.refuse(f"--config={FLAGS.config}: {e}")
 
 
 def run_one(script, args, method, seed):
@@ -141,13 +141,13 @@ def main(argv):
     except FileNotFoundError:
         results = {"benchmark": "reference_table", "methods": {}}
     if results.get("reference_args", args) != args:
-        raise app.UsageError(f"benchmarks/results/{FLAGS.name}.json holds runs of another regime "
-                             f"({results['reference_args']}); give another --name")
+        common.refuse(f"benchmarks/results/{FLAGS.name}.json holds runs of another regime "
+                      f"({results['reference_args']}); give another --name")
     with open(script, "rb") as f:
         script_sha = hashlib.sha256(f.read()).hexdigest()
     if results.get("reference_sha256", script_sha) != script_sha:
-        raise app.UsageError(f"{script} changed since benchmarks/results/{FLAGS.name}.json was started; "
-                             "give another --name")
+        common.refuse(f"{script} changed since benchmarks/results/{FLAGS.name}.json was started; "
+                      "give another --name")
     version = subprocess.run([FLAGS.reference_python, "-c", "import torch; print(torch.__version__)"],
                              capture_output=True, text=True, check=True).stdout.strip()
     results.update({"config_file": os.path.relpath(config_path, common.REPO), "reference_args": args,
@@ -177,4 +177,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -36,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 import common  # noqa: E402
 
@@ -201,13 +201,11 @@ def add_run(results, dataset, method, m):
 def main(argv):
     del argv
     if FLAGS.tune_override and not FLAGS.tune_trials:
-        sys.stderr.write("error: --tune_override sets the searches' proxy regime; expected --tune_trials=N (N >= 1) "
-                         "with it\n")
-        sys.exit(2)
+        common.refuse("--tune_override sets the searches' proxy regime; expected --tune_trials=N (N >= 1) "
+                      "with it")
     if FLAGS.tune_trials and not FLAGS.name:
-        sys.stderr.write("error: --tune_trials trains tuned runs; expected a --name for their results file (the "
-                         "default-knob table keeps its own)\n")
-        sys.exit(2)
+        common.refuse("--tune_trials trains tuned runs; expected a --name for their results file (the "
+                      "default-knob table keeps its own)")
     name = FLAGS.name or DEFAULT_NAMES[FLAGS.regime]
     common.hold_results(name)
     try:
@@ -274,4 +272,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -26,7 +26,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 import common  # noqa: E402
 
@@ -112,14 +112,12 @@ def check_reference():
         return
     script = os.path.join(FLAGS.reference_dir, "byot_bench.py")
     if not os.path.isfile(script):
-        sys.stderr.write(f"error: --reference_dir={FLAGS.reference_dir} has no byot_bench.py; expected the folder "
-                         "of the PyTorch reference (../shared/reference beside the checkout)\n")
-        sys.exit(2)
+        common.refuse(f"--reference_dir={FLAGS.reference_dir} has no byot_bench.py; expected the folder "
+                      "of the PyTorch reference (../shared/reference beside the checkout)")
     probe = subprocess.run([FLAGS.reference_python, "-c", "import torch"], capture_output=True, text=True)
     if probe.returncode != 0:
-        sys.stderr.write(f"error: --reference_python={FLAGS.reference_python} cannot import torch; expected a "
-                         "Python with PyTorch installed\n")
-        sys.exit(2)
+        common.refuse(f"--reference_python={FLAGS.reference_python} cannot import torch; expected a "
+                      "Python with PyTorch installed")
 
 
 def main(argv):
@@ -212,4 +210,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -16,6 +16,26 @@ def run_benchmark(script, *args):
     return proc.returncode, proc.stderr
 
 
+def assert_one_error_line(rc, err, expected):
+    """The contract of bin/ (tests/test_cli.py) holds for benchmarks too: exit status 2, one line."""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(errors) == 1 and expected in errors[0], err[-2000:]
+    assert "Traceback" not in err and "USAGE" not in err, err[-2000:]
+
+
+@pytest.mark.parametrize("script,args,expected", [
+    ("self_boosting_table.py", ["--regime=converge", "--runs_dir={tmp}/runs", "glyphs"],
+     "unexpected argument(s) glyphs"),
+    ("step_cost.py", ["--repeats=many"], "--repeats=many"),
+    ("metadistiller_targets.py", [], "no --workdir given"),
+])
+def test_benchmarks_refuse_bad_flags_in_one_line(tmp_path, script, args, expected):
+    """absl alone prints the whole usage text and exits 1 on a stray argument or a bad value."""
+    rc, err = run_benchmark(script, *[a.format(tmp=tmp_path) for a in args])
+    assert_one_error_line(rc, err, expected)
+    assert not os.path.exists(tmp_path / "runs")
+
+
 def _reference_dir(tmp_path):
     """A stand-in for ../shared/reference (absent outside this checkout's workspace): the checks under
     test refuse before the reference script would run."""
@@ -51,14 +71,14 @@ def test_reference_table_refuses_a_regime_the_reference_cannot_run(tmp_path, lin
                             f"--reference_dir={_reference_dir(tmp_path)}",
                             f"--config={_config_file(tmp_path, line)}", f"--runs_dir={tmp_path}/runs",
                             "--name=never_written")
-    assert rc != 0 and expected in err, err[-2000:]
+    assert_one_error_line(rc, err, expected)
     assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
     assert not os.path.exists(tmp_path / "runs")
 
 
 def test_gamma_sweep_refuses_without_the_tables_features(tmp_path):
     rc, err = run_benchmark("fewshot_gamma_sweep.py", f"--runs_dir={tmp_path}", "--name=never_written")
-    assert rc != 0 and "holds no extracted features" in err, err[-2000:]
+    assert_one_error_line(rc, err, "holds no extracted features")
     assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
 
 
@@ -90,7 +110,7 @@ def test_a_second_invocation_on_the_same_results_file_is_refused(tmp_path):
 def test_self_boosting_table_refuses_an_incomplete_tuning_request(tmp_path, args, expected):
     """A search's proxy without a search, or tuned runs that would land in the default-knob table."""
     rc, err = run_benchmark("self_boosting_table.py", "--regime=converge", f"--runs_dir={tmp_path}/runs", *args)
-    assert rc == 2 and expected in err, err[-2000:]
+    assert_one_error_line(rc, err, expected)
     assert not os.path.exists(tmp_path / "runs")
 
 
@@ -109,6 +129,5 @@ def test_step_cost_refuses_a_reference_it_cannot_run_before_timing(tmp_path, cas
         args = [f"--reference_python={fake}", f"--reference_dir={tmp_path}"]
         expected = "cannot import torch"
     rc, err = run_benchmark("step_cost.py", *args, "--name=never_written")
-    assert rc == 2 and expected in err, err[-2000:]
-    assert "Traceback" not in err
+    assert_one_error_line(rc, err, expected)
     assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))

@@ -149,6 +149,14 @@ def _no_tensorflow(tmp):
     ("visualize", ["--workdir={tmp}/nope", "--output={tmp}/figures"], "--workdir={tmp}/nope is not a folder"),
     ("visualize", ["--workdir={tmp}", "--output={tmp}/figures"], "has no config.json: not a tfkd run folder"),
     ("visualize", ["--results={tmp}/a_file", "--output={tmp}/figures"], "is not valid JSON"),
+    ("visualize", ["--output={tmp}/figures", "--dpi=sharp"], "--dpi=sharp"),
+    # A stray positional argument (e.g. a config path without --config=) instead of absl's usage text.
+    *[(script, required + ["configs/fashion_mnist_resnet18.py"],
+       "unexpected argument(s) configs/fashion_mnist_resnet18.py: expected only --flag=value settings")
+      for script, required in [("train", ["--workdir={tmp}/w"]), ("tune", ["--workdir={tmp}/w"]),
+                               ("evaluate", ["--workdir={tmp}/w"]), ("export", ["--workdir={tmp}/w"]),
+                               ("extract_features", ["--workdir={tmp}/w", "--output={tmp}/out"]),
+                               ("visualize", ["--output={tmp}/out"])]],
 ])
 def test_scripts_refuse_a_bad_request_before_importing_tensorflow(tmp_path, script, args, expected):
     tmp = str(tmp_path)

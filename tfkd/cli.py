@@ -44,16 +44,20 @@ def define_config_flag(name="config", default=DEFAULT_CONFIG, help_string="Exper
 
 
 def parse_flags(argv):
-    """``app.run(main, flags_parser=cli.parse_flags)``: absl's parsing, but a bad flag value is one
-    error line and exit 2 (absl prints the usage text and exits 1)."""
+    """``app.run(main, flags_parser=cli.parse_flags)``: absl's parsing, but a bad flag value or a stray
+    positional argument is one error line and exit 2 (absl prints the usage text and exits 1)."""
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
     except flags.Error as e:
         fail(e)
     except (AttributeError, KeyError) as e:  # a config override naming no field
         fail(_unknown_field(e, argv, "config"))
     except (TypeError, ValueError) as e:  # a config override of the wrong type
         fail(f"{e}; expected a value of the field's type")
+    if len(remaining) > 1:  # absl would print the whole usage text and exit 1 from main
+        fail(f"unexpected argument(s) {' '.join(remaining[1:])}: expected only --flag=value settings, "
+             f"e.g. --config={os.path.relpath(DEFAULT_CONFIG, REPO)}")
+    return remaining
 
 
 def experiment_config(name="config"):
