@@ -167,3 +167,29 @@ def test_scripts_refuse_a_bad_request_before_importing_tensorflow(tmp_path, scri
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
     assert expected.format(tmp=tmp) in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("script", ["evaluate", "export", "extract_features", "visualize"])
+@pytest.mark.parametrize("name,content,expected", [
+    ("config.json", b'{"method": "base', "config.json is not valid JSON"),
+    ("network.json", b"\xff\xfe{}", "network.json is not valid JSON (not UTF-8 text"),
+    ("network.json", b"[]", "network.json holds a JSON list, not a JSON object"),
+])
+def test_a_damaged_run_file_is_one_error_line_before_importing_tensorflow(tmp_path, script, name, content,
+                                                                          expected):
+    """A run folder's config.json / network.json damaged on disk (or edited by hand) was a
+    JSONDecodeError traceback: now every reader names the file and what would fix it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"method": "baseline"}')
+    (run / "network.json").write_text('{"arch": "resnet18"}')
+    (run / name).write_bytes(content)
+    args = {"visualize": [f"--workdir={run}", f"--output={tmp_path}/figures"],
+            "extract_features": [f"--workdir={run}", f"--output={tmp_path}/features"]}.get(script, [f"--workdir={run}"])
+    env = dict(os.environ, PYTHONPATH=_no_tensorflow(str(tmp_path / "stubs")))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bin", script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert expected in errors[0] and "--overwrite or a new --workdir" in errors[0], errors[0]
+    assert not os.path.exists(tmp_path / "figures") and not os.path.exists(tmp_path / "features")

@@ -407,3 +407,32 @@ def test_resume_accepts_fields_a_newer_tfkd_added_at_their_defaults(tmp_path):
     changed.self_distill.tau = config.self_distill.tau + 1.0
     with pytest.raises(WorkdirError, match=r"different config \(self_distill\.tau: '<absent>' -> "):
         runs.prepare_workdir(str(tmp_path), changed)
+
+
+DAMAGE = {"truncated": b'{"method": "baseline", "tra', "not_utf8": b"\xff\xfe\x00{", "wrong_type": b"[1, 2]\n"}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_config_json_is_one_clear_error_when_resuming(tmp_path, damage):
+    """Resuming reads the folder's config.json to compare it with the new config: a damaged file
+    (disk fault, hand edit) names itself and the way out; --overwrite still starts over."""
+    from tfkd.config import base_config, resolve
+
+    config = resolve(base_config(), method="baseline")
+    (tmp_path / runs.CONFIG).write_bytes(DAMAGE[damage])
+    with pytest.raises(WorkdirError, match=rf"{runs.CONFIG} (is not valid JSON|holds a JSON list).*--overwrite"):
+        runs.prepare_workdir(str(tmp_path), config)
+    assert (tmp_path / runs.CONFIG).read_bytes() == DAMAGE[damage]  # nothing replaced by the refusal
+    assert runs.prepare_workdir(str(tmp_path), config, overwrite=True) is False
+
+
+def test_a_damaged_run_info_is_refused_instead_of_replaced(tmp_path):
+    """run_info.json holds every start's seed and revision: a damaged one must not be silently
+    rewritten with the new start alone."""
+    from tfkd.config import base_config, resolve
+
+    config = resolve(base_config(), method="baseline")
+    (tmp_path / runs.RUN_INFO).write_bytes(DAMAGE["truncated"])
+    with pytest.raises(WorkdirError, match=rf"{runs.RUN_INFO} is not valid JSON"):
+        runs.write_run_files(str(tmp_path), config, {"arch": "resnet18"}, {})
+    assert (tmp_path / runs.RUN_INFO).read_bytes() == DAMAGE["truncated"]

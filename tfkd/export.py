@@ -14,7 +14,6 @@ Metadata (method, config, git revision, class names) is written to ``assets.extr
 Layer: reads run folders through tfkd.runs (and tfkd.teachers for old teacher-student
 checkpoints); never imports a driver.
 """
-import json
 import os
 
 import tensorflow as tf
@@ -307,8 +306,7 @@ def export_fewshot_predictor(workdir, path, metadata=None):
     backbone, backbone_dir = None, None
     features_meta = os.path.join(runs.fewshot_features_dir(member_dirs[0], config), "features.json")
     if os.path.exists(features_meta):
-        with open(features_meta) as f:
-            source = json.load(f)
+        source = runs.read_run_json(features_meta)
         if os.path.exists(os.path.join(source.get("workdir", ""), runs.NETWORK)):
             backbone, _, _, _ = restore_network(source["workdir"], source["checkpoint"])
             backbone_dir = source["workdir"]

@@ -108,6 +108,18 @@ def write_json_atomic(path, obj):
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
 
 
+def read_json(path, error=WorkdirError, expected="the file as tfkd wrote it"):
+    """The JSON value of ``path``. A file that is not valid JSON (a disk fault, an edit) is an
+    ``error`` naming the file, instead of a traceback; ``expected`` says what would fix it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        raise error(f"{path} is not valid JSON (not UTF-8 text: {e.reason}); expected {expected}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path} is not valid JSON ({e}); expected {expected}") from None
+
+
 def _jsonable(x):
     if hasattr(x, "item"):
         return x.item()

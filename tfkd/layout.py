@@ -3,7 +3,7 @@
 Free of TensorFlow, so the bin/ scripts can refuse a --workdir that is not a run before they spend
 seconds importing it: besides the names, the readers of a run's config and network files and the
 integrity check of a checkpoint folder live here (tfkd.runs re-exports them). Layer: base
-(imports only tfkd.errors).
+(imports only tfkd.errors and tfkd.io).
 """
 import hashlib
 import json
@@ -12,6 +12,7 @@ import os
 import h5py
 import ml_collections
 
+from tfkd import io
 from tfkd.errors import WorkdirError
 
 CONFIG = "config.json"
@@ -34,6 +35,9 @@ LOGS = "logs"
 METADATA_FILE = os.path.join("assets.extra", "tfkd.json")
 
 
+RUN_FILE_EXPECTED = "the file as tfkd wrote it (restore it, or start over with --overwrite or a new --workdir)"
+
+
 def require_run_file(workdir, name, flag="--workdir"):
     """The path of ``name`` in ``workdir``; a WorkdirError if the folder lacks it (not a run)."""
     path = os.path.join(workdir, name)
@@ -43,20 +47,29 @@ def require_run_file(workdir, name, flag="--workdir"):
 
 
 def require_run_folder(workdir, flag="--workdir"):
-    """What every reader of a finished or running run needs first: its config and network files."""
+    """What every reader of a finished or running run needs first: its config and network files,
+    each a JSON object (checked here, before a bin/ script spends seconds importing TensorFlow)."""
     for name in (CONFIG, NETWORK):
-        require_run_file(workdir, name, flag)
+        read_run_json(require_run_file(workdir, name, flag))
 
 
 def read_config(workdir):
     """The run's resolved config (config.json) as a ConfigDict."""
-    with open(require_run_file(workdir, CONFIG)) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(read_run_json(require_run_file(workdir, CONFIG)))
 
 
 def read_network_info(workdir):
-    with open(require_run_file(workdir, NETWORK)) as f:
-        return json.load(f)
+    return read_run_json(require_run_file(workdir, NETWORK))
+
+
+def read_run_json(path, kind=dict):
+    """A JSON file tfkd wrote into a run folder (config, network, metrics: objects; run_info: a list).
+    A damaged one is a WorkdirError naming it, never a traceback."""
+    value = io.read_json(path, expected=RUN_FILE_EXPECTED)
+    if not isinstance(value, kind):
+        raise WorkdirError(f"{path} holds a JSON {type(value).__name__}, not a JSON "
+                           f"{'object' if kind is dict else 'array'}; expected {RUN_FILE_EXPECTED}")
+    return value
 
 
 def file_sha256(path):

@@ -56,7 +56,8 @@ from tfkd.distribute import is_chief
 from tfkd.errors import ConfigError, WorkdirError
 from tfkd.layout import (BEST, CHECKPOINTS, CONFIG, EVALUATION, EXPORT, HISTORY, LOCK, LOGS,  # noqa: F401
                          MANIFEST, METADATA_FILE, METRICS, NETWORK, NETWORK_WEIGHTS, RUN_INFO, SNAPSHOTS, STATE,
-                         WEIGHTS, file_sha256, checkpoint_problem, read_config, read_network_info, require_run_file)
+                         WEIGHTS, file_sha256, checkpoint_problem, read_config, read_network_info, read_run_json,
+                         require_run_file)
 from tfkd.method_config import METHOD_CONFIGS
 from tfkd.methods import build_fewshot_method, build_method, build_optimizer
 from tfkd.models import build_backbone
@@ -126,8 +127,7 @@ def prepare_workdir(workdir, config, overwrite=False, may_contain=()):
                 shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
     resuming = os.path.exists(cfg_path)
     if resuming:
-        with open(cfg_path) as f:
-            old = json.load(f)
+        old = read_run_json(cfg_path)
         new = config_json(config)
         diffs = [] if old == new else _diff(old, new, defaults=default_config_json())
         if diffs:
@@ -196,8 +196,7 @@ def write_run_files(workdir, config, network_info, start_info):
     info_path = os.path.join(workdir, RUN_INFO)
     starts = []
     if os.path.exists(info_path):
-        with open(info_path) as f:
-            starts = json.load(f)
+        starts = read_run_json(info_path, kind=list)
     starts.append(io.run_info(config.seed, start_info))
     io.write_json_atomic(info_path, starts)
 

@@ -12,7 +12,6 @@ Extra outputs: ``evaluation.json`` (every protocol, with per-episode accuracies)
 
 Layer: a driver (imports runs, export; never tfkd.train, which dispatches here).
 """
-import json
 import os
 
 import keras
@@ -164,8 +163,7 @@ def _train_ensemble(config, workdir, members, strategy, overwrite):
     for i, member_dir in enumerate(members):
         done = os.path.join(member_dir, runs.METRICS)
         if os.path.exists(done):
-            with open(done) as f:
-                member_metrics.append(json.load(f))
+            member_metrics.append(runs.read_run_json(done))
             continue
         print(f"Ensemble member {i + 1}/{size}: {member_dir}", flush=True)
         member_metrics.append(run_single(member_config(config, i), member_dir, strategy=strategy))
@@ -317,8 +315,7 @@ def evaluate_predictor(predictor_for_shot, feats, fewshot_cfg, verbose=1):
 def run_predictor_for_shot(workdir):
     """(k -> predictor, config, feature_dim) of a finished few-shot run or ensemble."""
     method, config = restore_fewshot_method(workdir)
-    with open(os.path.join(workdir, "network.json")) as f:
-        network = json.load(f)
+    network = runs.read_network_info(workdir)
     if network.get("ensemble_members"):
         members = [os.path.join(workdir, m) for m in network["ensemble_members"]]
         return ensemble_predictor_for_shot(members), config, method.feature_dim

@@ -104,6 +104,7 @@ def figures_for_run(workdir):
     if method not in supported:
         raise WorkdirError(f"--workdir={workdir} holds a {method!r} run; bin/visualize draws figures for "
                            f"{', '.join(supported)}")
+    layout.require_run_folder(workdir)  # network.json there and readable too, whatever the figures need
     kinds = []
     if method in SELF_BOOSTING:
         _require_columns(workdir, ["val_final_accuracy"], "the learning curve")
@@ -234,8 +235,7 @@ def novel_split(workdir):
     names = {}
     meta = os.path.join(os.path.dirname(path), "features.json")
     if os.path.exists(meta):
-        with open(meta) as f:
-            all_names = json.load(f).get("class_names") or []
+        all_names = layout.read_run_json(meta).get("class_names") or []
         names = {i: n for i, n in enumerate(all_names)}
     return features, labels, names
 

@@ -7,13 +7,13 @@ Episode ``i`` of a sampler is a pure function of ``(seed, i)``: every method eva
 seed sees the same episodes, so differences between methods are paired.
 """
 import dataclasses
-import json
 import math
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from tfkd import io
 from tfkd.errors import ConfigError, DataError
 
 SPLITS = ("base", "validation", "novel")
@@ -28,8 +28,7 @@ def load_class_split(path, class_groups):
     """
     if not os.path.exists(path):
         raise DataError(f"missing class-split file {path}")
-    with open(path) as f:
-        spec = json.load(f)
+    spec = io.read_json(path, DataError, "a JSON object mapping each split to its class groups")
     class_groups = np.asarray(class_groups).astype(str)
     known = set(class_groups.tolist())
     seen = {}
