@@ -195,7 +195,8 @@ def add_run(results, dataset, method, m):
     for head in heads:
         entry[head[: -len("_accuracy")]] = summarize([r["test"][head] for r in entry["runs"] if head in r["test"]])
     entry["best_epoch"] = summarize([r["best_epoch"] for r in entry["runs"]])
-    entry["seconds"] = summarize([r["seconds"] for r in entry["runs"] if r.get("seconds")])
+    # A resumed run's clock covers only its last part (make_tables' wall time leaves them out too).
+    entry["seconds"] = summarize([r["seconds"] for r in entry["runs"] if r.get("seconds") and not r.get("resumed")])
 
 
 def main(argv):
