@@ -365,7 +365,8 @@ def plot_target_entropy(history, num_classes, path, dpi=DEFAULT_DPI):
         ax.xaxis.label.set_fontsize(7)
         ax.yaxis.label.set_fontsize(7)
         ax.tick_params(labelsize=6)
-        ax.set_xticks(epochs)
+        # Every epoch labelled up to ~12 epochs; beyond that the labels ran into one another.
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=min(len(epochs), 10), integer=True))
     return save(fig, path, dpi)
 
 
