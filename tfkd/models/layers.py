@@ -3,6 +3,7 @@
 import contextlib
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
@@ -77,8 +78,15 @@ class BatchNormalization(layers.BatchNormalization):
         x = tf.cast(inputs, "float32")
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             x, tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"), epsilon=self.epsilon, is_training=True)
-        n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), "float32")
-        variance = variance * (n - 1.0) / tf.maximum(n, 1.0)  # the kernel returns the unbiased variance
+        # The kernel returns the unbiased variance; Keras keeps the biased one. With a static batch
+        # (training pipelines drop the remainder) the factor is a Python number: ~10 fewer graph ops
+        # per BatchNorm call, which adds up in the MetaDistiller meta step's three forward passes.
+        if x.shape[:-1].is_fully_defined():
+            n = float(np.prod(x.shape[:-1]))
+            variance = variance * ((n - 1.0) / max(n, 1.0))
+        else:
+            n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), "float32")
+            variance = variance * (n - 1.0) / tf.maximum(n, 1.0)
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
         return tf.cast(y, self.compute_dtype)
