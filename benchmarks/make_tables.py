@@ -327,8 +327,7 @@ def batchnorm_ab_table(r):
     return "\n".join(lines)
 
 
-@from_result("first_step", "python benchmarks/first_step.py")
-def first_step_table(r):
+def draw_first_step(r):
     """Where each step's first call goes: tracing train_step, then the rest (benchmarks/first_step.py);
     with --against, the other checkout's first call and graph size beside it."""
     other = r.get("against")
@@ -355,7 +354,14 @@ def first_step_table(r):
                      f"and checkout, the fastest first call of each kept; load average "
                      f"{r['load_average_before']:.1f} at the start (above 0 means other work shared the 2 cores, so "
                      "read the ratio, not the seconds).")
+    if r.get("note"):
+        notes.append(r["note"])
     return "\n".join(lines + [""] + notes)
+
+
+first_step_table = from_result("first_step", "python benchmarks/first_step.py")(draw_first_step)
+first_step_static_bn_table = from_result("first_step_static_bn", "python benchmarks/first_step.py --against=OLD "
+                                         "--name=first_step_static_bn")(draw_first_step)
 
 
 TS_LABELS = {"baseline": "student alone (baseline)", "kd": "KD (Hinton)", "fitnet": "FitNet", "at": "AT",
@@ -819,7 +825,8 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
           "self_boosting_tuned": self_boosting_tuned_table,
-          "step_cost": step_cost_table, "first_step": first_step_table, "batchnorm_ab": batchnorm_ab_table,
+          "step_cost": step_cost_table, "first_step": first_step_table,
+          "first_step_static_bn": first_step_static_bn_table, "batchnorm_ab": batchnorm_ab_table,
           "generator_lr": generator_lr_table, "default_job": default_job_table,
           "metadistiller_targets": targets_fashion_mnist_table,
           "metadistiller_targets_glyphs": targets_glyphs_table, "test_suite": test_suite_table,
