@@ -233,3 +233,21 @@ def test_meta_every_steps_thins_meta_steps_and_each_phase_is_traced_once():
         method.set_phase(phase)
         method.fit(ds, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
     assert traced == ["meta", "main"]
+
+def test_lookahead_with_targets_instead_of_the_generators():
+    """The diagnostic hook of lookahead_loss: handing in the generator's own soft targets gives the
+    generator's loss; other targets (uniform) give another loss from the same step."""
+    keras.utils.set_random_seed(0)
+    method = _tiny_method()
+    meta_train, meta_test = _batches(tf.float32)
+    args = ([tf.convert_to_tensor(v) for v in method.generator.trainable_variables],
+            [tf.convert_to_tensor(v) for v in method.network.trainable_variables],
+            [tf.convert_to_tensor(v) for v in method.network.non_trainable_variables],
+            [tf.convert_to_tensor(v) for v in method.generator.non_trainable_variables], meta_train, meta_test,
+            tf.constant(0.5))
+    learned, inner = method.lookahead_loss(*args, return_inner=True)
+    same = method.lookahead_loss(*args, targets_instead=lambda logits, labels: inner["soft"])
+    uniform = method.lookahead_loss(*args, targets_instead=lambda logits, labels: {
+        name: tf.fill(tf.shape(logits[name]), 1.0 / 3.0) for name in inner["soft"]})
+    np.testing.assert_allclose(float(same), float(learned), rtol=1e-6)
+    assert abs(float(uniform) - float(learned)) > 1e-6

@@ -139,7 +139,7 @@ class MetaDistiller(MultiExitMethod):
     # ------------------------------------------------------------------ meta step
 
     def lookahead_loss(self, generator_values, theta, non_trainable, generator_non_trainable, meta_train,
-                       meta_test, zeta, return_inner=False):
+                       meta_test, zeta, return_inner=False, targets_instead=None):
         """CE on ``meta_test`` of theta+ = theta - zeta * grad L_S(meta_train; theta, T(generator_values)).
 
         A pure function of its tensor arguments (no variable is read or written), so it can be
@@ -148,16 +148,23 @@ class MetaDistiller(MultiExitMethod):
         update: (loss, {"grads": this replica's grads, "non_trainable" / "generator_non_trainable":
         BatchNorm statistics after the inner forward, "terms", "logits" and "soft" targets on
         meta_train}).
+
+        ``targets_instead``: a diagnostic. A function (network logits on meta_train, labels) ->
+        {exit: soft targets} used in place of the generator's, to ask what the one-step lookahead
+        would make of other targets (benchmarks/metadistiller_lookahead_probe.py).
         """
         (x_a, y_a), (x_b, y_b) = meta_train, meta_test
         with tf.GradientTape() as inner:
             inner.watch(theta)
             (logits, features), new_non_trainable = self.network.stateless_call(
                 theta, non_trainable, x_a, training=True, return_features=True)
-            targets, new_generator_non_trainable = self.generator.stateless_call(
-                generator_values, generator_non_trainable,
-                [tf.stop_gradient(f) for f in self.stage_features(features)], training=True)
-            soft = self.soft_targets(targets, logits["final"].dtype)
+            if targets_instead is None:
+                targets, new_generator_non_trainable = self.generator.stateless_call(
+                    generator_values, generator_non_trainable,
+                    [tf.stop_gradient(f) for f in self.stage_features(features)], training=True)
+                soft = self.soft_targets(targets, logits["final"].dtype)
+            else:
+                soft, new_generator_non_trainable = targets_instead(logits, y_a), generator_non_trainable
             terms = self.student_terms(y_a, logits, soft, stop_target_gradient=False)
             inner_loss = self.replica_scale(tf.add_n(list(terms.values())))
         replica_grads = self.with_weight_decay(

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Does MetaDistiller's meta objective prefer informative soft targets? A probe of finished runs.
+
+    python benchmarks/metadistiller_lookahead_probe.py --workdir=RUN [--workdir=RUN2 ...] [--pairs=16] [--add]
+
+The label generator learns only from the one-step lookahead (Algorithm 1): the CE on a D_test
+batch after one SGD step of the network on a D_train batch supervised by the generated targets.
+After training, those targets are close to uniform (benchmarks/metadistiller_targets.py). This
+probe asks whether the objective itself would reward better targets: at a run's best checkpoint,
+on the same pairs of disjoint training batches, it evaluates the lookahead's outer loss with the
+exits' soft targets T_k taken from
+
+  - the run's learned label generator (what Algorithm 1 found),
+  - the uniform distribution,
+  - the final exit's softmax (self-distillation's target),
+  - the one-hot labels,
+
+and, as the reference, the outer loss with no inner step (zeta = 0). Each at the inner step size
+zeta of the run's three learning-rate phases (lr, lr/10, lr/100). Reported: paired differences to
+the learned generator, mean and 95% CI over the batch pairs. A difference near 0 for every kind
+of target means the objective hardly tells targets apart, so its gradient gives the generator
+little to learn from; a clearly negative one means better targets exist that the generator's
+optimisation did not reach. Writes benchmarks/results/<name>.json.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import flags  # noqa: E402
+
+import common  # noqa: E402
+
+flags.DEFINE_multi_string("workdir", [], "Finished MetaDistiller run folders.")
+flags.DEFINE_integer("pairs", 16, "(D_train, D_test) batch pairs per step size.")
+flags.DEFINE_integer("seed", 0, "Seed of the batch draws.")
+flags.DEFINE_string("name", "metadistiller_lookahead_probe", "Result file name under benchmarks/results/.")
+flags.DEFINE_bool("add", False, "Keep the runs already in the results file and add these.")
+FLAGS = flags.FLAGS
+
+KINDS = ("learned generator", "uniform", "final exit's softmax (SD's target)", "one-hot labels")
+
+
+def targets_for(kind, method):
+    """``targets_instead`` for MetaDistiller.lookahead_loss (None: the learned generator)."""
+    import tensorflow as tf
+
+    exits = method.output_names_ordered[:-1]
+    if kind == "learned generator":
+        return None
+    if kind == "uniform":
+        return lambda logits, labels: {n: tf.ones_like(logits[n]) / tf.cast(tf.shape(logits[n])[-1], logits[n].dtype)
+                                       for n in exits}
+    if kind == "one-hot labels":
+        return lambda logits, labels: {n: tf.one_hot(labels, tf.shape(logits[n])[-1], dtype=logits[n].dtype)
+                                       for n in exits}
+    return lambda logits, labels: {n: tf.nn.softmax(tf.stop_gradient(logits["final"]) / method.tau) for n in exits}
+
+
+def probe(workdir):
+    import numpy as np
+    import tensorflow as tf
+
+    from tfkd import runs, visualize
+    from tfkd.data import load_dataset
+
+    config = runs.read_config(workdir)
+    if config.method != "metadistiller":
+        common.refuse(f"--workdir={workdir} holds a {config.method!r} run; expected a MetaDistiller run")
+    method, _ = visualize.restore_metadistiller(workdir)
+    method.weight_decay = float(config.train.weight_decay)  # the inner step as training took it
+    data = load_dataset(config.data)
+    images, labels = data.train.images, data.train.labels.astype(np.int32)
+    batch = int(config.train.batch_size)
+    rng = np.random.default_rng(FLAGS.seed)
+    values = [[tf.convert_to_tensor(v) for v in variables] for variables in (
+        method.generator.trainable_variables, method.network.trainable_variables,
+        method.network.non_trainable_variables, method.generator.non_trainable_variables)]
+    losses = {kind: tf.function(lambda a, b, zeta, kind=kind: method.lookahead_loss(
+        *values, a, b, zeta, targets_instead=targets_for(kind, method))) for kind in KINDS}
+    lr = float(config.train.learning_rate)
+    zetas = [lr, lr * config.train.lr_decay, lr * config.train.lr_decay ** 2]
+    out = {}
+    for zeta in zetas:
+        rows = {kind: [] for kind in KINDS + ("no inner step",)}
+        for _ in range(FLAGS.pairs):
+            order = rng.permutation(len(labels))[:2 * batch]  # two disjoint batches, as the halves D_train / D_test
+            a = (tf.constant(images[order[:batch]], tf.float32), tf.constant(labels[order[:batch]]))
+            b = (tf.constant(images[order[batch:]], tf.float32), tf.constant(labels[order[batch:]]))
+            for kind in KINDS:
+                rows[kind].append(float(losses[kind](a, b, tf.constant(zeta, tf.float32))))
+            rows["no inner step"].append(float(losses["learned generator"](a, b, tf.constant(0.0, tf.float32))))
+        learned = np.array(rows["learned generator"])
+        out[f"{zeta:g}"] = {kind: {"mean": float(np.mean(v)),
+                                   "minus_learned_mean": float(np.mean(np.array(v) - learned)),
+                                   "minus_learned_ci95": float(1.96 * np.std(np.array(v) - learned, ddof=1)
+                                                               / np.sqrt(len(v)))}
+                            for kind, v in rows.items()}
+        print(f"{workdir} zeta {zeta:g}: " + ", ".join(f"{k} {v['mean']:.4f}" for k, v in out[f'{zeta:g}'].items()),
+              flush=True)
+    state = runs.read_state(runs.resolve_checkpoint(workdir, "best"))
+    return {"workdir": workdir, "dataset": config.data.name, "seed": config.seed,
+            "best_epoch": state["best_epoch"], "batch_size": batch, "pairs": FLAGS.pairs,
+            "metadistiller": config.metadistiller.to_dict(), "learning_rate": lr,
+            "weight_decay": method.weight_decay, "run_git_revision": runs.read_run_json(
+                os.path.join(workdir, runs.RUN_INFO), kind=list)[0]["git_revision"],
+            "outer_loss": out}
+
+
+def main(argv):
+    del argv
+    if not FLAGS.workdir:
+        common.refuse("no --workdir given; expected one or more --workdir=RUN, each a MetaDistiller run folder")
+    if FLAGS.pairs < 2:
+        common.refuse(f"--pairs={FLAGS.pairs}: expected at least 2 batch pairs (for a confidence interval)")
+    for workdir in FLAGS.workdir:
+        if not os.path.isfile(os.path.join(workdir, "config.json")):
+            common.refuse(f"--workdir={workdir} has no config.json: not a tfkd run folder")
+    common.hold_results(FLAGS.name)
+    results, earlier = [], []
+    if FLAGS.add:
+        try:
+            previous = common.read_result(FLAGS.name)
+        except FileNotFoundError:
+            previous = {"runs": []}
+        results = [r for r in previous["runs"] if r["workdir"] not in FLAGS.workdir]
+        if results:
+            earlier = previous.get("earlier_commands", []) + [
+                {k: previous[k] for k in ("command", "date_utc", "git_revision") if k in previous}]
+    for workdir in FLAGS.workdir:
+        results.append(probe(workdir))
+        common.write_result(FLAGS.name, {"benchmark": "metadistiller_lookahead_probe", "kinds": list(KINDS),
+                                         "runs": results, **({"earlier_commands": earlier} if earlier else {})})
+
+
+if __name__ == "__main__":
+    common.run(main)
