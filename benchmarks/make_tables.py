@@ -677,6 +677,31 @@ targets_glyphs_table = from_result("metadistiller_targets_glyphs", TARGETS_COMMA
     metadistiller_targets_table)
 
 
+@from_result("metadistiller_lookahead_probe", "python benchmarks/metadistiller_lookahead_probe.py --workdir=RUN")
+def lookahead_probe_table(r):
+    """The one-step lookahead's outer loss with other targets than the learned generator's
+    (benchmarks/metadistiller_lookahead_probe.py)."""
+    others = [k for k in r["kinds"] if k != "learned generator"] + ["no inner step"]
+    lines = ["| run (dataset, α, generator lr, seed, best epoch) | inner step ζ | outer loss, learned generator | "
+             + " | ".join(f"{k} − learned" for k in others) + " |",
+             "| --- | --- | --- |" + " --- |" * len(others)]
+    for run in r["runs"]:
+        md = run["metadistiller"]
+        label = (f"{run['dataset']}, α {md['alpha']:.2g}, lr {md['generator_lr']:.2g}, seed {run['seed']}, "
+                 f"epoch {run['best_epoch']}")
+        for zeta, kinds in run["outer_loss"].items():
+            cells = [f"{kinds[k]['minus_learned_mean']:+.4f} ± {kinds[k]['minus_learned_ci95']:.4f}" for k in others]
+            lines.append(f"| {label} | {float(zeta):.3g} | {kinds['learned generator']['mean']:.3f} | "
+                         + " | ".join(cells) + " |")
+    first = r["runs"][0]
+    lines.append("")
+    lines.append(f"Outer loss: the summed CE of all outputs on a D_test batch after one inner SGD step on a disjoint "
+                 f"D_train batch (batch {first['batch_size']}, the run's weight decay), at the best checkpoint; "
+                 f"differences paired over {first['pairs']} batch pairs of training images, mean ± 95% CI. ζ is the "
+                 "run's learning rate in each of its schedule's three phases. " + provenance(r))
+    return "\n".join(lines)
+
+
 @from_result("test_suite", "python benchmarks/test_suite.py")
 def test_suite_table(r):
     """The suite's measured duration and slowest tests (benchmarks/test_suite.py)."""
@@ -831,7 +856,8 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "metadistiller_targets": targets_fashion_mnist_table,
           "metadistiller_targets_glyphs": targets_glyphs_table, "test_suite": test_suite_table,
           "serving": serving_table, "reference_targets": reference_targets_table,
-          "reference_converge": reference_converge_table, "fewshot_gamma_sweep": fewshot_gamma_sweep_table}
+          "reference_converge": reference_converge_table, "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
+          "metadistiller_lookahead_probe": lookahead_probe_table}
 
 
 def render(text):
