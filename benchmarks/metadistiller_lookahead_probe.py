@@ -36,6 +36,11 @@ flags.DEFINE_integer("pairs", 16, "(D_train, D_test) batch pairs per step size."
 flags.DEFINE_integer("seed", 0, "Seed of the batch draws.")
 flags.DEFINE_string("name", "metadistiller_lookahead_probe", "Result file name under benchmarks/results/.")
 flags.DEFINE_bool("add", False, "Keep the runs already in the results file and add these.")
+flags.DEFINE_integer("generator_steps", 0, "If > 0, also train the generator alone from the checkpoint (network "
+                     "frozen, a fresh Adam) for this many meta steps at each --generator_lrs, and track its outer "
+                     "loss on the probe's batch pairs.")
+flags.DEFINE_list("generator_lrs", ["0.001", "0.01", "0.1"], "Adam learning rates of the generator-only runs.")
+flags.DEFINE_integer("eval_every", 50, "Generator-only runs: meta steps between evaluations.")
 FLAGS = flags.FLAGS
 
 KINDS = ("learned generator", "uniform", "final exit's softmax (SD's target)", "one-hot labels")
@@ -57,36 +62,91 @@ def targets_for(kind, method):
     return lambda logits, labels: {n: tf.nn.softmax(tf.stop_gradient(logits["final"]) / method.tau) for n in exits}
 
 
+def restored(workdir, config):
+    """(the run's MetaDistiller at its best checkpoint, {kind: outer loss function (a, b, zeta)}).
+    The functions read the variables when called, so they follow a generator trained further."""
+    import tensorflow as tf
+
+    from tfkd import visualize
+
+    method, _ = visualize.restore_metadistiller(workdir)
+    method.weight_decay = float(config.train.weight_decay)  # the inner step as training took it
+
+    def values():
+        return [[tf.convert_to_tensor(v) for v in variables] for variables in (
+            method.generator.trainable_variables, method.network.trainable_variables,
+            method.network.non_trainable_variables, method.generator.non_trainable_variables)]
+
+    return method, {kind: tf.function(lambda a, b, zeta, kind=kind: method.lookahead_loss(
+        *values(), a, b, zeta, targets_instead=targets_for(kind, method))) for kind in KINDS}
+
+
+def generator_only(workdir, config, batch_pair, zeta):
+    """The generator trained alone from the checkpoint by Algorithm 1's meta step (the network
+    frozen, a fresh Adam per learning rate, zeta = the first phase's step): its outer loss on fixed
+    evaluation pairs every --eval_every steps, against SD's target and uniform ones on the same pairs."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tfkd import optimizers
+
+    evaluation = [batch_pair() for _ in range(FLAGS.pairs)]
+    zeta = tf.constant(zeta, tf.float32)
+    out = {}
+    for lr in [float(x) for x in FLAGS.generator_lrs]:
+        method, losses = restored(workdir, config)
+        variables = method.generator.trainable_variables
+        adam = optimizers.Adam(lr)
+        adam.build(variables)
+
+        @tf.function
+        def meta_step(a, b):
+            _, grads = method.meta_gradient(a, b, zeta)
+            adam.apply_gradients(zip(grads, variables))
+
+        def outer(kind):
+            return float(np.mean([float(losses[kind](a, b, zeta)) for a, b in evaluation]))
+
+        curve = [[0, outer("learned generator")]]
+        for step in range(1, FLAGS.generator_steps + 1):
+            meta_step(*batch_pair())
+            if step % FLAGS.eval_every == 0 or step == FLAGS.generator_steps:
+                curve.append([step, outer("learned generator")])
+                print(f"{workdir} generator-only lr {lr:g} step {step}: outer loss {curve[-1][1]:.4f}", flush=True)
+        out[f"{lr:g}"] = {"curve": curve}
+    out["reference"] = {kind: outer(kind) for kind in KINDS[1:]}  # the network is frozen: fixed levels
+    out["zeta"] = float(zeta)
+    return out
+
+
 def probe(workdir):
     import numpy as np
     import tensorflow as tf
 
-    from tfkd import runs, visualize
+    from tfkd import runs
     from tfkd.data import load_dataset
 
     config = runs.read_config(workdir)
     if config.method != "metadistiller":
         common.refuse(f"--workdir={workdir} holds a {config.method!r} run; expected a MetaDistiller run")
-    method, _ = visualize.restore_metadistiller(workdir)
-    method.weight_decay = float(config.train.weight_decay)  # the inner step as training took it
+    method, losses = restored(workdir, config)
     data = load_dataset(config.data)
     images, labels = data.train.images, data.train.labels.astype(np.int32)
     batch = int(config.train.batch_size)
     rng = np.random.default_rng(FLAGS.seed)
-    values = [[tf.convert_to_tensor(v) for v in variables] for variables in (
-        method.generator.trainable_variables, method.network.trainable_variables,
-        method.network.non_trainable_variables, method.generator.non_trainable_variables)]
-    losses = {kind: tf.function(lambda a, b, zeta, kind=kind: method.lookahead_loss(
-        *values, a, b, zeta, targets_instead=targets_for(kind, method))) for kind in KINDS}
+
+    def batch_pair():
+        order = rng.permutation(len(labels))[:2 * batch]  # two disjoint batches, as the halves D_train / D_test
+        return ((tf.constant(images[order[:batch]], tf.float32), tf.constant(labels[order[:batch]])),
+                (tf.constant(images[order[batch:]], tf.float32), tf.constant(labels[order[batch:]])))
+
     lr = float(config.train.learning_rate)
     zetas = [lr, lr * config.train.lr_decay, lr * config.train.lr_decay ** 2]
     out = {}
     for zeta in zetas:
         rows = {kind: [] for kind in KINDS + ("no inner step",)}
         for _ in range(FLAGS.pairs):
-            order = rng.permutation(len(labels))[:2 * batch]  # two disjoint batches, as the halves D_train / D_test
-            a = (tf.constant(images[order[:batch]], tf.float32), tf.constant(labels[order[:batch]]))
-            b = (tf.constant(images[order[batch:]], tf.float32), tf.constant(labels[order[batch:]]))
+            a, b = batch_pair()
             for kind in KINDS:
                 rows[kind].append(float(losses[kind](a, b, tf.constant(zeta, tf.float32))))
             rows["no inner step"].append(float(losses["learned generator"](a, b, tf.constant(0.0, tf.float32))))
@@ -98,8 +158,9 @@ def probe(workdir):
                             for kind, v in rows.items()}
         print(f"{workdir} zeta {zeta:g}: " + ", ".join(f"{k} {v['mean']:.4f}" for k, v in out[f'{zeta:g}'].items()),
               flush=True)
+    extra = {"generator_only": generator_only(workdir, config, batch_pair, lr)} if FLAGS.generator_steps else {}
     state = runs.read_state(runs.resolve_checkpoint(workdir, "best"))
-    return {"workdir": workdir, "dataset": config.data.name, "seed": config.seed,
+    return {**extra, "workdir": workdir, "dataset": config.data.name, "seed": config.seed,
             "best_epoch": state["best_epoch"], "batch_size": batch, "pairs": FLAGS.pairs,
             "metadistiller": config.metadistiller.to_dict(), "learning_rate": lr,
             "weight_decay": method.weight_decay, "run_git_revision": runs.read_run_json(
