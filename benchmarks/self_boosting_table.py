@@ -258,9 +258,12 @@ def main(argv):
                 pending[pool.submit(tune_one, ds, m, previous)] = (ds, m, "search")
         else:
             pending.update({pool.submit(run_one, *job): job for job in todo})
+        submitted = {future: i for i, future in enumerate(pending)}
         while pending:
             finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in finished:
+            # In submission order: searches already in the results file finish at once, and a set's
+            # order would let the cheapest method's seed runs take the workers first.
+            for future in sorted(finished, key=lambda f: submitted.get(f, len(submitted))):
                 job = pending.pop(future)
                 outcome = record(job, future)
                 if job[-1] == "search" and outcome is not None:
