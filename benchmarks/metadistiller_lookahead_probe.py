@@ -81,6 +81,26 @@ def restored(workdir, config):
         *values(), a, b, zeta, targets_instead=targets_for(kind, method))) for kind in KINDS}
 
 
+def target_summary(method, pairs):
+    """What the generator's targets T_k look like on the D_train batches of ``pairs``, as the
+    lookahead sees them (training-mode BatchNorm): mean entropy (nats), argmax accuracy, mean
+    probability of the true class."""
+    import numpy as np
+    import tensorflow as tf
+
+    rows = {}
+    for (x, y), _ in pairs:
+        logits, features = method.network(x, training=True, return_features=True)
+        targets = method.generator(method.stage_features(features), training=True)
+        for name, probs in method.soft_targets(targets, tf.float32).items():
+            p, labels = np.asarray(probs), np.asarray(y)
+            rows.setdefault(name, []).append([float(-(p * np.log(np.clip(p, 1e-12, 1))).sum(1).mean()),
+                                              float((p.argmax(1) == labels).mean()),
+                                              float(p[np.arange(len(labels)), labels].mean())])
+    return {name: dict(zip(("entropy", "argmax_accuracy", "true_class_probability"), np.mean(v, 0).tolist()))
+            for name, v in rows.items()}
+
+
 def generator_only(workdir, config, batch_pair, zeta):
     """The generator trained alone from the checkpoint by Algorithm 1's meta step (the network
     frozen, a fresh Adam per learning rate, zeta = the first phase's step): its outer loss on fixed
@@ -107,13 +127,16 @@ def generator_only(workdir, config, batch_pair, zeta):
         def outer(kind):
             return float(np.mean([float(losses[kind](a, b, zeta)) for a, b in evaluation]))
 
+        if not out:  # the checkpoint's own targets, before any generator-only step
+            out["targets_at_checkpoint"] = target_summary(method, evaluation)
         curve = [[0, outer("learned generator")]]
         for step in range(1, FLAGS.generator_steps + 1):
             meta_step(*batch_pair())
             if step % FLAGS.eval_every == 0 or step == FLAGS.generator_steps:
                 curve.append([step, outer("learned generator")])
                 print(f"{workdir} generator-only lr {lr:g} step {step}: outer loss {curve[-1][1]:.4f}", flush=True)
-        out[f"{lr:g}"] = {"curve": curve}
+        out[f"{lr:g}"] = {"curve": curve, "targets": target_summary(method, evaluation)}
+        print(f"{workdir} generator-only lr {lr:g} targets: {out[f'{lr:g}']['targets']}", flush=True)
     out["reference"] = {kind: outer(kind) for kind in KINDS[1:]}  # the network is frozen: fixed levels
     out["zeta"] = float(zeta)
     return out
