@@ -699,6 +699,55 @@ def lookahead_probe_table(r):
                  f"D_train batch (batch {first['batch_size']}, the run's weight decay), at the best checkpoint; "
                  f"differences paired over {first['pairs']} batch pairs of training images, mean ± 95% CI. ζ is the "
                  "run's learning rate in each of its schedule's three phases. " + provenance(r))
+    others = []  # rows kept from earlier invocations (--add) name their own command
+    for run in r["runs"]:
+        m = run.get("measured_by")
+        if m and m["command"] != r.get("command") and m not in others:
+            others.append(m)
+    for m in others:
+        lines.append(f"Other rows: measured {m['date_utc']}, git {short_rev(m['git_revision'])}. "
+                     f"Command: `{m['command']}`.")
+    return "\n".join(lines)
+
+
+SD_TARGET = "final exit's softmax (SD's target)"  # a kind of benchmarks/metadistiller_lookahead_probe.py
+
+
+def _targets_cell(summary):
+    return "; ".join(f"{name.replace('exit_', 'T')} {t['entropy']:.2f} / {100 * t['argmax_accuracy']:.0f}% / "
+                     f"{t['true_class_probability']:.2f}" for name, t in summary.items())
+
+
+@from_result("metadistiller_lookahead_probe", "python benchmarks/metadistiller_lookahead_probe.py --workdir=RUN "
+             "--generator_steps=300")
+def generator_only_table(r):
+    """The generator trained alone from a checkpoint by Algorithm 1's meta step, network frozen."""
+    lines = []
+    for run in r["runs"]:
+        g = run.get("generator_only")
+        if not g:
+            continue
+        ref = g["reference"]
+        rates = [k for k in g if k not in ("reference", "zeta", "targets_at_checkpoint")]
+        steps = [s for s, _ in g[rates[0]]["curve"]]
+        md = run["metadistiller"]
+        lines += [f"`{run['workdir']}` ({run['dataset']}, α {md['alpha']:g}, τ {md['tau']:g}, generator lr "
+                  f"{md['generator_lr']:g} in training, best epoch {run['best_epoch']}); inner step ζ = {g['zeta']:g}; "
+                  f"outer loss on {run['pairs']} fixed batch pairs. The same pairs with SD's target: "
+                  f"{ref[SD_TARGET]:.4f}, "
+                  f"one-hot labels {ref['one-hot labels']:.4f}, uniform {ref['uniform']:.4f}.", "",
+                  "| generator Adam lr | " + " | ".join(f"step {s}" for s in steps)
+                  + " | targets after the last step: entropy (nats) / argmax accuracy / p(true class) |",
+                  "| --- |" + " --- |" * (len(steps) + 1)]
+        if "targets_at_checkpoint" in g:
+            lines.append("| (the checkpoint's generator) | " + " | ".join("" for _ in steps) + " | "
+                         + _targets_cell(g["targets_at_checkpoint"]) + " |")
+        for lr in rates:
+            curve = dict((s, v) for s, v in g[lr]["curve"])
+            targets = _targets_cell(g[lr]["targets"]) if "targets" in g[lr] else "–"
+            lines.append(f"| {float(lr):g} | " + " | ".join(f"{curve[s]:.4f}" for s in steps) + f" | {targets} |")
+        lines.append("")
+    lines.append(provenance(r))
     return "\n".join(lines)
 
 
@@ -857,7 +906,8 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "metadistiller_targets_glyphs": targets_glyphs_table, "test_suite": test_suite_table,
           "serving": serving_table, "reference_targets": reference_targets_table,
           "reference_converge": reference_converge_table, "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
-          "metadistiller_lookahead_probe": lookahead_probe_table}
+          "metadistiller_lookahead_probe": lookahead_probe_table,
+          "metadistiller_generator_only": generator_only_table}
 
 
 def render(text):

@@ -22,6 +22,7 @@ of target means the objective hardly tells targets apart, so its gradient gives 
 little to learn from; a clearly negative one means better targets exist that the generator's
 optimisation did not reach. Writes benchmarks/results/<name>.json.
 """
+import datetime
 import os
 import sys
 
@@ -146,7 +147,7 @@ def probe(workdir):
     import numpy as np
     import tensorflow as tf
 
-    from tfkd import runs
+    from tfkd import io, runs
     from tfkd.data import load_dataset
 
     config = runs.read_config(workdir)
@@ -183,7 +184,10 @@ def probe(workdir):
               flush=True)
     extra = {"generator_only": generator_only(workdir, config, batch_pair, lr)} if FLAGS.generator_steps else {}
     state = runs.read_state(runs.resolve_checkpoint(workdir, "best"))
-    return {**extra, "workdir": workdir, "dataset": config.data.name, "seed": config.seed,
+    measured = {"command": " ".join([os.path.relpath(sys.argv[0], common.REPO)] + sys.argv[1:]),
+                "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "git_revision": io.git_revision()}  # per run: --add keeps rows of several invocations
+    return {**extra, "measured_by": measured, "workdir": workdir, "dataset": config.data.name, "seed": config.seed,
             "best_epoch": state["best_epoch"], "batch_size": batch, "pairs": FLAGS.pairs,
             "metadistiller": config.metadistiller.to_dict(), "learning_rate": lr,
             "weight_decay": method.weight_decay, "run_git_revision": runs.read_run_json(
@@ -201,20 +205,16 @@ def main(argv):
         if not os.path.isfile(os.path.join(workdir, "config.json")):
             common.refuse(f"--workdir={workdir} has no config.json: not a tfkd run folder")
     common.hold_results(FLAGS.name)
-    results, earlier = [], []
+    results = []
     if FLAGS.add:
         try:
-            previous = common.read_result(FLAGS.name)
+            results = [r for r in common.read_result(FLAGS.name)["runs"] if r["workdir"] not in FLAGS.workdir]
         except FileNotFoundError:
-            previous = {"runs": []}
-        results = [r for r in previous["runs"] if r["workdir"] not in FLAGS.workdir]
-        if results:
-            earlier = previous.get("earlier_commands", []) + [
-                {k: previous[k] for k in ("command", "date_utc", "git_revision") if k in previous}]
+            pass
     for workdir in FLAGS.workdir:
         results.append(probe(workdir))
         common.write_result(FLAGS.name, {"benchmark": "metadistiller_lookahead_probe", "kinds": list(KINDS),
-                                         "runs": results, **({"earlier_commands": earlier} if earlier else {})})
+                                         "runs": results})
 
 
 if __name__ == "__main__":
