@@ -675,6 +675,9 @@ TARGETS_COMMAND = "python benchmarks/metadistiller_targets.py --workdir=RUN"
 targets_fashion_mnist_table = from_result("metadistiller_targets", TARGETS_COMMAND)(metadistiller_targets_table)
 targets_glyphs_table = from_result("metadistiller_targets_glyphs", TARGETS_COMMAND + " --name=metadistiller_targets_glyphs")(
     metadistiller_targets_table)
+targets_meta_steps_table = from_result("metadistiller_targets_meta_steps",
+                                       TARGETS_COMMAND + " --name=metadistiller_targets_meta_steps")(
+    metadistiller_targets_table)
 
 
 @from_result("metadistiller_lookahead_probe", "python benchmarks/metadistiller_lookahead_probe.py --workdir=RUN")
@@ -907,7 +910,8 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "serving": serving_table, "reference_targets": reference_targets_table,
           "reference_converge": reference_converge_table, "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
           "metadistiller_lookahead_probe": lookahead_probe_table,
-          "metadistiller_generator_only": generator_only_table}
+          "metadistiller_generator_only": generator_only_table,
+          "metadistiller_targets_meta_steps": targets_meta_steps_table}
 
 
 def render(text):
