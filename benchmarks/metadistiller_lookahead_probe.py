@@ -201,9 +201,14 @@ def main(argv):
         common.refuse("no --workdir given; expected one or more --workdir=RUN, each a MetaDistiller run folder")
     if FLAGS.pairs < 2:
         common.refuse(f"--pairs={FLAGS.pairs}: expected at least 2 batch pairs (for a confidence interval)")
+    from tfkd import layout
+    from tfkd.errors import WorkdirError
+
     for workdir in FLAGS.workdir:
-        if not os.path.isfile(os.path.join(workdir, "config.json")):
-            common.refuse(f"--workdir={workdir} has no config.json: not a tfkd run folder")
+        try:
+            layout.require_run_folder(workdir)  # the project's own check (missing or damaged run files)
+        except WorkdirError as e:
+            common.refuse(e)
     common.hold_results(FLAGS.name)
     results = []
     if FLAGS.add:
