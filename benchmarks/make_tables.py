@@ -438,6 +438,11 @@ CONVERGE_VARIANTS = [
     ("self_boosting_converge_meta_every_4_shared", "metadistiller",
      "MD, a shared meta step every 4th update (cheaper cycle, step-cost table)",
      "metadistiller.meta_every_steps=4, metadistiller.share_inner_gradient=True"),
+    # Every epoch a meta epoch (M=1) at generator lr 0.01: ~10x the generator steps of M=5, the
+    # regime question of the lookahead probe (few generator steps -> near-uniform targets).
+    ("self_boosting_converge_meta_every_1_glr_0.01", "metadistiller",
+     "MD, a meta epoch every epoch (M=1), generator lr 0.01",
+     "metadistiller.meta_every_epochs=1, metadistiller.generator_lr=0.01"),
 ]
 
 
