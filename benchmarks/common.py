@@ -1,6 +1,5 @@
 """Shared helpers for benchmarks: machine description and result files with provenance."""
 import datetime
-import json
 import os
 import platform
 import sys
@@ -24,13 +23,14 @@ def refuse(message):
 
 
 def run(main):
-    """``app.run(main)`` with bin/'s flag parsing: a bad flag value or a stray argument is one error
-    line and exit status 2 instead of absl's usage text and exit 1."""
+    """``app.run(main)`` with bin/'s contract: a bad flag value, a stray argument or a UserError
+    raised later (a damaged run folder, bad data) is one error line and exit status 2 instead of
+    absl's usage text or a traceback."""
     from absl import app
 
     from tfkd import cli
 
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(lambda argv: cli.main_guard(lambda: main(argv)), flags_parser=cli.parse_flags)
 
 
 def hold_results(name):
@@ -89,8 +89,21 @@ def write_result(name, payload):
 
 
 def read_result(name):
-    with open(os.path.join(RESULTS, f"{name}.json")) as f:
-        return json.load(f)
+    """The results file benchmarks/results/<name>.json (FileNotFoundError when there is none yet).
+    A damaged one is refused in one line before any work: continuing from it would rewrite the file
+    without the finished runs it held."""
+    from tfkd import errors, io
+
+    shown = f"benchmarks/results/{name}.json"
+    expected = (f"a results file as a benchmark wrote it (restore it with `git checkout {shown}`, "
+                "or give another --name)")
+    try:
+        value = io.read_json(os.path.join(RESULTS, f"{name}.json"), expected=expected)
+    except errors.WorkdirError as e:
+        refuse(str(e).replace(os.path.join(RESULTS, f"{name}.json"), shown))
+    if not isinstance(value, dict):
+        refuse(f"{shown} holds a JSON {type(value).__name__}, not a JSON object; expected {expected}")
+    return value
 
 
 def load_config(path):

@@ -28,15 +28,17 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    import json
 
     import numpy as np
 
-    from tfkd import runs, visualize
+    from tfkd import layout, runs, visualize
     from tfkd.data import load_dataset
 
     if not FLAGS.workdir:
         common.refuse("no --workdir given; expected one or more --workdir=RUN, each a MetaDistiller run folder")
+    for workdir in FLAGS.workdir:  # every folder before the first one's minutes of work
+        layout.require_run_folder(workdir)
+        layout.read_run_json(layout.require_run_file(workdir, runs.RUN_INFO), kind=list)
     common.hold_results(FLAGS.name)
     results, earlier_commands = [], []
     if FLAGS.add:
@@ -64,8 +66,7 @@ def main(argv):
                            "spread_across_images": float(probs.std(0).mean())}
             if name != "final":  # the exit this target supervises
                 heads[name]["exit_accuracy"] = float((np.asarray(logits[name]).argmax(1) == labels).mean())
-        with open(os.path.join(workdir, runs.RUN_INFO)) as f:
-            revision = json.load(f)[0]["git_revision"]
+        revision = layout.read_run_json(os.path.join(workdir, runs.RUN_INFO), kind=list)[0]["git_revision"]
         state = runs.read_state(runs.resolve_checkpoint(workdir, "best"))
         results.append({"workdir": workdir, "generator_lr": config.metadistiller.generator_lr,
                         "config": {"epochs": config.train.epochs, "width": config.model.width,

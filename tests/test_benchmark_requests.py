@@ -131,3 +131,46 @@ def test_step_cost_refuses_a_reference_it_cannot_run_before_timing(tmp_path, cas
     rc, err = run_benchmark("step_cost.py", *args, "--name=never_written")
     assert_one_error_line(rc, err, expected)
     assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
+
+
+@pytest.mark.parametrize("content,expected", [
+    ('{"benchmark": "self_boosting_table", "datasets": {', "is not valid JSON"),
+    ("[1, 2]", "holds a JSON list, not a JSON object"),
+])
+def test_a_damaged_results_file_is_refused_and_left_as_it_is(tmp_path, content, expected):
+    """A table continues from its committed results file; continuing from a damaged one would
+    rewrite it without the runs it held. One error line naming the file, before any training."""
+    name = f"damaged_test_{os.getpid()}"
+    path = os.path.join(REPO, "benchmarks", "results", f"{name}.json")
+    with open(path, "w") as f:
+        f.write(content)
+    try:
+        rc, err = run_benchmark("self_boosting_table.py", "--regime=converge", "--datasets=fashion_mnist",
+                                "--methods=baseline", "--seeds=0", f"--name={name}", f"--runs_dir={tmp_path}/runs")
+        assert_one_error_line(rc, err, f"benchmarks/results/{name}.json {expected}")
+        assert "git checkout" in err
+        with open(path) as f:
+            assert f.read() == content
+        assert not os.path.exists(tmp_path / "runs")
+    finally:
+        os.remove(path)
+        lock = os.path.join(REPO, "benchmarks", "results", f".{name}.lock")
+        if os.path.exists(lock):
+            os.remove(lock)
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("empty", "has no config.json: not a tfkd run folder"),
+    ("damaged_run_info", "run_info.json is not valid JSON"),
+])
+def test_metadistiller_targets_refuses_a_bad_run_folder_in_one_line(tmp_path, case, expected):
+    """Every --workdir is checked before the first one is restored and measured."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if case == "damaged_run_info":
+        (folder / "config.json").write_text('{"method": "metadistiller"}')
+        (folder / "network.json").write_text('{"arch": "resnet18", "kwargs": {}}')
+        (folder / "run_info.json").write_text('[{"git_revision": ')
+    rc, err = run_benchmark("metadistiller_targets.py", f"--workdir={folder}", "--name=never_written")
+    assert_one_error_line(rc, err, expected)
+    assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
