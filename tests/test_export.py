@@ -10,6 +10,8 @@ import tensorflow as tf
 
 from tests.conftest import REPO, SUBPROCESS_TIMEOUT
 from tfkd import export, train
+from tfkd import io as tfkd_io
+from tfkd.errors import WorkdirError
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +95,34 @@ def test_bin_export_check_refuses_then_replaces_atomically(finished_run, tmp_pat
     proc = subprocess.run([sys.executable, os.path.join(REPO, "bin", "export"), f"--workdir={tmp_path}/nope"],
                           capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 2 and "config.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_concurrent_export_to_the_same_folder_is_refused_at_once(finished_run, tmp_path):
+    """Two exports to one new folder would both pass the 'already exists' check, write for a minute,
+    and the later one would replace the other's export without --overwrite."""
+    import socket
+
+    out_dir = tmp_path / "exported"
+    with tfkd_io.sole_writer(str(out_dir), "--output"):  # as a running bin/export holds it
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "bin", "export"), f"--workdir={finished_run}",
+                               f"--output={out_dir}"], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: --output={out_dir} is being written by pid {os.getpid()} on {socket.gethostname()}; wait for it "
+        f"to finish, or choose another --output"]
+    assert os.listdir(tmp_path) == []  # nothing written, and the holder's lock file is gone with it
+
+
+def test_a_lock_left_by_a_killed_export_does_not_block_the_next(tmp_path):
+    """The lock is the OS's (flock): a lock file whose writer was killed holds no lock."""
+    out_dir = str(tmp_path / "exported")
+    (tmp_path / ".exported.lock").write_text("pid 999999 on elsewhere")
+    with tfkd_io.sole_writer(out_dir, "--output"):
+        with pytest.raises(WorkdirError, match="is being written by pid"):
+            with tfkd_io.sole_writer(out_dir, "--output"):  # a second writer, while the first is inside
+                pass
+    assert os.listdir(tmp_path) == []
 
 
 def test_check_export_catches_a_tampered_export(finished_run, tmp_path):

@@ -156,6 +156,52 @@ def atomic_directory(path, needed_bytes=0):
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def sole_writer(path, flag):
+    """Holds ``.<name>.lock`` beside ``path`` while this process writes ``path`` (an export): a
+    second process aiming at the same path is refused at once with a WorkdirError naming the
+    holder, instead of both writing for minutes and the later one silently replacing the other's
+    result. An OS lock (flock): a killed holder never blocks the next writer; the file is removed
+    when the holder is done."""
+    import fcntl
+
+    parent = os.path.dirname(os.path.abspath(path))
+    lock = os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.lock")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"{flag}={path} cannot be created ({e.strerror})") from None
+    while True:
+        f = open(lock, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            f.close()
+            raise WorkdirError(f"{flag}={path} is being written by {owner}; wait for it to finish, or choose "
+                               f"another {flag}") from None
+        # The holder before us may have removed the file between our open and our lock: then this
+        # lock guards a name nobody else sees, so take the lock again on the file now there.
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)  # while still holding it, so nobody else is inside
+        f.close()
+
+
 def git_revision(root=None):
     """'<sha>[+dirty]' of the tfkd source tree (or of the checkout at ``root``), or 'unknown'
     outside a git checkout."""
