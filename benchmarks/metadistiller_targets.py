@@ -29,17 +29,19 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
 
-    import numpy as np
-
-    from tfkd import layout, runs, visualize
-    from tfkd.data import load_dataset
+    from tfkd import layout  # TensorFlow-free: a bad request is refused before seconds of imports
 
     if not FLAGS.workdir:
         common.refuse("no --workdir given; expected one or more --workdir=RUN, each a MetaDistiller run folder")
     for workdir in FLAGS.workdir:  # every folder before the first one's minutes of work
         layout.require_run_folder(workdir)
-        layout.read_run_json(layout.require_run_file(workdir, runs.RUN_INFO), kind=list)
+        layout.read_run_json(layout.require_run_file(workdir, layout.RUN_INFO), kind=list)
     common.hold_results(FLAGS.name)
+
+    import numpy as np
+
+    from tfkd import runs, visualize
+    from tfkd.data import load_dataset
     results, earlier_commands = [], []
     if FLAGS.add:
         try:
@@ -66,7 +68,7 @@ def main(argv):
                            "spread_across_images": float(probs.std(0).mean())}
             if name != "final":  # the exit this target supervises
                 heads[name]["exit_accuracy"] = float((np.asarray(logits[name]).argmax(1) == labels).mean())
-        revision = layout.read_run_json(os.path.join(workdir, runs.RUN_INFO), kind=list)[0]["git_revision"]
+        revision = layout.read_run_json(os.path.join(workdir, layout.RUN_INFO), kind=list)[0]["git_revision"]
         state = runs.read_state(runs.resolve_checkpoint(workdir, "best"))
         results.append({"workdir": workdir, "generator_lr": config.metadistiller.generator_lr,
                         "config": {"epochs": config.train.epochs, "width": config.model.width,

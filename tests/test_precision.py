@@ -1,5 +1,6 @@
 """Mixed precision and XLA as config fields: shapes and dtypes on the CPU path; tf.distribute
 strategy names and the TPU error."""
+import json
 import os
 
 import keras
@@ -20,6 +21,9 @@ def test_mixed_precision_run_keeps_float32_logits_and_exports(tmp_path):
     workdir = str(tmp_path / "mixed")
     metrics = train.run(config, workdir)
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
+    # No GPU here: bfloat16, not float16 (emulated on CPUs, 2.8x slower), and the run records it.
+    with open(os.path.join(workdir, "run_info.json")) as f:
+        assert json.load(f)[-1]["dtype_policy"] == "mixed_bfloat16"
     assert all(np.isfinite(v) for v in metrics["test"].values())
     from tfkd.export import restore_network
 
@@ -27,17 +31,18 @@ def test_mixed_precision_run_keeps_float32_logits_and_exports(tmp_path):
     loaded = tf.saved_model.load(os.path.join(workdir, "export"))
     out = loaded.signatures["logits"](images=tf.zeros((2, 28, 28, 1), tf.uint8))["logits"]
     assert out.dtype == tf.float32 and out.shape == (2, 10)
-    # Inside a mixed_float16 run, layers compute in float16 while the logits stay float32.
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        from tfkd.models import build_backbone
+    # Under either mixed policy (float16 on GPUs), layers compute in 16 bits while the logits stay float32.
+    from tfkd.models import build_backbone
 
-        net = build_backbone("resnet18", num_classes=3, width=0.0625, input_shape=(28, 28, 1))
-        logits, feats = net(np.zeros((2, 28, 28, 1), np.float32), training=False, return_features=True)
-        assert feats["stage_1"].dtype == "float16"
-        assert all(v.dtype == "float32" for v in logits.values())
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    for policy, compute in (("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            net = build_backbone("resnet18", num_classes=3, width=0.0625, input_shape=(28, 28, 1))
+            logits, feats = net(np.zeros((2, 28, 28, 1), np.float32), training=False, return_features=True)
+            assert feats["stage_1"].dtype == compute
+            assert all(v.dtype == "float32" for v in logits.values())
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
 
 
 def test_xla_jit_compile_run_trains(tmp_path):

@@ -1,6 +1,7 @@
-"""bin/visualize and tfkd.visualize on tiny real runs: MetaDistiller's target-entropy metrics against a
-hand computation, every figure written as a small valid PNG from the right data, and bad inputs
-refused with one line before anything is written."""
+"""bin/visualize and tfkd.visualize on tiny real runs: MetaDistiller's target-entropy metrics
+against a hand computation, a tiny MetaDistiller run that learns and exports without its
+generator, every figure written as a small valid PNG from the right data, and bad inputs refused
+with one line before anything is written."""
 import csv
 import json
 import math
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from tests.conftest import REPO, SUBPROCESS_TIMEOUT, tiny_config
 from tests.test_train_fewshot import fewshot_config, progressive_config, write_pixel_features
-from tfkd import runs, train, visualize
+from tfkd import export, runs, train, visualize
 from tfkd.errors import ConfigError, DataError, UserError, WorkdirError
 from tfkd.methods import build_method
 from tfkd.methods.metadistiller import target_entropy
@@ -91,14 +92,18 @@ def test_entropy_metrics_equal_hand_computed_entropy_of_the_generated_targets():
 
 
 @pytest.fixture(scope="module")
-def md_run(tmp_path_factory):
-    config = tiny_config(method="metadistiller", epochs=2, train_examples=500, eval_examples=200)
-    config.model.width = 0.0625
-    config.export.enabled = False
-    # Epoch 1 is a meta epoch (the default M = 5), epoch 2 a main one.
+def md_run_and_metrics(tmp_path_factory):
+    """One tiny MetaDistiller run (bin/train's path) serves the learning and export checks and the
+    figures: training a second one cost 20-30 s of the suite."""
+    config = tiny_config(method="metadistiller", epochs=3)
+    config.metadistiller.meta_every_epochs = 3  # epoch 1 is a meta epoch, 2-3 are main epochs
     workdir = str(tmp_path_factory.mktemp("viz") / "md")
-    train.run(config, workdir)
-    return workdir
+    return workdir, train.run(config, workdir)
+
+
+@pytest.fixture(scope="module")
+def md_run(md_run_and_metrics):
+    return md_run_and_metrics[0]
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +123,28 @@ def fewshot_runs(tmp_path_factory):
     return folders
 
 
+def test_metadistiller_learns_and_exports_without_generator(md_run_and_metrics):
+    workdir, metrics = md_run_and_metrics
+    assert metrics["test"]["final_accuracy"] > 0.4, metrics["test"]  # chance: 0.10
+    assert metrics["test"]["ensemble_accuracy"] > 0.4, metrics["test"]
+    network, *_ = export.restore_network(workdir, "best")
+    path = f"{workdir}/export"
+    reader = tf.train.load_checkpoint(f"{path}/variables/variables")
+    saved = sum(int(np.prod(s)) for n, s in reader.get_variable_to_shape_map().items() if n.endswith("VARIABLE_VALUE"))
+    assert saved == sum(int(np.prod(v.shape)) for v in network.inference_variables())
+    assert export.check_export(network, path) < 1e-5
+
+
 def test_metadistiller_history_logs_target_entropy_per_exit_train_and_validation(md_run):
     with open(os.path.join(md_run, "history.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2
+    assert len(rows) == 3
     for row in rows:
         for k in (1, 2, 3):
             for prefix in ("", "val_"):
                 value = float(row[f"{prefix}target_entropy_exit_{k}"])
                 assert 0.0 <= value <= math.log(10) + 1e-6
-    assert rows[0]["meta_loss"] and not rows[1]["meta_loss"]  # meta epoch 1 only
+    assert rows[0]["meta_loss"] and not rows[1]["meta_loss"] and not rows[2]["meta_loss"]  # meta epoch 1 only
 
 
 def test_metadistiller_figures(md_run, tmp_path):

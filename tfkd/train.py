@@ -17,7 +17,7 @@ from tfkd import io
 from tfkd import runs
 from tfkd import train_fewshot
 from tfkd.config import config_json
-from tfkd.distribute import barrier, get_strategy, is_chief
+from tfkd.distribute import barrier, get_strategy, is_chief, mixed_precision_policy
 from tfkd.errors import ConfigError
 from tfkd.evaluation import ValidationClassEpisodes, validation_class_images
 from tfkd.methods import build_method, build_optimizer
@@ -118,7 +118,7 @@ def _start(config, workdir, strategy, overwrite):
     if not config.train.mixed_precision:
         return _run(config, workdir, data, strategy_obj, strategy, resuming)
     policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(mixed_precision_policy())
     try:
         return _run(config, workdir, data, strategy_obj, strategy, resuming)
     finally:
@@ -131,7 +131,8 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
     chief = is_chief()
     runs.write_run_files(workdir, config,
                          {"arch": config.model.arch, "kwargs": net_kwargs, "class_names": data.class_names},
-                         {"strategy": strategy_name, "replicas": strategy.num_replicas_in_sync, "resumed": resuming})
+                         {"strategy": strategy_name, "replicas": strategy.num_replicas_in_sync, "resumed": resuming,
+                          "dtype_policy": keras.mixed_precision.global_policy().name})
 
     state, initial_epoch = runs.resume_latest(workdir, method, config.train.epochs)
 
