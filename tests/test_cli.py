@@ -143,6 +143,8 @@ def _no_tensorflow(tmp):
                "--config.progressive.direction=up"],
      "direction='up': expected one of"),
     ("train", ["--workdir={tmp}/w", "--config=configs/nonexistent.py"], "no such config file"),
+    ("train", ["--workdir={tmp}/a_file"], "--workdir={tmp}/a_file is a file, not a folder"),
+    ("train", ["--workdir={tmp}/finished"], "--workdir={tmp}/finished holds a finished run (metrics.json); use a new"),
     ("tune", ["--workdir={tmp}/w", "--method=metadistiller", "--config.metadistiller.tau=0"],
      "config.metadistiller.tau=0.0: expected > 0"),
     ("visualize", ["--output={tmp}/figures"], "nothing to draw: pass --workdir=RUN"),
@@ -161,6 +163,8 @@ def _no_tensorflow(tmp):
 def test_scripts_refuse_a_bad_request_before_importing_tensorflow(tmp_path, script, args, expected):
     tmp = str(tmp_path)
     open(os.path.join(tmp, "a_file"), "w").close()
+    os.makedirs(os.path.join(tmp, "finished"))
+    open(os.path.join(tmp, "finished", "metrics.json"), "w").close()
     env = dict(os.environ, PYTHONPATH=_no_tensorflow(os.path.join(tmp, "stubs")))
     proc = subprocess.run([sys.executable, os.path.join(REPO, "bin", script), *[a.format(tmp=tmp) for a in args]],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)

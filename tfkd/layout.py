@@ -38,6 +38,14 @@ METADATA_FILE = os.path.join("assets.extra", "tfkd.json")
 RUN_FILE_EXPECTED = "the file as tfkd wrote it (restore it, or start over with --overwrite or a new --workdir)"
 
 
+def refuse_finished_run(workdir):
+    """A WorkdirError when ``workdir`` holds a finished run (its metrics.json): bin/train never
+    overwrites one silently. TensorFlow-free, so a re-run of a finished command is refused at once."""
+    if os.path.exists(os.path.join(workdir, METRICS)):
+        raise WorkdirError(f"--workdir={workdir} holds a finished run ({METRICS}); "
+                           f"use a new --workdir or pass --overwrite to discard it")
+
+
 def require_run_file(workdir, name, flag="--workdir"):
     """The path of ``name`` in ``workdir``; a WorkdirError if the folder lacks it (not a run)."""
     path = os.path.join(workdir, name)

@@ -50,7 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfkd import io
+from tfkd import io, layout
 from tfkd.config import config_json, default_config_json
 from tfkd.distribute import is_chief
 from tfkd.errors import ConfigError, WorkdirError
@@ -69,10 +69,6 @@ def best_checkpoint(workdir):
 
 def export_dir(workdir):
     return os.path.join(workdir, EXPORT)
-
-
-def is_finished(workdir):
-    return os.path.exists(os.path.join(workdir, METRICS))
 
 
 def write_metrics(workdir, metrics):
@@ -117,9 +113,8 @@ def prepare_workdir(workdir, config, overwrite=False, may_contain=()):
     ``may_contain``: entries a new run's folder may already hold (an ensemble's members/)."""
     io.check_output_folder(workdir, "--workdir")  # a file or a read-only folder fails now, not at the first write
     cfg_path = os.path.join(workdir, CONFIG)
-    if is_finished(workdir) and not overwrite:
-        raise WorkdirError(f"--workdir={workdir} holds a finished run ({METRICS}); "
-                           f"use a new --workdir or pass --overwrite to discard it")
+    if not overwrite:
+        layout.refuse_finished_run(workdir)
     if overwrite and os.path.isdir(workdir):
         for name in os.listdir(workdir):
             if name != LOCK:  # this process's own lock stays
