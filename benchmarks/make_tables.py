@@ -672,8 +672,15 @@ def metadistiller_targets_table(r):
     lines.append("")
     lines.append(f"On {r['runs'][0]['images']} validation images, best checkpoint, inference mode; uniform over "
                  f"{r['runs'][0]['num_classes']} classes is {math.log(r['runs'][0]['num_classes']):.2f} "
-                 f"nats and p = {1 / classes:.{digits}f}. " + provenance(r))
+                 f"nats and p = {1 / classes:.{digits}f}. " + provenance(r) + _earlier_commands(r))
     return "\n".join(lines)
+
+
+def _earlier_commands(r):
+    """Rows kept from earlier invocations (``--add``) name the commands that measured them."""
+    earlier = r.get("earlier_commands") or []
+    return "".join(f" Earlier rows: {e.get('date_utc', '?')}, git {e.get('git_revision', '?')[:12]}, "
+                   f"`{e.get('command', '?')}`." for e in earlier)
 
 
 TARGETS_COMMAND = "python benchmarks/metadistiller_targets.py --workdir=RUN"
