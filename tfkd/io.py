@@ -175,7 +175,9 @@ def sole_writer(path, flag):
         f = open(lock, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                break  # a file system without flock (some network mounts): write unguarded, as before
             f.seek(0)
             owner = f.read().strip() or "another process"
             f.close()
