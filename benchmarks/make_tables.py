@@ -714,12 +714,12 @@ def lookahead_probe_table(r):
                  f"D_train batch (batch {first['batch_size']}, the run's weight decay), at the best checkpoint; "
                  f"differences paired over {first['pairs']} batch pairs of training images, mean ± 95% CI. ζ is the "
                  "run's learning rate in each of its schedule's three phases. " + provenance(r))
-    others = []  # rows kept from earlier invocations (--add) name their own command
+    commands = []  # rows kept from earlier invocations (--add) name their own command
     for run in r["runs"]:
         m = run.get("measured_by")
-        if m and m["command"] != r.get("command") and m not in others:
-            others.append(m)
-    for m in others:
+        if m and m["command"] != r.get("command") and m not in commands:
+            commands.append(m)
+    for m in commands:
         lines.append(f"Other rows: measured {m['date_utc']}, git {short_rev(m['git_revision'])}. "
                      f"Command: `{m['command']}`.")
     return "\n".join(lines)

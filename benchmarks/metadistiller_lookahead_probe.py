@@ -151,8 +151,6 @@ def probe(workdir):
     from tfkd.data import load_dataset
 
     config = runs.read_config(workdir)
-    if config.method != "metadistiller":
-        common.refuse(f"--workdir={workdir} holds a {config.method!r} run; expected a MetaDistiller run")
     method, losses = restored(workdir, config)
     data = load_dataset(config.data)
     images, labels = data.train.images, data.train.labels.astype(np.int32)
@@ -202,13 +200,12 @@ def main(argv):
     if FLAGS.pairs < 2:
         common.refuse(f"--pairs={FLAGS.pairs}: expected at least 2 batch pairs (for a confidence interval)")
     from tfkd import layout
-    from tfkd.errors import WorkdirError
 
-    for workdir in FLAGS.workdir:
-        try:
-            layout.require_run_folder(workdir)  # the project's own check (missing or damaged run files)
-        except WorkdirError as e:
-            common.refuse(e)
+    for workdir in FLAGS.workdir:  # every folder before the first one's minutes of work
+        layout.require_run_folder(workdir)  # a missing or damaged run file: one line (common.run)
+        method = layout.read_config(workdir).method
+        if method != "metadistiller":
+            common.refuse(f"--workdir={workdir} holds a {method!r} run; expected a MetaDistiller run")
     common.hold_results(FLAGS.name)
     results = []
     if FLAGS.add:
