@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Does the many-shot teacher's term help on the classes it was meta-trained on? ``dist`` at several
+gamma, meta-trained on the base classes with part of every base class's images held out, then tested
+on those held-out images (classes seen in meta-training, images not) and on the novel alphabets,
+with the same protocols, paired per query / episode against gamma = 0.
+
+    python benchmarks/fewshot_base_holdout.py [--table=fewshot_table_glyphs_mid_backbone]
+        [--runs_dir=/tmp/tfkd_fs_mid] [--holdout=8] [--gammas=0,0.5,5] [--seeds=100,101]
+
+Why: on the mid backbone every gamma > 0 lowered validation-class accuracy
+(benchmarks/results/*_gamma_sweep*.json), although the teacher classifies the base-class training
+queries better than the student does. If the term helps on held-out images of the base classes and
+hurts on new alphabets, what the teacher passes on does not transfer to new classes; if it hurts on
+both, it does not help the student even on the classes it knows.
+
+Also measured, without training: the teacher's own accuracy (cosine prototypes of every training
+image of each base class, over all base classes at once) on the training images with each image
+inside its own class's prototype -- as in meta-training, where S_teacher holds every base example,
+the queries included --, with it left out, and on the held-out images.
+
+Student knobs: gen's searched best values from the table (as the gamma sweep's --from_search=gen);
+at gamma = 0 ``dist`` is ``gen``. Checkpoints are chosen on validation-class episodes as in the
+table. The features are the table's (``<runs_dir>/<dataset>/features``); when missing they are
+rebuilt with the table's backbone flags, and the backbone's base-class test accuracy is recorded
+next to the table's. Each run's results go to benchmarks/results/<name>.json when it finishes;
+the paired differences need every run's per-query hits, which stay in the run folders, so they are
+computed once all runs exist on this machine (a rerun reuses finished run folders).
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import flags  # noqa: E402
+
+import common  # noqa: E402
+
+flags.DEFINE_string("table", "fewshot_table_glyphs_mid_backbone", "Committed few-shot table (with a tuned gen "
+                    "row) whose features and gen search are used (benchmarks/results/<table>.json).")
+flags.DEFINE_string("runs_dir", "/tmp/tfkd_fs_mid", "Runs folder of that table (its features are reused or rebuilt).")
+flags.DEFINE_integer("holdout", 8, "Images held out of every base class (the rest meta-train and form S_teacher).")
+flags.DEFINE_list("gammas", ["0", "0.5", "5"], "Values of dist.gamma; 0 is the reference every other is paired with.")
+flags.DEFINE_list("seeds", ["100", "101"], "Meta-training seeds (kept apart from the table's reported ones).")
+flags.DEFINE_integer("threads", 0, "TF intra/inter-op threads per run (0 = TensorFlow's default).")
+flags.DEFINE_string("name", "", "Result file name (default <table>_base_holdout).")
+FLAGS = flags.FLAGS
+
+SPLIT_SEED = 2031
+# The protocols of both test sets: the table's headline columns, with as many queries as 8 held-out
+# images leave after 2 shots.
+PROTOCOL = {"test_shots": (1,), "test_way": 5, "test_queries": 5, "test_episodes": 1000, "within_group_way": 20,
+            "all_way_shots": (1, 2), "all_way_queries": 5, "all_way_draws": 5, "evaluate_novel": True}
+HEADLINE = ("all_way_1shot_top1", "all_way_2shot_top1", "20way_within_group_1shot")
+
+
+def check_request():
+    """Every bad request fails here, before any training."""
+    try:
+        table = common.read_result(FLAGS.table)
+    except FileNotFoundError:
+        common.refuse(f"--table={FLAGS.table}: benchmarks/results/{FLAGS.table}.json does not exist")
+    if "gen" not in table.get("tuning", {}):
+        common.refuse(f"benchmarks/results/{FLAGS.table}.json has no tuned gen row; expected a table built with "
+                      "--tune_trials and gen among its --methods")
+    try:
+        gammas = sorted({float(g) for g in FLAGS.gammas})
+        seeds = [int(s) for s in FLAGS.seeds]
+    except ValueError as e:
+        common.refuse(f"--gammas/--seeds: {e}; expected numbers")
+    if gammas[0] != 0.0 or len(gammas) < 2:
+        common.refuse(f"--gammas={','.join(FLAGS.gammas)}: expected 0 (the reference) and at least one weight > 0")
+    need = max(PROTOCOL["all_way_shots"]) + 1
+    if FLAGS.holdout < need:
+        common.refuse(f"--holdout={FLAGS.holdout}: expected >= {need} (2 shots and at least one query per class)")
+    return table, gammas, seeds
+
+
+def run_logged(cmd, workdir_or_folder, marker):
+    """Runs a bin/ command unless ``marker`` exists; returns its seconds (None when skipped)."""
+    if os.path.exists(marker):
+        return None
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if FLAGS.threads:
+        env.update(TF_NUM_INTRAOP_THREADS=str(FLAGS.threads), TF_NUM_INTEROP_THREADS=str(FLAGS.threads))
+    os.makedirs(os.path.dirname(workdir_or_folder), exist_ok=True)
+    start = time.time()
+    with open(workdir_or_folder + ".log", "a") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {workdir_or_folder}.log")
+    return time.time() - start
+
+
+def pretty(cmd):
+    return " ".join(["python"] + [os.path.relpath(c, common.REPO) if c.startswith(common.REPO) else c
+                                  for c in cmd[1:]])
+
+
+def ensure_features(table, root):
+    """The table's feature folder, rebuilt with its backbone flags when missing -> backbone summary."""
+    bin_dir = os.path.join(common.REPO, "bin")
+    backbone, features = os.path.join(root, "backbone"), os.path.join(root, "features")
+    cmd = [sys.executable, os.path.join(bin_dir, "train"),
+           f"--config={os.path.join(common.REPO, table['backbone_config'])}", f"--workdir={backbone}"]
+    cmd += [f"--config.{o}" for o in table["backbone_overrides"]]
+    seconds = run_logged(cmd, backbone, os.path.join(backbone, "metrics.json"))
+    with open(os.path.join(backbone, "metrics.json")) as f:
+        accuracy = json.load(f)["test"]["final_accuracy"]
+    extract = [sys.executable, os.path.join(bin_dir, "extract_features"), f"--workdir={backbone}",
+               f"--output={features}"]
+    run_logged(extract, features, os.path.join(features, "features.json"))
+    return features, {"command": pretty(cmd), "seconds": seconds, "test_base_class_accuracy": accuracy,
+                      "table_test_base_class_accuracy": table["backbone"]["test_base_class_accuracy"]}
+
+
+def split_base(features, out):
+    """``out``: the feature folder with ``FLAGS.holdout`` images of every base class moved out of
+    base.h5 (seeded per class) -> (held-out features, labels), also kept in out/heldout_base.npz."""
+    import shutil
+
+    import numpy as np
+
+    from tfkd.data.features import METADATA_FILE, read_features, write_features
+    from tfkd.train_fewshot import FeatureSplits
+
+    heldout_file = os.path.join(out, "heldout_base.npz")
+    if not os.path.exists(heldout_file):
+        splits = FeatureSplits(features)
+        base_f, base_l = splits["base"]
+        rng = np.random.default_rng(SPLIT_SEED)
+        held = np.zeros(len(base_l), bool)
+        for c in np.unique(base_l):
+            idx = rng.permutation(np.flatnonzero(base_l == c))
+            held[idx[:FLAGS.holdout]] = True
+        os.makedirs(out, exist_ok=True)
+        write_features(os.path.join(out, "base.h5"), base_f[~held], base_l[~held], overwrite=True)
+        for split in ("validation", "novel"):
+            write_features(os.path.join(out, f"{split}.h5"), *splits[split], overwrite=True)
+        shutil.copyfile(os.path.join(features, METADATA_FILE), os.path.join(out, METADATA_FILE))
+        write_features(heldout_file, base_f[held], base_l[held], overwrite=True)  # last: marks the split done
+    return read_features(heldout_file)
+
+
+def teacher_accuracy(train_f, train_l, held_f, held_l):
+    """Top-1 of cosine prototypes over every training image of each base class, all classes at once:
+    on the training images (own image inside its prototype, then left out) and on the held-out ones."""
+    import numpy as np
+
+    def unit(x):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    classes = np.unique(train_l)
+    index = np.searchsorted(classes, train_l)
+    x = unit(train_f.astype(np.float64))
+    sums = np.zeros((len(classes), x.shape[1]))
+    np.add.at(sums, index, x)
+    counts = np.bincount(index, minlength=len(classes)).astype(np.float64)
+    inside = unit(sums / counts[:, None])
+    scores_inside = x @ inside.T
+    # Leave-one-out: the own class's prototype without the image itself (the others are unchanged).
+    own_loo = unit((sums[index] - x) / (counts[index] - 1)[:, None])
+    scores_loo = scores_inside.copy()
+    scores_loo[np.arange(len(x)), index] = np.sum(x * own_loo, -1)
+    held_scores = unit(held_f.astype(np.float64)) @ inside.T
+    return {"classes": int(len(classes)),
+            "training_images_own_image_inside": float(np.mean(scores_inside.argmax(-1) == index)),
+            "training_images_left_out": float(np.mean(scores_loo.argmax(-1) == index)),
+            "heldout_images": float(np.mean(classes[held_scores.argmax(-1)] == held_l))}
+
+
+def hits(results):
+    """{protocol: per-query (all-way) or per-episode (N-way) accuracies} of a protocol suite."""
+    out = {}
+    for name, r in results.items():
+        if name == "all_way":
+            for k, row in r["shots"].items():
+                out[f"all_way_{k}shot_top1"] = row["top1"]["per_query"]
+                out[f"all_way_{k}shot_top5_mean"] = row["top5"]["mean"]
+        else:
+            out[name] = r["accuracies"]
+    return out
+
+
+def evaluate(workdir, test_sets, class_groups):
+    """Every protocol on each test set; per-query hits saved beside the run (held_out_eval.json)."""
+    import ml_collections
+    import numpy as np
+
+    from tfkd import evaluation, io
+    from tfkd.train_fewshot import run_predictor_for_shot
+
+    path = os.path.join(workdir, "held_out_eval.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    predictor_for_shot, config, _ = run_predictor_for_shot(workdir)
+    cfg = ml_collections.ConfigDict(config.fewshot.to_dict())
+    cfg.update(PROTOCOL)
+    out = {}
+    for name, (feats, labels) in test_sets.items():
+        results = evaluation.protocol_suite(predictor_for_shot, feats, labels, np.unique(labels), cfg,
+                                            class_groups=class_groups)
+        out[name] = hits(results)
+    io.write_json_atomic(path, out)
+    return out
+
+
+def main(argv):
+    del argv
+    table, gammas, seeds = check_request()
+    name = FLAGS.name or f"{FLAGS.table}_base_holdout"
+    common.hold_results(name)
+    import numpy as np
+
+    from tfkd.data.episodes import mean_confidence_interval
+    from tfkd.train_fewshot import FeatureSplits
+
+    root = os.path.join(FLAGS.runs_dir, table["dataset"])
+    features, backbone = ensure_features(table, root)
+    holdout_dir = os.path.join(root, f"base_holdout_{FLAGS.holdout}")
+    held_f, held_l = split_base(features, holdout_dir)
+    splits = FeatureSplits(holdout_dir)
+    train_f, train_l = splits["base"]
+    results = {"benchmark": "fewshot_base_holdout", "table": FLAGS.table, "dataset": table["dataset"],
+               "holdout_per_class": FLAGS.holdout, "split_seed": SPLIT_SEED, "gammas": gammas, "seeds": seeds,
+               "protocol": {k: list(v) if isinstance(v, tuple) else v for k, v in PROTOCOL.items()},
+               "backbone": backbone, "threads": FLAGS.threads,
+               "student_values": table["tuning"]["gen"]["best"]["values"],
+               "selection": table["overrides"],
+               "images": {"meta_training": int(len(train_l)), "held_out": int(len(held_l)),
+                          "base_classes": int(len(np.unique(train_l))),
+                          "novel_classes": int(len(splits.classes("novel")))},
+               "teacher": teacher_accuracy(train_f, train_l, held_f, held_l), "runs": []}
+    common.write_result(name, results)
+    print(f"teacher: {results['teacher']}", flush=True)
+
+    values = {k.replace("gen.", "dist.", 1): v for k, v in table["tuning"]["gen"]["best"]["values"].items()}
+    config_file = os.path.join(holdout_dir, "dist_config.py")
+    common.write_reused_config(config_file, os.path.join(common.REPO, table["fewshot_config"]), values)
+    test_sets = {"held_out_base": (held_f, held_l), "novel": splits["novel"]}
+    per_run = {}
+    for seed in seeds:
+        for gamma in gammas:
+            workdir = os.path.join(holdout_dir, f"gamma_{gamma!r}", f"seed{seed}")
+            cmd = [sys.executable, os.path.join(common.REPO, "bin", "train"), f"--config={config_file}",
+                   "--method=dist", f"--seed={seed}", f"--workdir={workdir}",
+                   f"--config.fewshot.features_dir={holdout_dir}", "--config.fewshot.evaluate_novel=False",
+                   "--config.export.enabled=False", f"--config.dist.gamma={gamma}"]
+            cmd += [f"--config.{o}" for o in table["overrides"]]
+            seconds = run_logged(cmd, workdir, os.path.join(workdir, "metrics.json"))
+            evaluated = evaluate(workdir, test_sets, splits.class_groups)
+            per_run[(gamma, seed)] = evaluated
+            with open(os.path.join(workdir, "metrics.json")) as f:
+                metrics = json.load(f)
+            with open(os.path.join(workdir, "run_info.json")) as f:
+                revision = json.load(f)[0]["git_revision"]
+            results["runs"] = [r for r in results["runs"] if (r["gamma"], r["seed"]) != (gamma, seed)]
+            results["runs"].append({
+                "gamma": gamma, "seed": seed, "command": pretty(cmd), "seconds": seconds,
+                "git_revision": revision, "best_epoch": metrics["best_epoch"],
+                "val_accuracy": metrics["val_accuracy"],
+                "test": {s: {p: (float(np.mean(v)) if isinstance(v, list) else v) for p, v in h.items()}
+                         for s, h in evaluated.items()}})
+            common.write_result(name, results)
+            print(f"gamma {gamma} seed {seed}: val {metrics['val_accuracy']:.4f} "
+                  f"{ {s: round(100 * results['runs'][-1]['test'][s]['all_way_1shot_top1'], 2) for s in test_sets} }",
+                  flush=True)
+
+    summary = {}
+    for gamma in gammas:
+        runs = [r for r in results["runs"] if r["gamma"] == gamma]
+        summary[repr(gamma)] = {
+            "val_accuracy": statistics.mean(r["val_accuracy"] for r in runs),
+            "test": {s: {p: statistics.mean(r["test"][s][p] for r in runs) for p in runs[0]["test"][s]}
+                     for s in test_sets}}
+    results["summary"] = summary
+    # Seed-averaged hits, paired with gamma = 0 on the same queries (all-way) or episodes (N-way).
+    paired = {}
+    for gamma in gammas[1:]:
+        paired[repr(gamma)] = {}
+        for s in test_sets:
+            paired[repr(gamma)][s] = {}
+            for p in HEADLINE:
+                diff = (np.mean([per_run[(gamma, seed)][s][p] for seed in seeds], 0)
+                        - np.mean([per_run[(0.0, seed)][s][p] for seed in seeds], 0))
+                mean, ci = mean_confidence_interval(diff)
+                paired[repr(gamma)][s][p] = {"mean": float(mean), "ci95": float(ci)}
+    results["paired_vs_gamma_0"] = paired
+    common.write_result(name, results)
+
+
+if __name__ == "__main__":
+    common.run(main)
