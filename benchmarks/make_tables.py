@@ -906,6 +906,58 @@ def fewshot_gamma_sweep_table(table="fewshot_table_glyphs_mid_backbone"):
     return "\n".join(lines)
 
 
+def fewshot_base_holdout_table(table="fewshot_table_glyphs_mid_backbone"):
+    """dist at several gamma on held-out images of the base classes and on the novel alphabets
+    (benchmarks/fewshot_base_holdout.py), each paired with gamma = 0."""
+    r = load(f"{table}_base_holdout")
+    if not r or "paired_vs_gamma_0" not in r:
+        return f"_Not measured yet: run `python benchmarks/fewshot_base_holdout.py --table={table}`._"
+    sets = (("held_out_base", "held-out images of the base classes"), ("novel", "novel alphabets"))
+    protocols = (("all_way_1shot_top1", "all-way 1-shot"), ("all_way_2shot_top1", "all-way 2-shot"),
+                 ("20way_within_group_1shot", "20-way within one alphabet, 1-shot"))
+    n = r["images"]
+    lines = [f"| dist.gamma | validation classes (selection) | "
+             + " | ".join(f"{label}: {p}" for _, label in sets for _, p in protocols)
+             + " | held-out base images, many-shot (every meta-training image as support) |",
+             "| --- | --- | " + " | ".join("---" for _ in sets for _ in protocols) + " | --- |"]
+    for g in r["gammas"]:
+        s = r["summary"][repr(float(g))]
+        label = f"{g:g}" + (" (gen)" if g == 0 else "")
+        lines.append(f"| {label} | {100 * s['val_accuracy']:.2f} | "
+                     + " | ".join(f"{100 * s['test'][k][p]:.2f}" for k, _ in sets for p, _ in protocols)
+                     + f" | {100 * s['test']['held_out_base']['many_shot_all_base_classes']:.2f} |")
+    for g, by_set in r["paired_vs_gamma_0"].items():
+        lines.append(f"| {float(g):g} − 0, paired | – | " + " | ".join(
+            f"{100 * by_set[k][p]['mean']:+.2f} ± {100 * by_set[k][p]['ci95']:.2f}" for k, _ in sets for p, _ in protocols)
+            + " | – |")
+    t = r["teacher"]
+    lines.append("")
+    lines.append(
+        f"Test accuracy %, mean over meta-training seeds {', '.join(str(s) for s in r['seeds'])}; paired rows: "
+        f"seed-averaged hits on the same queries (all-way) or episodes (20-way), mean ± 95% CI (points). "
+        f"{r['holdout_per_class']} images of each of the {n['base_classes']} base classes are held out "
+        f"({n['held_out']} images; the other {n['meta_training']} meta-train the student and form the teacher's "
+        f"S_teacher). Both test sets use the same protocols: all classes at once at 1 and 2 shots "
+        f"({r['protocol']['all_way_draws']} support draws, {r['protocol']['all_way_queries']} queries per class) "
+        f"and 20-way within one alphabet ({r['protocol']['test_episodes']} episodes). Student knobs: gen's searched "
+        f"best values from `{table}` ({', '.join(f'{k.split(chr(46), 1)[1]}={v:.3g}' if isinstance(v, float) else f'{k.split(chr(46), 1)[1]}={v}' for k, v in r['student_values'].items())}); "
+        f"checkpoints chosen on validation-class episodes ({', '.join(r['selection'])}).")
+    lines.append("")
+    lines.append(
+        f"The teacher alone (cosine prototypes of every meta-training image of each base class, all "
+        f"{t['classes']} classes at once): {100 * t['training_images_own_image_inside']:.1f}% on the meta-training "
+        f"images with each image inside its own class's prototype (as the meta-training queries are), "
+        f"{100 * t['training_images_left_out']:.1f}% with it left out, {100 * t['heldout_images']:.1f}% on the "
+        f"held-out images.")
+    b = r["backbone"]
+    lines.append("")
+    lines.append(f"Backbone: the table's (`{b['command'].split(' ', 1)[1]}`), base-class test accuracy "
+                 f"{100 * b['test_base_class_accuracy']:.1f}% (the table's: {100 * b['table_test_base_class_accuracy']:.1f}%).")
+    lines.append("")
+    lines.append(provenance(r))
+    return "\n".join(lines)
+
+
 TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
@@ -921,6 +973,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "metadistiller_targets_glyphs": targets_glyphs_table, "test_suite": test_suite_table,
           "serving": serving_table, "reference_targets": reference_targets_table,
           "reference_converge": reference_converge_table, "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
+          "fewshot_base_holdout": fewshot_base_holdout_table,
           "metadistiller_lookahead_probe": lookahead_probe_table,
           "metadistiller_generator_only": generator_only_table,
           "metadistiller_targets_meta_steps": targets_meta_steps_table}
