@@ -6,6 +6,7 @@ with the same protocols, paired per query / episode against gamma = 0.
 
     python benchmarks/fewshot_base_holdout.py [--table=fewshot_table_glyphs_mid_backbone]
         [--runs_dir=/tmp/tfkd_fs_mid] [--holdout=8] [--gammas=0,0.5,5] [--seeds=100,101]
+        [--student=dist.embedding_units=none]
 
 Why: on the mid backbone every gamma > 0 lowered validation-class accuracy
 (benchmarks/results/*_gamma_sweep*.json), although the teacher classifies the base-class training
@@ -19,7 +20,8 @@ inside its own class's prototype -- as in meta-training, where S_teacher holds e
 the queries included --, with it left out, and on the held-out images.
 
 Student knobs: gen's searched best values from the table (as the gamma sweep's --from_search=gen);
-at gamma = 0 ``dist`` is ``gen``. Checkpoints are chosen on validation-class episodes as in the
+at gamma = 0 ``dist`` is ``gen``; ``--student`` changes some of them (a variant with its own result
+file and run folders, the same split and features). Checkpoints are chosen on validation-class episodes as in the
 table. The features are the table's (``<runs_dir>/<dataset>/features``); when missing they are
 rebuilt with the table's backbone flags, and the backbone's base-class test accuracy is recorded
 next to the table's. Each run's results go to benchmarks/results/<name>.json when it finishes;
@@ -45,6 +47,9 @@ flags.DEFINE_string("runs_dir", "/tmp/tfkd_fs_mid", "Runs folder of that table (
 flags.DEFINE_integer("holdout", 8, "Images held out of every base class (the rest meta-train and form S_teacher).")
 flags.DEFINE_list("gammas", ["0", "0.5", "5"], "Values of dist.gamma; 0 is the reference every other is paired with.")
 flags.DEFINE_list("seeds", ["100", "101"], "Meta-training seeds (kept apart from the table's reported ones).")
+flags.DEFINE_multi_string("student", [], "field=value on top of gen's searched values, e.g. "
+                          "dist.embedding_units=none (no embedding f: the student works in the teacher's feature "
+                          "space, as in the paper's miniImageNet setting); names the result file and run folders.")
 flags.DEFINE_integer("threads", 0, "TF intra/inter-op threads per run (0 = TensorFlow's default).")
 flags.DEFINE_string("name", "", "Result file name (default <table>_base_holdout).")
 FLAGS = flags.FLAGS
@@ -73,10 +78,16 @@ def check_request():
         common.refuse(f"--gammas/--seeds: {e}; expected numbers")
     if gammas[0] != 0.0 or len(gammas) < 2:
         common.refuse(f"--gammas={','.join(FLAGS.gammas)}: expected 0 (the reference) and at least one weight > 0")
+    student = {}
+    for item in FLAGS.student:
+        field, sep, value = item.partition("=")
+        if not sep or not field.startswith("dist."):
+            common.refuse(f"--student={item}: expected dist.FIELD=VALUE")
+        student[field] = value
     need = max(PROTOCOL["all_way_shots"]) + 1
     if FLAGS.holdout < need:
         common.refuse(f"--holdout={FLAGS.holdout}: expected >= {need} (2 shots and at least one query per class)")
-    return table, gammas, seeds
+    return table, gammas, seeds, student
 
 
 def run_logged(cmd, workdir_or_folder, marker):
@@ -232,8 +243,9 @@ def evaluate(workdir, test_sets, class_groups, base_training):
 
 def main(argv):
     del argv
-    table, gammas, seeds = check_request()
-    name = FLAGS.name or f"{FLAGS.table}_base_holdout"
+    table, gammas, seeds, student = check_request()
+    variant = "_".join(f"{k.split('.')[-1]}_{v}" for k, v in student.items())
+    name = FLAGS.name or f"{FLAGS.table}_base_holdout" + (f"_{variant}" if variant else "")
     common.hold_results(name)
     try:  # finished runs are reused: keep the seconds measured when they trained
         previous = {(r["gamma"], r["seed"]): r for r in common.read_result(name).get("runs", [])}
@@ -254,7 +266,7 @@ def main(argv):
                "holdout_per_class": FLAGS.holdout, "split_seed": SPLIT_SEED, "gammas": gammas, "seeds": seeds,
                "protocol": {k: list(v) if isinstance(v, tuple) else v for k, v in PROTOCOL.items()},
                "backbone": backbone, "threads": FLAGS.threads,
-               "student_values": table["tuning"]["gen"]["best"]["values"],
+               "student_values": table["tuning"]["gen"]["best"]["values"], "student_changes": student,
                "selection": table["overrides"],
                "images": {"meta_training": int(len(train_l)), "held_out": int(len(held_l)),
                           "base_classes": int(len(np.unique(train_l))),
@@ -264,13 +276,15 @@ def main(argv):
     print(f"teacher: {results['teacher']}", flush=True)
 
     values = {k.replace("gen.", "dist.", 1): v for k, v in table["tuning"]["gen"]["best"]["values"].items()}
-    config_file = os.path.join(holdout_dir, "dist_config.py")
+    values.update(student)
+    runs_root = os.path.join(holdout_dir, variant) if variant else holdout_dir
+    config_file = os.path.join(runs_root, "dist_config.py")
     common.write_reused_config(config_file, os.path.join(common.REPO, table["fewshot_config"]), values)
     test_sets = {"held_out_base": (held_f, held_l), "novel": splits["novel"]}
     per_run = {}
     for seed in seeds:
         for gamma in gammas:
-            workdir = os.path.join(holdout_dir, f"gamma_{gamma!r}", f"seed{seed}")
+            workdir = os.path.join(runs_root, f"gamma_{gamma!r}", f"seed{seed}")
             cmd = [sys.executable, os.path.join(common.REPO, "bin", "train"), f"--config={config_file}",
                    "--method=dist", f"--seed={seed}", f"--workdir={workdir}",
                    f"--config.fewshot.features_dir={holdout_dir}", "--config.fewshot.evaluate_novel=False",

@@ -906,12 +906,13 @@ def fewshot_gamma_sweep_table(table="fewshot_table_glyphs_mid_backbone"):
     return "\n".join(lines)
 
 
-def fewshot_base_holdout_table(table="fewshot_table_glyphs_mid_backbone"):
+def fewshot_base_holdout_table(variant="", table="fewshot_table_glyphs_mid_backbone"):
     """dist at several gamma on held-out images of the base classes and on the novel alphabets
     (benchmarks/fewshot_base_holdout.py), each paired with gamma = 0."""
-    r = load(f"{table}_base_holdout")
+    r = load(f"{table}_base_holdout{variant}")
     if not r or "paired_vs_gamma_0" not in r:
-        return f"_Not measured yet: run `python benchmarks/fewshot_base_holdout.py --table={table}`._"
+        return (f"_Not measured yet: run `python benchmarks/fewshot_base_holdout.py --table={table}"
+                + (" --student=dist.embedding_units=none" if variant else "") + "`._")
     sets = (("held_out_base", "held-out images of the base classes"), ("novel", "novel alphabets"))
     protocols = (("all_way_1shot_top1", "all-way 1-shot"), ("all_way_2shot_top1", "all-way 2-shot"),
                  ("20way_within_group_1shot", "20-way within one alphabet, 1-shot"))
@@ -940,7 +941,9 @@ def fewshot_base_holdout_table(table="fewshot_table_glyphs_mid_backbone"):
         f"S_teacher). Both test sets use the same protocols: all classes at once at 1 and 2 shots "
         f"({r['protocol']['all_way_draws']} support draws, {r['protocol']['all_way_queries']} queries per class) "
         f"and 20-way within one alphabet ({r['protocol']['test_episodes']} episodes). Student knobs: gen's searched "
-        f"best values from `{table}` ({', '.join(f'{k.split(chr(46), 1)[1]}={v:.3g}' if isinstance(v, float) else f'{k.split(chr(46), 1)[1]}={v}' for k, v in r['student_values'].items())}); "
+        f"best values from `{table}` ({', '.join(f'{k.split(chr(46), 1)[1]}={v:.3g}' if isinstance(v, float) else f'{k.split(chr(46), 1)[1]}={v}' for k, v in r['student_values'].items())})"
+        + "".join(f", then {k.split(chr(46), 1)[1]}={v}" for k, v in r.get("student_changes", {}).items())
+        + "; "
         f"checkpoints chosen on validation-class episodes ({', '.join(r['selection'])}).")
     lines.append("")
     lines.append(
@@ -974,6 +977,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "serving": serving_table, "reference_targets": reference_targets_table,
           "reference_converge": reference_converge_table, "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
           "fewshot_base_holdout": fewshot_base_holdout_table,
+          "fewshot_base_holdout_no_f": lambda: fewshot_base_holdout_table("_embedding_units_none"),
           "metadistiller_lookahead_probe": lookahead_probe_table,
           "metadistiller_generator_only": generator_only_table,
           "metadistiller_targets_meta_steps": targets_meta_steps_table}

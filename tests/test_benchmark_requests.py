@@ -31,6 +31,8 @@ def assert_one_error_line(rc, err, expected):
     ("fewshot_base_holdout.py", ["--runs_dir={tmp}/runs", "--holdout=2"], "--holdout=2: expected >= 3"),
     ("fewshot_base_holdout.py", ["--runs_dir={tmp}/runs", "--gammas=0.5,5"], "expected 0 (the reference)"),
     ("fewshot_base_holdout.py", ["--runs_dir={tmp}/runs", "--table=fewshot_table_glyphs"], "has no tuned gen row"),
+    ("fewshot_base_holdout.py", ["--runs_dir={tmp}/runs", "--student=embedding_units=none"],
+     "expected dist.FIELD=VALUE"),
 ])
 def test_benchmarks_refuse_bad_flags_in_one_line(tmp_path, script, args, expected):
     """absl alone prints the whole usage text and exits 1 on a stray argument or a bad value."""
