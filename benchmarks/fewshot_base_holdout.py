@@ -271,7 +271,8 @@ def main(argv):
                "images": {"meta_training": int(len(train_l)), "held_out": int(len(held_l)),
                           "base_classes": int(len(np.unique(train_l))),
                           "novel_classes": int(len(splits.classes("novel")))},
-               "teacher": teacher_accuracy(train_f, train_l, held_f, held_l), "runs": []}
+               # Earlier runs stay in the file until rerecorded: a killed invocation loses none of them.
+               "teacher": teacher_accuracy(train_f, train_l, held_f, held_l), "runs": list(previous.values())}
     common.write_result(name, results)
     print(f"teacher: {results['teacher']}", flush=True)
 

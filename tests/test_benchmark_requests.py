@@ -179,3 +179,47 @@ def test_metadistiller_targets_refuses_a_bad_run_folder_in_one_line(tmp_path, ca
     rc, err = run_benchmark("metadistiller_targets.py", f"--workdir={folder}", "--name=never_written")
     assert_one_error_line(rc, err, expected)
     assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
+
+
+def test_base_holdout_keeps_earlier_runs_when_an_invocation_dies(tmp_path):
+    """A rerun writes its results file before its first training; the runs recorded by an earlier
+    invocation must still be in it when this one dies (here: its first bin/train fails)."""
+    import json
+
+    import numpy as np
+
+    results = os.path.join(REPO, "benchmarks", "results")
+    table, variant = f"holdout_test_table_{os.getpid()}", "nonexistent_1"
+    name = f"{table}_base_holdout_{variant}"
+    root = tmp_path / "runs" / "glyphs"
+    features = root / "features"
+    features.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, classes in (("base", range(0, 4)), ("validation", range(4, 6)), ("novel", range(6, 8))):
+        labels = np.repeat(np.asarray(list(classes)), 12)
+        np.savez(features / f"{split}.npz", features=rng.normal(size=(len(labels), 8)).astype(np.float32),
+                 labels=labels)
+    (features / "features.json").write_text("{}")
+    (root / "backbone").mkdir()
+    (root / "backbone" / "metrics.json").write_text(json.dumps({"test": {"final_accuracy": 0.5}}))
+    earlier = {"gamma": 0.0, "seed": 100, "seconds": 12.5, "val_accuracy": 0.4}
+    paths = [os.path.join(results, f) for f in (f"{table}.json", f"{name}.json", f".{name}.lock")]
+    try:
+        with open(paths[0], "w") as f:
+            json.dump({"dataset": "glyphs", "backbone_config": "configs/glyphs_fewshot_backbone.py",
+                       "backbone_overrides": [], "backbone": {"test_base_class_accuracy": 0.5},
+                       "fewshot_config": "configs/glyphs_fewshot.py", "overrides": [],
+                       "tuning": {"gen": {"best": {"values": {"gen.num_generated": 1}}}}}, f)
+        with open(paths[1], "w") as f:
+            json.dump({"runs": [earlier]}, f)
+        rc, err = run_benchmark("fewshot_base_holdout.py", f"--table={table}", f"--runs_dir={tmp_path}/runs",
+                                "--student=dist.nonexistent=1", "--seeds=100")
+        assert rc != 0, err[-2000:]
+        with open(paths[1]) as f:
+            written = json.load(f)
+        assert written["runs"] == [earlier], written["runs"]
+        assert "teacher" in written  # it did rewrite the file before the failed training
+    finally:
+        for path in paths:
+            if os.path.exists(path):
+                os.remove(path)
