@@ -107,8 +107,8 @@ def run_logged(cmd, workdir_or_folder, marker):
 
 
 def pretty(cmd):
-    return " ".join(["python"] + [os.path.relpath(c, common.REPO) if c.startswith(common.REPO) else c
-                                  for c in cmd[1:]])
+    """The command as run from the repository root (a benchmark clone's path left out)."""
+    return " ".join(["python"] + [c.replace(common.REPO + os.sep, "") for c in cmd[1:]])
 
 
 def ensure_features(table, root):
