@@ -166,14 +166,15 @@ def teacher_accuracy(train_f, train_l, held_f, held_l):
 
     classes = np.unique(train_l)
     index = np.searchsorted(classes, train_l)
-    x = unit(train_f.astype(np.float64))
+    raw = train_f.astype(np.float64)
+    x = unit(raw)
     sums = np.zeros((len(classes), x.shape[1]))
-    np.add.at(sums, index, x)
+    np.add.at(sums, index, raw)  # as Distill.teacher_prototypes: the mean feature, then normalised
     counts = np.bincount(index, minlength=len(classes)).astype(np.float64)
     inside = unit(sums / counts[:, None])
     scores_inside = x @ inside.T
     # Leave-one-out: the own class's prototype without the image itself (the others are unchanged).
-    own_loo = unit((sums[index] - x) / (counts[index] - 1)[:, None])
+    own_loo = unit((sums[index] - raw) / (counts[index] - 1)[:, None])
     scores_loo = scores_inside.copy()
     scores_loo[np.arange(len(x)), index] = np.sum(x * own_loo, -1)
     held_scores = unit(held_f.astype(np.float64)) @ inside.T
@@ -212,6 +213,20 @@ def many_shot_accuracy(predictor_for_shot, train_f, train_l, held_f, held_l):
     return float(np.mean(classes[scores.argmax(-1)] == held_l))
 
 
+def run_teacher_accuracy(workdir, train_f, train_l, held_f, held_l):
+    """The run's own teacher (restored, with its pre-trained embedding if it has one), S_teacher from
+    the meta-training images, over all base classes on the held-out images."""
+    import numpy as np
+
+    from tfkd.runs import restore_fewshot_method
+
+    method, _ = restore_fewshot_method(workdir)
+    classes = np.unique(train_l)
+    method.use_base_split(train_f, train_l, classes)
+    scores = np.asarray(method.teacher_logits_all(held_f.astype(np.float32)))
+    return float(np.mean(classes[scores.argmax(-1)] == held_l))
+
+
 def evaluate(workdir, test_sets, class_groups, base_training):
     """Every protocol on each test set, and the many-shot accuracy on the held-out images; per-query
     hits saved beside the run (held_out_eval.json)."""
@@ -225,7 +240,7 @@ def evaluate(workdir, test_sets, class_groups, base_training):
     if os.path.exists(path):
         with open(path) as f:
             cached = json.load(f)
-        if "many_shot_all_base_classes" in cached["held_out_base"]:  # else written before it was measured
+        if "teacher_all_base_classes" in cached["held_out_base"]:  # else written before it was measured
             return cached
     predictor_for_shot, config, _ = run_predictor_for_shot(workdir)
     cfg = ml_collections.ConfigDict(config.fewshot.to_dict())
@@ -237,6 +252,8 @@ def evaluate(workdir, test_sets, class_groups, base_training):
         out[name] = hits(results)
     out["held_out_base"]["many_shot_all_base_classes"] = many_shot_accuracy(
         predictor_for_shot, *base_training, *test_sets["held_out_base"])
+    out["held_out_base"]["teacher_all_base_classes"] = run_teacher_accuracy(
+        workdir, *base_training, *test_sets["held_out_base"])
     io.write_json_atomic(path, out)
     return out
 
