@@ -206,3 +206,23 @@ def write_reused_config(path, fewshot_cfg_file, values):
             f"    spec.loader.exec_module(module)\n"
             f"    return tuning.apply_values(module.get_config(), {values!r})\n")
     io.write_text_atomic(path, text)
+
+
+def run_logged(cmd, log_path, done_marker, threads=0):
+    """Runs a bin/ command with its output appended to ``log_path``, unless ``done_marker`` exists
+    (a finished run is reused); returns its seconds, or None when skipped. A failure stops the
+    benchmark, naming the command and the log."""
+    import subprocess
+
+    if os.path.exists(done_marker):
+        return None
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if threads:
+        env.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    start = time.time()
+    with open(log_path, "a") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log_path}")
+    return time.time() - start

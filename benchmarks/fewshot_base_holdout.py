@@ -31,9 +31,7 @@ computed once all runs exist on this machine (a rerun reuses finished run folder
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,22 +88,6 @@ def check_request():
     return table, gammas, seeds, student
 
 
-def run_logged(cmd, workdir_or_folder, marker):
-    """Runs a bin/ command unless ``marker`` exists; returns its seconds (None when skipped)."""
-    if os.path.exists(marker):
-        return None
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    if FLAGS.threads:
-        env.update(TF_NUM_INTRAOP_THREADS=str(FLAGS.threads), TF_NUM_INTEROP_THREADS=str(FLAGS.threads))
-    os.makedirs(os.path.dirname(workdir_or_folder), exist_ok=True)
-    start = time.time()
-    with open(workdir_or_folder + ".log", "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {workdir_or_folder}.log")
-    return time.time() - start
-
-
 def pretty(cmd):
     """The command as run from the repository root (a benchmark clone's path left out)."""
     return " ".join(["python"] + [c.replace(common.REPO + os.sep, "") for c in cmd[1:]])
@@ -118,12 +100,12 @@ def ensure_features(table, root):
     cmd = [sys.executable, os.path.join(bin_dir, "train"),
            f"--config={os.path.join(common.REPO, table['backbone_config'])}", f"--workdir={backbone}"]
     cmd += [f"--config.{o}" for o in table["backbone_overrides"]]
-    seconds = run_logged(cmd, backbone, os.path.join(backbone, "metrics.json"))
+    seconds = common.run_logged(cmd, backbone + ".log", os.path.join(backbone, "metrics.json"), FLAGS.threads)
     with open(os.path.join(backbone, "metrics.json")) as f:
         accuracy = json.load(f)["test"]["final_accuracy"]
     extract = [sys.executable, os.path.join(bin_dir, "extract_features"), f"--workdir={backbone}",
                f"--output={features}"]
-    run_logged(extract, features, os.path.join(features, "features.json"))
+    common.run_logged(extract, features + ".log", os.path.join(features, "features.json"), FLAGS.threads)
     return features, {"command": pretty(cmd), "seconds": seconds, "test_base_class_accuracy": accuracy,
                       "table_test_base_class_accuracy": table["backbone"]["test_base_class_accuracy"]}
 
@@ -308,7 +290,7 @@ def main(argv):
                    f"--config.fewshot.features_dir={holdout_dir}", "--config.fewshot.evaluate_novel=False",
                    "--config.export.enabled=False", f"--config.dist.gamma={gamma}"]
             cmd += [f"--config.{o}" for o in table["overrides"]]
-            seconds = run_logged(cmd, workdir, os.path.join(workdir, "metrics.json"))
+            seconds = common.run_logged(cmd, workdir + ".log", os.path.join(workdir, "metrics.json"), FLAGS.threads)
             if seconds is None:
                 seconds = previous.get((gamma, seed), {}).get("seconds")
             evaluated = evaluate(workdir, test_sets, splits.class_groups, (train_f, train_l))

@@ -17,9 +17,7 @@ benchmarks/results/<table>_gamma_sweep.json after every run, and finished runs a
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,18 +63,7 @@ def train(config_file, method, seed, workdir, features, extra):
            f"--method={method}", f"--seed={seed}", f"--workdir={workdir}",
            f"--config.fewshot.features_dir={features}", "--config.fewshot.evaluate_novel=False",
            "--config.export.enabled=False"] + extra
-    seconds = None
-    if not os.path.exists(metrics_path):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        if FLAGS.threads:
-            env.update(TF_NUM_INTRAOP_THREADS=str(FLAGS.threads), TF_NUM_INTEROP_THREADS=str(FLAGS.threads))
-        os.makedirs(os.path.dirname(workdir), exist_ok=True)
-        start = time.time()
-        with open(workdir + ".log", "a") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if proc.returncode != 0:
-            sys.exit(f"run failed ({proc.returncode}); see {workdir}.log")
-        seconds = time.time() - start
+    seconds = common.run_logged(cmd, workdir + ".log", metrics_path, FLAGS.threads)
     with open(metrics_path) as f:
         metrics = json.load(f)
     with open(os.path.join(workdir, "run_info.json")) as f:

@@ -26,7 +26,6 @@ benchmarks/results/fewshot_table_<dataset>.json (rewritten after every step).
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -82,19 +81,9 @@ def rel(path):
 def run_command(cmd, done_marker, log_path):
     """Runs ``cmd`` unless ``done_marker`` exists; returns (seconds, command string)."""
     pretty = " ".join(rel(c) for c in cmd)
-    if os.path.exists(done_marker):
-        return None, pretty
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    if FLAGS.threads:
-        env.update(TF_NUM_INTRAOP_THREADS=str(FLAGS.threads), TF_NUM_INTEROP_THREADS=str(FLAGS.threads))
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    start = time.time()
-    with open(log_path, "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"failed ({proc.returncode}): {pretty}; see {log_path}")
-    seconds = time.time() - start
-    print(f"{seconds:7.0f}s  {pretty}", flush=True)
+    seconds = common.run_logged(cmd, log_path, done_marker, FLAGS.threads)
+    if seconds is not None:
+        print(f"{seconds:7.0f}s  {pretty}", flush=True)
     return seconds, pretty
 
 
