@@ -911,26 +911,29 @@ def fewshot_base_holdout_table(variant="", table="fewshot_table_glyphs_mid_backb
     (benchmarks/fewshot_base_holdout.py), each paired with gamma = 0."""
     r = load(f"{table}_base_holdout{variant}")
     if not r or "paired_vs_gamma_0" not in r:
-        return (f"_Not measured yet: run `python benchmarks/fewshot_base_holdout.py --table={table}"
-                + (" --student=dist.embedding_units=none" if variant else "") + "`._")
+        student = {"_embedding_units_none": " --student=dist.embedding_units=none",
+                   "_teacher_embedding_units_512": " --student=dist.teacher_embedding_units=512"}.get(variant, "")
+        return f"_Not measured yet: run `python benchmarks/fewshot_base_holdout.py --table={table}{student}`._"
     sets = (("held_out_base", "held-out images of the base classes"), ("novel", "novel alphabets"))
     protocols = (("all_way_1shot_top1", "all-way 1-shot"), ("all_way_2shot_top1", "all-way 2-shot"),
                  ("20way_within_group_1shot", "20-way within one alphabet, 1-shot"))
     n = r["images"]
     lines = [f"| dist.gamma | validation classes (selection) | "
              + " | ".join(f"{label}: {p}" for _, label in sets for _, p in protocols)
-             + " | held-out base images, many-shot (every meta-training image as support) |",
-             "| --- | --- | " + " | ".join("---" for _ in sets for _ in protocols) + " | --- |"]
+             + " | held-out base images, many-shot (every meta-training image as support) | the run's teacher on them |",
+             "| --- | --- | " + " | ".join("---" for _ in sets for _ in protocols) + " | --- | --- |"]
     for g in r["gammas"]:
         s = r["summary"][repr(float(g))]
         label = f"{g:g}" + (" (gen)" if g == 0 else "")
         lines.append(f"| {label} | {100 * s['val_accuracy']:.2f} | "
                      + " | ".join(f"{100 * s['test'][k][p]:.2f}" for k, _ in sets for p, _ in protocols)
-                     + f" | {100 * s['test']['held_out_base']['many_shot_all_base_classes']:.2f} |")
+                     + f" | {100 * s['test']['held_out_base']['many_shot_all_base_classes']:.2f} | "
+                     + (f"{100 * s['test']['held_out_base']['teacher_all_base_classes']:.2f} |"
+                        if "teacher_all_base_classes" in s["test"]["held_out_base"] else "– |"))
     for g, by_set in r["paired_vs_gamma_0"].items():
         lines.append(f"| {float(g):g} − 0, paired | – | " + " | ".join(
             f"{100 * by_set[k][p]['mean']:+.2f} ± {100 * by_set[k][p]['ci95']:.2f}" for k, _ in sets for p, _ in protocols)
-            + " | – |")
+            + " | – | – |")
     t = r["teacher"]
     lines.append("")
     lines.append(
@@ -978,6 +981,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "reference_converge": reference_converge_table, "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
           "fewshot_base_holdout": fewshot_base_holdout_table,
           "fewshot_base_holdout_no_f": lambda: fewshot_base_holdout_table("_embedding_units_none"),
+          "fewshot_base_holdout_teacher_f": lambda: fewshot_base_holdout_table("_teacher_embedding_units_512"),
           "metadistiller_lookahead_probe": lookahead_probe_table,
           "metadistiller_generator_only": generator_only_table,
           "metadistiller_targets_meta_steps": targets_meta_steps_table}
