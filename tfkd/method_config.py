@@ -251,7 +251,9 @@ class DistillConfig(GeneratorAugmentedConfig):
         cfg.k_teacher = 0  # real examples per class in S_teacher; 0 = every example of the class
         cfg.teacher_seed = 0  # which S_teacher sample (ensemble members use different ones)
         cfg.teacher_scale = 0.0  # cosine scale of the teacher; 0 = scale_init
-        cfg.teacher_embedding_units = ()  # () = none; (d,) = a linear embedding pre-trained on S_teacher
+        # () = none; (d,) = a linear embedding pre-trained on S_teacher (Appendix A, ImageNet); more widths =
+        # an MLP (ReLU between layers) like the student's f, for students whose f outgrows a linear teacher
+        cfg.teacher_embedding_units = ()
         cfg.teacher_pretrain_steps = 200
         cfg.fill_to = 0  # >0: generate up to this many examples per class in total (at least num_generated)
         cfg.ensemble_size = 1  # independent (teacher, student, generator) triples; prediction = mean probability
@@ -271,9 +273,9 @@ class DistillConfig(GeneratorAugmentedConfig):
             raise ConfigError(f"ensemble_size={cfg.ensemble_size}: expected at least 1 member")
         if not -1 <= cfg.ensemble_member < cfg.ensemble_size:
             raise ConfigError(f"ensemble_member={cfg.ensemble_member}: expected -1 (all) or 0..{cfg.ensemble_size - 1}")
-        if len(cfg.teacher_embedding_units) > 1:
-            raise ConfigError(f"teacher_embedding_units={tuple(cfg.teacher_embedding_units)}: expected () or one "
-                              f"width (a linear embedding, Appendix A)")
+        if any(int(u) < 1 for u in cfg.teacher_embedding_units):
+            raise ConfigError(f"teacher_embedding_units={tuple(cfg.teacher_embedding_units)}: expected positive "
+                              f"layer widths, or () for no teacher embedding")
 
 
 DIRECTIONS = ("weaken", "strengthen")

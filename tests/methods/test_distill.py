@@ -81,13 +81,13 @@ def _episode(rng, n_way=3, k_max=4, d=6, q=2, k=2, batch=2):
             "class_index": tf.constant(np.stack([rng.permutation(5)[:n_way] for _ in range(batch)]), tf.int32)}
 
 
-def _method(cls=Distill, **kw):
+def _method(cls=Distill, teacher_embedding_units=(6,), **kw):
     import keras
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    method = cls(6, generator_hidden=(8,), embedding_units=(), scale_init=10.0, teacher_embedding_units=(6,),
-                 teacher_pretrain_steps=5, k_teacher=3, **kw)
+    method = cls(6, generator_hidden=(8,), embedding_units=(), scale_init=10.0,
+                 teacher_embedding_units=teacher_embedding_units, teacher_pretrain_steps=5, k_teacher=3, **kw)
     method.build_from_dim(batch=2)
     method.compile(optimizer=keras.optimizers.Adam(1e-2))
     labels = np.repeat(np.arange(5), 6)
@@ -96,8 +96,14 @@ def _method(cls=Distill, **kw):
     return method, rng
 
 
-def test_student_step_leaves_teacher_unchanged_and_trains_generator_and_temperature():
-    method, rng = _method()
+@pytest.mark.parametrize("teacher_embedding_units", [(6,), (12, 6)])
+def test_student_step_leaves_teacher_unchanged_and_trains_generator_and_temperature(teacher_embedding_units):
+    """A linear teacher embedding (the paper's) or an MLP one: pre-trained, then frozen."""
+    method, rng = _method(teacher_embedding_units=teacher_embedding_units)
+    assert [layer.units for layer in method.teacher_embedding] == list(teacher_embedding_units)
+    assert [layer.activation.__name__ for layer in method.teacher_embedding][-1] == "linear"
+    if len(teacher_embedding_units) > 1:
+        assert method.teacher_embedding[0].activation.__name__ == "relu"
     teacher = [v.numpy().copy() for layer in method.teacher_embedding for v in layer.variables]
     protos = method.teacher_prototypes(method.k_teacher).numpy()
     generator = [v.numpy().copy() for v in method.generator.trainable_variables]
@@ -198,6 +204,7 @@ def test_snapshot_for_shot_picks_largest_saved_k_not_above(tmp_path):
     ({"ensemble_size": 0}, "ensemble_size=0: expected at least 1"),
     ({"direction": "strengthen", "k_start": 8, "k_end": 2}, "strengthen needs k_end >= k_start"),
     ({"gamma": -1.0}, "gamma=-1.0"),
+    ({"teacher_embedding_units": (512, 0)}, "teacher_embedding_units=\\(512, 0\\): expected positive"),
 ])
 def test_bad_progressive_configs_name_the_field(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -17,7 +17,9 @@
   non-trainable variables (logged as metrics, so they reach TensorBoard and history.csv).
 
 The teacher has no embedding by default (Appendix A for miniImageNet), or a linear embedding
-pre-trained on S_teacher (``teacher_embedding_units``, ImageNet setting) before meta-training.
+pre-trained on S_teacher (``teacher_embedding_units=(d,)``, ImageNet setting) before meta-training;
+several widths make it an MLP like the student's f (not in the paper: for a student whose f makes
+it a better classifier than a linear teacher, benchmarks/fewshot_base_holdout.py).
 """
 import math
 
@@ -82,10 +84,15 @@ class Distill(GeneratorAugmented):
         self.fill_to, self.teacher_pretrain_steps = int(fill_to), int(teacher_pretrain_steps)
         self.temperature = self.add_weight(shape=(), initializer=keras.initializers.Constant(temperature_init),
                                            name="temperature")
-        self.teacher_embedding = [keras.layers.Dense(int(u), name="teacher_embedding")
-                                  for u in teacher_embedding_units]
+        # One width: the paper's linear embedding; more: an MLP like the student's f (ReLU between).
+        last = len(teacher_embedding_units) - 1
+        self.teacher_embedding = [keras.layers.Dense(int(u), activation="relu" if i < last else None,
+                                                     name="teacher_embedding" if i == 0 else f"teacher_embedding_{i}")
+                                  for i, u in enumerate(teacher_embedding_units)]
+        width = self.feature_dim
         for layer in self.teacher_embedding:
-            layer.build((None, self.feature_dim))
+            layer.build((None, width))
+            width = layer.units
             layer.trainable = False  # only the teacher pre-training changes it
         self.k_train = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="k_train")
         self.k_teacher = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False,
