@@ -913,7 +913,7 @@ def fewshot_base_holdout_table(variant="", table="fewshot_table_glyphs_mid_backb
     if not r or "paired_vs_gamma_0" not in r:
         # The variant's name spells its --student flags: _field_value per flag.
         student = "".join(f" --student=dist.{m.group(1)}={m.group(2)}"
-                          for m in re.finditer(r"_([a-z_]+?)_(none|\d+)(?=_|$)", variant))
+                          for m in re.finditer(r"_([a-z_]+?)_(none|[\dx]+)(?=_|$)", variant))
         return f"_Not measured yet: run `python benchmarks/fewshot_base_holdout.py --table={table}{student}`._"
     sets = (("held_out_base", "held-out images of the base classes"), ("novel", "novel alphabets"))
     protocols = (("all_way_1shot_top1", "all-way 1-shot"), ("all_way_2shot_top1", "all-way 2-shot"),
@@ -987,6 +987,8 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
               "_teacher_embedding_units_512_teacher_pretrain_steps_2000"),
           "fewshot_base_holdout_no_f_8_generated": lambda: fewshot_base_holdout_table(
               "_embedding_units_none_num_generated_8"),
+          "fewshot_base_holdout_mlp_teacher": lambda: fewshot_base_holdout_table(
+              "_teacher_embedding_units_512x512_teacher_pretrain_steps_2000"),
           "metadistiller_lookahead_probe": lookahead_probe_table,
           "metadistiller_generator_only": generator_only_table,
           "metadistiller_targets_meta_steps": targets_meta_steps_table}
