@@ -965,6 +965,46 @@ def fewshot_base_holdout_table(variant="", table="fewshot_table_glyphs_mid_backb
     return "\n".join(lines)
 
 
+HOLDOUT_VARIANTS = (  # (result suffix, student, teacher), the order of the summary's rows
+    ("", "f 512-512, 1 generated", "no embedding (raw features)"),
+    ("_teacher_embedding_units_512", "f 512-512, 1 generated", "linear embedding, 200 steps (paper's ImageNet)"),
+    ("_teacher_embedding_units_512_teacher_pretrain_steps_2000", "f 512-512, 1 generated",
+     "linear embedding, 2000 steps"),
+    ("_teacher_embedding_units_512x512_teacher_pretrain_steps_2000", "f 512-512, 1 generated",
+     "MLP embedding 512-512, 2000 steps"),
+    ("_embedding_units_none", "no f, 1 generated (paper's miniImageNet)", "no embedding (raw features)"),
+    ("_embedding_units_none_num_generated_8", "no f, 8 generated", "no embedding (raw features)"),
+)
+
+
+def fewshot_base_holdout_summary(table="fewshot_table_glyphs_mid_backbone", gamma="0.5"):
+    """One row per base-holdout variant: how strong its teacher is against the student's own
+    many-shot classifier, and what the teacher's term at ``gamma`` does, paired with gamma = 0."""
+    lines = [f"| student | teacher | teacher, many-shot on held-out base images | student's own many-shot there, "
+             f"γ = 0 → {gamma} | γ = {gamma} − 0: held-out base, all-way 1-shot | novel, all-way 1-shot | "
+             "novel, all-way 2-shot | novel, 20-way within one alphabet, 1-shot |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for suffix, student, teacher in HOLDOUT_VARIANTS:
+        r = load(f"{table}_base_holdout{suffix}")
+        if not r or "paired_vs_gamma_0" not in r or repr(float(gamma)) not in r["paired_vs_gamma_0"]:
+            lines.append(f"| {student} | {teacher} | not measured yet | | | | | |")
+            continue
+        held = {g: r["summary"][g]["test"]["held_out_base"] for g in ("0.0", repr(float(gamma)))}
+        d = r["paired_vs_gamma_0"][repr(float(gamma))]
+        cells = [f"{100 * d[k][p]['mean']:+.2f} ± {100 * d[k][p]['ci95']:.2f}" for k, p in (
+            ("held_out_base", "all_way_1shot_top1"), ("novel", "all_way_1shot_top1"), ("novel", "all_way_2shot_top1"),
+            ("novel", "20way_within_group_1shot"))]
+        lines.append(f"| {student} | {teacher} | {100 * held['0.0']['teacher_all_base_classes']:.1f} | "
+                     f"{100 * held['0.0']['many_shot_all_base_classes']:.1f} → "
+                     f"{100 * held[repr(float(gamma))]['many_shot_all_base_classes']:.1f} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Accuracy %, differences in points (mean ± 95% CI, paired on the same queries or episodes, seeds "
+                 "100 and 101 averaged); every row from its own `benchmarks/fewshot_base_holdout.py` run (tables "
+                 "below). Many-shot: every meta-training image of each base class as the support, all 449 base "
+                 "classes at once, on the held-out images.")
+    return "\n".join(lines)
+
+
 TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),
           "fewshot_fashion_mnist": lambda: fewshot_table("fashion_mnist"),
@@ -981,6 +1021,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "serving": serving_table, "reference_targets": reference_targets_table,
           "reference_converge": reference_converge_table, "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
           "fewshot_base_holdout": fewshot_base_holdout_table,
+          "fewshot_base_holdout_summary": fewshot_base_holdout_summary,
           "fewshot_base_holdout_no_f": lambda: fewshot_base_holdout_table("_embedding_units_none"),
           "fewshot_base_holdout_teacher_f": lambda: fewshot_base_holdout_table("_teacher_embedding_units_512"),
           "fewshot_base_holdout_teacher_f_2000": lambda: fewshot_base_holdout_table(
