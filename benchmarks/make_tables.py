@@ -95,7 +95,6 @@ def self_boosting_table(r):
     return "\n".join(lines)
 
 
-@from_result("step_cost", "python benchmarks/step_cost.py")
 def step_cost_table(r):
     c = r["config"]
     lines = [f"`{r['config_file']}` ({c['arch']} width {c['width']}, {c['dataset']} {c['image_shape']}, "
@@ -129,7 +128,10 @@ def step_cost_table(r):
         labels = {"meta_every_steps=1": "a meta step after every step",
                   "meta_every_steps=2": "a meta step after every 2nd step",
                   "share_inner_gradient": "every step a meta step sharing the inner gradient",
-                  "meta_every_steps=4,share_inner_gradient": "every 4th step a meta step sharing the inner gradient"}
+                  "meta_every_steps=4,share_inner_gradient": "every 4th step a meta step sharing the inner gradient",
+                  "meta_batch_size=64": "a meta step after every step, on 64 of the 128 D_train / D_test examples",
+                  "meta_batch_size=32": "a meta step after every step, on 32 of the 128 D_train / D_test examples",
+                  "fusion_channels=4": "a meta step after every step, the generator half as wide (4 fused channels)"}
         for key, ratio in cycle["cycle_ratios"].items():
             m, variant = key.split(",", 1)
             lines.append(f"| {m.split('=')[1]} | {labels.get(variant, variant)} | {ratio:.2f}× |")
@@ -306,6 +308,12 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
                   f"accuracy {100 * backbone['test_base_class_accuracy']:.1f}%."]
     lines += ["", provenance(r)]
     return "\n".join(lines)
+
+
+step_cost_meta_batch_table = from_result(
+    "step_cost_meta_batch", "python benchmarks/step_cost.py --methods=baseline,self_distill,metadistiller "
+    "--name=step_cost_meta_batch")(step_cost_table)
+step_cost_table = from_result("step_cost", "python benchmarks/step_cost.py")(step_cost_table)
 
 
 @from_result("batchnorm_ab", "python benchmarks/batchnorm_ab.py")
@@ -1013,7 +1021,8 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
           "self_boosting_tuned": self_boosting_tuned_table,
-          "step_cost": step_cost_table, "first_step": first_step_table,
+          "step_cost": step_cost_table, "step_cost_meta_batch": step_cost_meta_batch_table,
+          "first_step": first_step_table,
           "first_step_static_bn": first_step_static_bn_table, "batchnorm_ab": batchnorm_ab_table,
           "generator_lr": generator_lr_table, "default_job": default_job_table,
           "metadistiller_targets": targets_fashion_mnist_table,

@@ -47,7 +47,10 @@ FLAGS = flags.FLAGS
 META_VARIANTS = (("metadistiller/2", "meta_every_steps=2", {"meta_every_steps": 2}),
                  ("metadistiller/shared", "share_inner_gradient", {"share_inner_gradient": True}),
                  ("metadistiller/4shared", "meta_every_steps=4,share_inner_gradient",
-                  {"meta_every_steps": 4, "share_inner_gradient": True}))
+                  {"meta_every_steps": 4, "share_inner_gradient": True}),
+                 ("metadistiller/mb64", "meta_batch_size=64", {"meta_batch_size": 64}),
+                 ("metadistiller/mb32", "meta_batch_size=32", {"meta_batch_size": 32}),
+                 ("metadistiller/fusion4", "fusion_channels=4", {"fusion_channels": 4}))
 
 
 # Reference steps -> the tfkd (method, phase) doing the same work: tfkd's meta-phase step is a main
@@ -185,6 +188,7 @@ def main(argv):
             "meta_step_every2_s": step(("metadistiller/2", "meta")),
             "meta_step_shared_s": step(("metadistiller/shared", "meta")),
             "meta_step_every4_shared_s": step(("metadistiller/4shared", "meta")),
+            "variant_meta_step_s": {label: step((key, "meta")) for key, label, _ in META_VARIANTS},
             "main_step_s": main_step, "self_distill_step_s": sd_step,
             "cycle_ratio_vs_self_distill": cycles[f"M={m_epochs},meta_every_steps=1"],
             "cycle_ratios": cycles,

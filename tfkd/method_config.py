@@ -96,6 +96,10 @@ class MetaDistillerConfig(MethodConfig):
             # tfkd/methods/metadistiller.py). With meta_every_steps = n, every n-th update of a meta
             # epoch is such a shared step.
             "share_inner_gradient": False,
+            # > 0: the lookahead uses only the first meta_batch_size examples of each D_train / D_test batch
+            # (global; split evenly over replicas), a cheaper meta step; with share_inner_gradient the
+            # D_train batch is the real update's, so only the D_test batch is cut. 0 = the whole batches.
+            "meta_batch_size": 0,
         })
 
     @classmethod
@@ -106,7 +110,8 @@ class MetaDistillerConfig(MethodConfig):
             (cfg.meta_every_steps >= 1, "meta_every_steps", ">= 1"),
             (cfg.generator_lr > 0, "generator_lr", "> 0"),
             (cfg.fusion_channels >= 0, "fusion_channels", ">= 0"),
-            (cfg.outer_outputs in ("all", "final"), "outer_outputs", "'all' or 'final'")], cfg)
+            (cfg.outer_outputs in ("all", "final"), "outer_outputs", "'all' or 'final'"),
+            (cfg.meta_batch_size >= 0, "meta_batch_size", ">= 0 (0 = the whole batch)")], cfg)
 
 
 # ------------------------------------------------------------------ teacher-student baselines

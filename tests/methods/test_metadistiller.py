@@ -226,3 +226,24 @@ def test_lookahead_with_targets_instead_of_the_generators():
         name: tf.fill(tf.shape(logits[name]), 1.0 / 3.0) for name in inner["soft"]})
     np.testing.assert_allclose(float(same), float(learned), rtol=1e-6)
     assert abs(float(uniform) - float(learned)) > 1e-6
+
+
+@pytest.mark.parametrize("share_inner_gradient", [False, True])
+def test_meta_batch_size_runs_the_meta_step_on_the_first_examples(share_inner_gradient):
+    """A meta step with meta_batch_size=3 on batches of 6 is the meta step on the first 3 examples
+    of each (shared: of the D_test batch only; the D_train batch is the real update's)."""
+    meta_train, meta_test = _batches(tf.float32)
+    cut = lambda batch: tuple(t[:3] for t in batch)  # noqa: E731
+    step = "shared_meta_step" if share_inner_gradient else "meta_step"
+    results = []
+    for size, (train_batch, test_batch) in ((3, (meta_train, meta_test)),
+                                            (0, (meta_train if share_inner_gradient else cut(meta_train),
+                                                 cut(meta_test)))):
+        keras.utils.set_random_seed(0)
+        method = _tiny_method(meta_batch_size=size, share_inner_gradient=share_inner_gradient)
+        getattr(method, step)(train_batch, test_batch)
+        results.append([v.numpy() for v in method.generator.trainable_variables + method.network.trainable_variables])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="larger than the meta batches"):
+        _tiny_method(meta_batch_size=7).meta_step(meta_train, meta_test)

@@ -27,6 +27,8 @@ Readings of the ambiguous parts (all config fields of ``config.metadistiller``):
   theta_g, so it only shifts theta+ as the real step would).
 * Generator learning rate: default Adam 1e-3. The paper's 0.1 was checked too and is stable
   here (no divergence, similar validation accuracy; README, generator learning-rate table).
+* ``meta_batch_size``: a cheaper meta step on the first n examples of the D_train / D_test batches
+  (not in the paper, which does not give its meta batch size; step-cost table in the README).
 * Within the lookahead, BatchNorm uses batch statistics (training mode, as in the real step);
   the moving statistics produced by stateless_call are discarded.
 """
@@ -49,18 +51,19 @@ class MetaDistiller(MultiExitMethod):
     config_section = method_config.MetaDistillerConfig
 
     def __init__(self, network, alpha=0.5, tau=1.0, meta_every_epochs=5, meta_every_steps=1, generator_lr=1e-3,
-                 fusion_channels=0, outer_outputs="all", share_inner_gradient=False, **kwargs):
+                 fusion_channels=0, outer_outputs="all", share_inner_gradient=False, meta_batch_size=0, **kwargs):
         cfg = self.default_config()
         cfg.update({"alpha": alpha, "tau": tau, "meta_every_epochs": meta_every_epochs,
                     "meta_every_steps": meta_every_steps, "generator_lr": generator_lr,
                     "fusion_channels": fusion_channels, "outer_outputs": outer_outputs,
-                    "share_inner_gradient": bool(share_inner_gradient)})
+                    "share_inner_gradient": bool(share_inner_gradient), "meta_batch_size": int(meta_batch_size)})
         self.check_config(cfg)
         super().__init__(network, **kwargs)
         self.alpha, self.tau = float(alpha), float(tau)
         self.meta_every_epochs, self.meta_every_steps = int(meta_every_epochs), int(meta_every_steps)
         self.generator_lr, self.outer_outputs = float(generator_lr), outer_outputs
         self.share_inner_gradient = bool(share_inner_gradient)
+        self.meta_batch_size = int(meta_batch_size)
         channels = network.stage_channels
         self.generator = LabelGenerator(channels, network.num_classes, fusion_channels or channels[0],
                                         sync_bn=getattr(network, "sync_bn", False), dtype=network.dtype_policy,
@@ -195,9 +198,22 @@ class MetaDistiller(MultiExitMethod):
         grads = outer.gradient(scaled, phi, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return (loss, grads, result[1]) if return_inner else (loss, grads)
 
+    def meta_batch(self, batch):
+        """``batch`` cut to this replica's share of ``meta_batch_size`` (the whole batch when 0)."""
+        if not self.meta_batch_size:
+            return batch
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if self.meta_batch_size % replicas:
+            raise ValueError(f"meta_batch_size={self.meta_batch_size} must split evenly over {replicas} replicas")
+        size = self.meta_batch_size // replicas
+        if batch[0].shape[0] is not None and batch[0].shape[0] < size:
+            raise ValueError(f"meta_batch_size={self.meta_batch_size} is larger than the meta batches "
+                             f"({batch[0].shape[0] * replicas} examples)")
+        return tuple(t[:size] for t in batch)
+
     def meta_step(self, meta_train, meta_test):
         zeta = self.optimizer.learning_rate
-        loss, grads = self.meta_gradient(meta_train, meta_test, zeta)
+        loss, grads = self.meta_gradient(self.meta_batch(meta_train), self.meta_batch(meta_test), zeta)
         self.generator_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables))
         self.meta_loss_tracker.update_state(loss)
         self.meta_step_counter.assign_add(1)
@@ -209,7 +225,7 @@ class MetaDistiller(MultiExitMethod):
         forward's BatchNorm statistics, and the generator gets its meta-gradient. One forward and
         backward of the network fewer than main_step + meta_step. Returns the training logs."""
         zeta = self.optimizer.learning_rate
-        loss, grads, inner = self.meta_gradient(meta_train, meta_test, zeta, return_inner=True)
+        loss, grads, inner = self.meta_gradient(meta_train, self.meta_batch(meta_test), zeta, return_inner=True)
         network_grads = [tf.stop_gradient(g) for g in inner["grads"]]  # per replica: the optimizer all-reduces
         if hasattr(self.optimizer, "scale_loss"):  # mixed precision: the optimizer unscales what it gets
             network_grads = [self.optimizer.scale_loss(g) for g in network_grads]
@@ -262,7 +278,7 @@ class MetaDistiller(MultiExitMethod):
         return {**super().get_config(), "alpha": self.alpha, "tau": self.tau,
                 "meta_every_epochs": self.meta_every_epochs, "meta_every_steps": self.meta_every_steps,
                 "generator_lr": self.generator_lr, "outer_outputs": self.outer_outputs,
-                "share_inner_gradient": self.share_inner_gradient}
+                "share_inner_gradient": self.share_inner_gradient, "meta_batch_size": self.meta_batch_size}
 
 
 def target_entropy(probs):
