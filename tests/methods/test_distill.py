@@ -100,6 +100,10 @@ def _method(cls=Distill, teacher_embedding_units=(6,), **kw):
 def test_student_step_leaves_teacher_unchanged_and_trains_generator_and_temperature(teacher_embedding_units):
     """A linear teacher embedding (the paper's) or an MLP one: pre-trained, then frozen."""
     method, rng = _method(teacher_embedding_units=teacher_embedding_units)
+    live = method.teacher_prototypes(method.k_teacher).numpy()
+    method.check_ready()  # as fit does: S_teacher embedded once, the same prototypes
+    assert method._frozen_support is not None
+    np.testing.assert_allclose(method.teacher_prototypes(method.k_teacher).numpy(), live, rtol=1e-6)
     assert [layer.units for layer in method.teacher_embedding] == list(teacher_embedding_units)
     assert [layer.activation.__name__ for layer in method.teacher_embedding][-1] == "linear"
     if len(teacher_embedding_units) > 1:

@@ -101,6 +101,7 @@ class Distill(GeneratorAugmented):
         self.hard_tracker = keras.metrics.Mean(name="ce")
         self.soft_tracker = keras.metrics.Mean(name="kd")
         self._teacher_support = None
+        self._frozen_support = None  # S_teacher through the frozen teacher embedding, computed once per fit
 
     @property
     def metrics(self):
@@ -126,6 +127,7 @@ class Distill(GeneratorAugmented):
         support, counts = teacher_support(features, labels, np.asarray(classes), self.k_teacher_config,
                                           self.teacher_seed)
         self._teacher_support = (tf.constant(support), tf.constant(counts))
+        self._frozen_support = None
         self.k_teacher.assign(support.shape[1])
         return support.shape[1]
 
@@ -136,6 +138,11 @@ class Distill(GeneratorAugmented):
         if self._teacher_support is None:
             raise ValueError(f"{type(self).__name__} has no teacher yet: call use_base_split(features, labels, "
                              f"classes) with the base-class features before fit")
+        # fit: the teacher embedding is frozen from here on, so S_teacher is embedded once instead of in
+        # every step (an MLP embedding of 449 classes x 32 examples costs more than the student's step).
+        self._frozen_support = None
+        if self.teacher_embedding:
+            self._frozen_support = tf.constant(self.teacher_embed(self._teacher_support[0]))
 
     def start_training(self, seed):
         accuracy = self.pretrain_teacher(seed=seed)
@@ -154,7 +161,7 @@ class Distill(GeneratorAugmented):
         support, counts = self._teacher_support
         width = support.shape[1]
         mask = tf.range(width)[None, :] < tf.minimum(counts, k_teacher)[:, None]
-        embedded = self.teacher_embed(support)
+        embedded = self._frozen_support if self._frozen_support is not None else self.teacher_embed(support)
         m = tf.cast(mask, embedded.dtype)[..., None]
         protos = tf.reduce_sum(embedded * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1.0)
         return tf.math.l2_normalize(protos, axis=-1)
@@ -169,6 +176,7 @@ class Distill(GeneratorAugmented):
         classes on S_teacher; afterwards it is frozen. Returns the last training accuracy."""
         if not self.teacher_embedding:
             return None
+        self._frozen_support = None  # the embedding changes below
         support, counts = (t.numpy() for t in self._teacher_support)
         mask = np.arange(support.shape[1])[None, :] < counts[:, None]
         x, y = support[mask], np.nonzero(mask)[0].astype(np.int32)
