@@ -6,7 +6,7 @@ with the same protocols, paired per query / episode against gamma = 0.
 
     python benchmarks/fewshot_base_holdout.py [--table=fewshot_table_glyphs_mid_backbone]
         [--runs_dir=/tmp/tfkd_fs_mid] [--holdout=8] [--gammas=0,0.5,5] [--seeds=100,101]
-        [--student=dist.embedding_units=none]
+        [--student=dist.embedding_units=none] [--method=progressive]
 
 Why: on the mid backbone every gamma > 0 lowered validation-class accuracy
 (benchmarks/results/*_gamma_sweep*.json), although the teacher classifies the base-class training
@@ -18,6 +18,11 @@ Also measured, without training: the teacher's own accuracy (cosine prototypes o
 image of each base class, over all base classes at once) on the training images with each image
 inside its own class's prototype -- as in meta-training, where S_teacher holds every base example,
 the queries included --, with it left out, and on the held-out images.
+
+``--method=progressive`` runs Dist↓ (progressive distillation, the student's real shots weakened
+from ``progressive.k_start`` to ``k_end``) at every gamma > 0 instead of ``dist``; the reference at
+gamma = 0 stays ``dist`` (= ``gen``) with the same student changes, the very runs of the matching
+``dist`` variant (reused when they exist), so every variant is paired against the same gen runs.
 
 Student knobs: gen's searched best values from the table (as the gamma sweep's --from_search=gen);
 at gamma = 0 ``dist`` is ``gen``; ``--student`` changes some of them (a variant with its own result
@@ -48,6 +53,8 @@ flags.DEFINE_list("seeds", ["100", "101"], "Meta-training seeds (kept apart from
 flags.DEFINE_multi_string("student", [], "field=value on top of gen's searched values, e.g. "
                           "dist.embedding_units=none (no embedding f: the student works in the teacher's feature "
                           "space, as in the paper's miniImageNet setting); names the result file and run folders.")
+flags.DEFINE_enum("method", "dist", ["dist", "progressive"], "The method at gamma > 0 (progressive: Dist↓, "
+                  "direction weaken; gamma = 0 stays dist, i.e. gen).")
 flags.DEFINE_integer("threads", 0, "TF intra/inter-op threads per run (0 = TensorFlow's default).")
 flags.DEFINE_string("name", "", "Result file name (default <table>_base_holdout).")
 FLAGS = flags.FLAGS
@@ -76,16 +83,20 @@ def check_request():
         common.refuse(f"--gammas/--seeds: {e}; expected numbers")
     if gammas[0] != 0.0 or len(gammas) < 2:
         common.refuse(f"--gammas={','.join(FLAGS.gammas)}: expected 0 (the reference) and at least one weight > 0")
-    student = {}
+    student, method_only = {}, {}
     for item in FLAGS.student:
         field, sep, value = item.partition("=")
-        if not sep or not field.startswith("dist."):
-            common.refuse(f"--student={item}: expected dist.FIELD=VALUE")
-        student[field] = value
+        if sep and field.startswith("dist."):
+            student[field] = value
+        elif sep and FLAGS.method != "dist" and field.startswith(f"{FLAGS.method}."):
+            method_only[field] = value  # a knob dist lacks (the k schedule): the gamma > 0 runs only
+        else:
+            expected = "dist.FIELD=VALUE" + (f" or {FLAGS.method}.FIELD=VALUE" if FLAGS.method != "dist" else "")
+            common.refuse(f"--student={item}: expected {expected}")
     need = max(PROTOCOL["all_way_shots"]) + 1
     if FLAGS.holdout < need:
         common.refuse(f"--holdout={FLAGS.holdout}: expected >= {need} (2 shots and at least one query per class)")
-    return table, gammas, seeds, student
+    return table, gammas, seeds, student, method_only
 
 
 def pretty(cmd):
@@ -240,14 +251,20 @@ def evaluate(workdir, test_sets, class_groups, base_training):
 
 def main(argv):
     del argv
-    table, gammas, seeds, student = check_request()
+    table, gammas, seeds, student, method_only = check_request()
     variant = "_".join(f"{k.split('.')[-1]}_{v}" for k, v in student.items())
-    name = FLAGS.name or f"{FLAGS.table}_base_holdout" + (f"_{variant}" if variant else "")
+    method_variant = "_".join([FLAGS.method] + [f"{k.split('.')[-1]}_{v}" for k, v in method_only.items()]
+                              + ([variant] if variant else [])) if FLAGS.method != "dist" else variant
+    name = FLAGS.name or f"{FLAGS.table}_base_holdout" + (f"_{method_variant}" if method_variant else "")
     common.hold_results(name)
-    try:  # finished runs are reused: keep the seconds measured when they trained
-        previous = {(r["gamma"], r["seed"]): r for r in common.read_result(name).get("runs", [])}
-    except FileNotFoundError:
-        previous = {}
+    previous = {}  # finished runs are reused: keep the seconds measured when they trained
+    reference_name = f"{FLAGS.table}_base_holdout" + (f"_{variant}" if variant else "")
+    for result_name in dict.fromkeys([reference_name, name]):  # the dist variant's gamma = 0 runs first
+        try:
+            previous.update({(r["gamma"], r["seed"]): r for r in common.read_result(result_name).get("runs", [])
+                             if result_name == name or r["gamma"] == 0.0})
+        except FileNotFoundError:
+            pass
     import numpy as np
 
     from tfkd.data.episodes import mean_confidence_interval
@@ -263,7 +280,9 @@ def main(argv):
                "holdout_per_class": FLAGS.holdout, "split_seed": SPLIT_SEED, "gammas": gammas, "seeds": seeds,
                "protocol": {k: list(v) if isinstance(v, tuple) else v for k, v in PROTOCOL.items()},
                "backbone": backbone, "threads": FLAGS.threads,
+               "method": FLAGS.method, "reference_method": "dist",
                "student_values": table["tuning"]["gen"]["best"]["values"], "student_changes": student,
+               "method_changes": method_only,
                "selection": table["overrides"],
                "images": {"meta_training": int(len(train_l)), "held_out": int(len(held_l)),
                           "base_classes": int(len(np.unique(train_l))),
@@ -275,18 +294,27 @@ def main(argv):
 
     values = {k.replace("gen.", "dist.", 1): v for k, v in table["tuning"]["gen"]["best"]["values"].items()}
     values.update(student)
-    runs_root = os.path.join(holdout_dir, variant) if variant else holdout_dir
-    config_file = os.path.join(runs_root, "dist_config.py")
-    common.write_reused_config(config_file, os.path.join(common.REPO, table["fewshot_config"]), values)
+    reference_root = os.path.join(holdout_dir, variant) if variant else holdout_dir
+    config_files = {"dist": os.path.join(reference_root, "dist_config.py")}
+    common.write_reused_config(config_files["dist"], os.path.join(common.REPO, table["fewshot_config"]), values)
+    runs_root = reference_root
+    if FLAGS.method != "dist":
+        runs_root = os.path.join(holdout_dir, method_variant)
+        method_values = {k.replace("dist.", f"{FLAGS.method}.", 1): v for k, v in values.items()}
+        method_values.update(method_only)
+        config_files[FLAGS.method] = os.path.join(runs_root, f"{FLAGS.method}_config.py")
+        common.write_reused_config(config_files[FLAGS.method], os.path.join(common.REPO, table["fewshot_config"]),
+                                   method_values)
     test_sets = {"held_out_base": (held_f, held_l), "novel": splits["novel"]}
     per_run = {}
     for seed in seeds:
         for gamma in gammas:
-            workdir = os.path.join(runs_root, f"gamma_{gamma!r}", f"seed{seed}")
-            cmd = [sys.executable, os.path.join(common.REPO, "bin", "train"), f"--config={config_file}",
-                   "--method=dist", f"--seed={seed}", f"--workdir={workdir}",
+            method = FLAGS.method if gamma > 0 else "dist"
+            workdir = os.path.join(runs_root if gamma > 0 else reference_root, f"gamma_{gamma!r}", f"seed{seed}")
+            cmd = [sys.executable, os.path.join(common.REPO, "bin", "train"), f"--config={config_files[method]}",
+                   f"--method={method}", f"--seed={seed}", f"--workdir={workdir}",
                    f"--config.fewshot.features_dir={holdout_dir}", "--config.fewshot.evaluate_novel=False",
-                   "--config.export.enabled=False", f"--config.dist.gamma={gamma}"]
+                   "--config.export.enabled=False", f"--config.{method}.gamma={gamma}"]
             cmd += [f"--config.{o}" for o in table["overrides"]]
             seconds = common.run_logged(cmd, workdir + ".log", os.path.join(workdir, "metrics.json"), FLAGS.threads)
             if seconds is None:
@@ -299,7 +327,7 @@ def main(argv):
                 revision = json.load(f)[0]["git_revision"]
             results["runs"] = [r for r in results["runs"] if (r["gamma"], r["seed"]) != (gamma, seed)]
             results["runs"].append({
-                "gamma": gamma, "seed": seed, "command": pretty(cmd), "seconds": seconds,
+                "gamma": gamma, "seed": seed, "method": method, "command": pretty(cmd), "seconds": seconds,
                 "git_revision": revision, "best_epoch": metrics["best_epoch"],
                 "val_accuracy": metrics["val_accuracy"],
                 "test": {s: {p: (float(np.mean(v)) if isinstance(v, list) else v) for p, v in h.items()}

@@ -918,20 +918,22 @@ def fewshot_gamma_sweep_table(table="fewshot_table_glyphs_mid_backbone"):
     return "\n".join(lines)
 
 
-def fewshot_base_holdout_table(variant="", table="fewshot_table_glyphs_mid_backbone"):
-    """dist at several gamma on held-out images of the base classes and on the novel alphabets
-    (benchmarks/fewshot_base_holdout.py), each paired with gamma = 0."""
+def fewshot_base_holdout_table(variant="", table="fewshot_table_glyphs_mid_backbone", flags=None):
+    """dist (or Dist↓) at several gamma on held-out images of the base classes and on the novel
+    alphabets (benchmarks/fewshot_base_holdout.py), each paired with gamma = 0 (gen)."""
     r = load(f"{table}_base_holdout{variant}")
     if not r or "paired_vs_gamma_0" not in r:
         # The variant's name spells its --student flags: _field_value per flag.
-        student = "".join(f" --student=dist.{m.group(1)}={m.group(2)}"
-                          for m in re.finditer(r"_([a-z_]+?)_(none|[\dx]+)(?=_|$)", variant))
+        student = flags if flags is not None else "".join(
+            f" --student=dist.{m.group(1)}={m.group(2)}" for m in re.finditer(r"_([a-z_]+?)_(none|[\dx]+)(?=_|$)", variant))
         return f"_Not measured yet: run `python benchmarks/fewshot_base_holdout.py --table={table}{student}`._"
+    method = r.get("method", "dist")
     sets = (("held_out_base", "held-out images of the base classes"), ("novel", "novel alphabets"))
     protocols = (("all_way_1shot_top1", "all-way 1-shot"), ("all_way_2shot_top1", "all-way 2-shot"),
                  ("20way_within_group_1shot", "20-way within one alphabet, 1-shot"))
     n = r["images"]
-    lines = [f"| dist.gamma | validation classes (selection) | "
+    gamma_header = "dist.gamma" if method == "dist" else f"{method}.gamma (0: dist, i.e. gen)"
+    lines = [f"| {gamma_header} | validation classes (selection) | "
              + " | ".join(f"{label}: {p}" for _, label in sets for _, p in protocols)
              + " | held-out base images, many-shot (every meta-training image as support) | the run's teacher on them |",
              "| --- | --- | " + " | ".join("---" for _ in sets for _ in protocols) + " | --- | --- |"]
@@ -959,6 +961,8 @@ def fewshot_base_holdout_table(variant="", table="fewshot_table_glyphs_mid_backb
         f"and 20-way within one alphabet ({r['protocol']['test_episodes']} episodes). Student knobs: gen's searched "
         f"best values from `{table}` ({', '.join(f'{k.split(chr(46), 1)[1]}={v:.3g}' if isinstance(v, float) else f'{k.split(chr(46), 1)[1]}={v}' for k, v in r['student_values'].items())})"
         + "".join(f", then {k.split(chr(46), 1)[1]}={v}" for k, v in r.get("student_changes", {}).items())
+        + ("" if method == "dist" else f"; at γ > 0 `{method}` (Dist↓: direction weaken)"
+           + "".join(f", {k.split(chr(46), 1)[1]}={v}" for k, v in r.get("method_changes", {}).items()))
         + "; "
         f"checkpoints chosen on validation-class episodes ({', '.join(r['selection'])}).")
     lines.append("")
@@ -977,12 +981,15 @@ def fewshot_base_holdout_table(variant="", table="fewshot_table_glyphs_mid_backb
     return "\n".join(lines)
 
 
+PROGRESSIVE_HOLDOUT = "_progressive_k_start_8_schedule_steps_1500_teacher_embedding_units_512x512_teacher_pretrain_steps_2000"
 HOLDOUT_VARIANTS = (  # (result suffix, student, teacher), the order of the summary's rows
     ("", "f 512-512, 1 generated", "no embedding (raw features)"),
     ("_teacher_embedding_units_512", "f 512-512, 1 generated", "linear embedding, 200 steps (paper's ImageNet)"),
     ("_teacher_embedding_units_512_teacher_pretrain_steps_2000", "f 512-512, 1 generated",
      "linear embedding, 2000 steps"),
     ("_teacher_embedding_units_512x512_teacher_pretrain_steps_2000", "f 512-512, 1 generated",
+     "MLP embedding 512-512, 2000 steps"),
+    (PROGRESSIVE_HOLDOUT, "Dist↓ at γ > 0 (real shots 8 → 1), f 512-512, 1 generated",
      "MLP embedding 512-512, 2000 steps"),
     ("_embedding_units_none", "no f, 1 generated (paper's miniImageNet)", "no embedding (raw features)"),
     ("_embedding_units_none_num_generated_8", "no f, 8 generated", "no embedding (raw features)"),
@@ -1044,6 +1051,10 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
               "_embedding_units_none_num_generated_8"),
           "fewshot_base_holdout_mlp_teacher": lambda: fewshot_base_holdout_table(
               "_teacher_embedding_units_512x512_teacher_pretrain_steps_2000"),
+          "fewshot_base_holdout_progressive_mlp_teacher": lambda: fewshot_base_holdout_table(
+              PROGRESSIVE_HOLDOUT, flags=" --method=progressive --student=progressive.k_start=8 "
+              "--student=progressive.schedule_steps=1500 --student=dist.teacher_embedding_units=512x512 "
+              "--student=dist.teacher_pretrain_steps=2000"),
           "metadistiller_lookahead_probe": lookahead_probe_table,
           "metadistiller_generator_only": generator_only_table,
           "metadistiller_targets_meta_steps": targets_meta_steps_table}

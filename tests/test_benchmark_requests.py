@@ -33,6 +33,8 @@ def assert_one_error_line(rc, err, expected):
     ("fewshot_base_holdout.py", ["--runs_dir={tmp}/runs", "--table=fewshot_table_glyphs"], "has no tuned gen row"),
     ("fewshot_base_holdout.py", ["--runs_dir={tmp}/runs", "--student=embedding_units=none"],
      "expected dist.FIELD=VALUE"),
+    ("fewshot_base_holdout.py", ["--runs_dir={tmp}/runs", "--method=progressive", "--student=gen.num_generated=2"],
+     "expected dist.FIELD=VALUE or progressive.FIELD=VALUE"),
 ])
 def test_benchmarks_refuse_bad_flags_in_one_line(tmp_path, script, args, expected):
     """absl alone prints the whole usage text and exits 1 on a stray argument or a bad value."""
