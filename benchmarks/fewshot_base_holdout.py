@@ -208,12 +208,14 @@ def many_shot_accuracy(predictor_for_shot, train_f, train_l, held_f, held_l):
 
 def run_teacher_accuracy(workdir, train_f, train_l, held_f, held_l):
     """The run's own teacher (restored, with its pre-trained embedding if it has one), S_teacher from
-    the meta-training images, over all base classes on the held-out images."""
+    the meta-training images, over all base classes on the held-out images. An ensemble's is its
+    first member's (an ensemble's parent holds no weights)."""
     import numpy as np
 
-    from tfkd.runs import restore_fewshot_method
+    from tfkd.runs import read_network_info, restore_fewshot_method
 
-    method, _ = restore_fewshot_method(workdir)
+    members = read_network_info(workdir).get("ensemble_members")
+    method, _ = restore_fewshot_method(os.path.join(workdir, members[0]) if members else workdir)
     classes = np.unique(train_l)
     method.use_base_split(train_f, train_l, classes)
     scores = np.asarray(method.teacher_logits_all(held_f.astype(np.float32)))
@@ -323,6 +325,9 @@ def main(argv):
             per_run[(gamma, seed)] = evaluated
             with open(os.path.join(workdir, "metrics.json")) as f:
                 metrics = json.load(f)
+            if "members" in metrics:  # an ensemble: selection and best epochs are its members'
+                metrics["val_accuracy"] = statistics.mean(m["val_accuracy"] for m in metrics["members"])
+                metrics["best_epoch"] = [m["best_epoch"] for m in metrics["members"]]
             with open(os.path.join(workdir, "run_info.json")) as f:
                 revision = json.load(f)[0]["git_revision"]
             results["runs"] = [r for r in results["runs"] if (r["gamma"], r["seed"]) != (gamma, seed)]

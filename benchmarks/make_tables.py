@@ -982,6 +982,7 @@ def fewshot_base_holdout_table(variant="", table="fewshot_table_glyphs_mid_backb
 
 
 PROGRESSIVE_HOLDOUT = "_progressive_k_start_8_schedule_steps_1500_teacher_embedding_units_512x512_teacher_pretrain_steps_2000"
+PROGRESSIVE_ENSEMBLE_HOLDOUT = "_progressive_k_start_8_schedule_steps_1500_ensemble_size_4_teacher_embedding_units_512x512_teacher_pretrain_steps_2000"
 HOLDOUT_VARIANTS = (  # (result suffix, student, teacher), the order of the summary's rows
     ("", "f 512-512, 1 generated", "no embedding (raw features)"),
     ("_teacher_embedding_units_512", "f 512-512, 1 generated", "linear embedding, 200 steps (paper's ImageNet)"),
@@ -990,6 +991,8 @@ HOLDOUT_VARIANTS = (  # (result suffix, student, teacher), the order of the summ
     ("_teacher_embedding_units_512x512_teacher_pretrain_steps_2000", "f 512-512, 1 generated",
      "MLP embedding 512-512, 2000 steps"),
     (PROGRESSIVE_HOLDOUT, "Dist↓ at γ > 0 (real shots 8 → 1), f 512-512, 1 generated",
+     "MLP embedding 512-512, 2000 steps"),
+    (PROGRESSIVE_ENSEMBLE_HOLDOUT, "Dist↓ ensemble of 4 at γ > 0, f 512-512, 1 generated",
      "MLP embedding 512-512, 2000 steps"),
     ("_embedding_units_none", "no f, 1 generated (paper's miniImageNet)", "no embedding (raw features)"),
     ("_embedding_units_none_num_generated_8", "no f, 8 generated", "no embedding (raw features)"),
@@ -1055,6 +1058,10 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
               PROGRESSIVE_HOLDOUT, flags=" --method=progressive --student=progressive.k_start=8 "
               "--student=progressive.schedule_steps=1500 --student=dist.teacher_embedding_units=512x512 "
               "--student=dist.teacher_pretrain_steps=2000"),
+          "fewshot_base_holdout_progressive_ensemble_mlp_teacher": lambda: fewshot_base_holdout_table(
+              PROGRESSIVE_ENSEMBLE_HOLDOUT, flags=" --method=progressive --student=progressive.k_start=8 "
+              "--student=progressive.schedule_steps=1500 --student=progressive.ensemble_size=4 "
+              "--student=dist.teacher_embedding_units=512x512 --student=dist.teacher_pretrain_steps=2000 --seeds=100"),
           "metadistiller_lookahead_probe": lookahead_probe_table,
           "metadistiller_generator_only": generator_only_table,
           "metadistiller_targets_meta_steps": targets_meta_steps_table}
