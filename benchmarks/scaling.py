@@ -39,13 +39,10 @@ def main(argv):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.replicas)
     import keras
 
-    from tfkd import data as data_lib
     from tfkd import train
     from tfkd.distribute import get_strategy
 
-    base = common.load_config(FLAGS.config)
-    base.train.batch_size = FLAGS.batch_size
-    data = data_lib.load_dataset(base.data)
+    base, data = common.timing_setup(FLAGS.config, FLAGS.batch_size)
     strategies = {"1 replica": tf.distribute.get_strategy(), f"{FLAGS.replicas} replicas": get_strategy("mirrored")}
     devices = list(strategies[f"{FLAGS.replicas} replicas"].extended.worker_devices)
 

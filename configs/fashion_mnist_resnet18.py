@@ -23,4 +23,8 @@ def get_config():
     c.train.lr_boundaries = (2,)  # x0.1 for the last epoch
     c.train.weight_decay = 5e-4
     c.metadistiller.meta_every_epochs = 3  # epoch 1 is a meta epoch (Algorithm 1 with M = 3)
+    # The lookahead on 32 of the 128 D_train / D_test examples: 1.29x self-distillation per M = 5
+    # cycle against 1.69x for the whole batch, and higher validation accuracy on both convergent
+    # tables (README, "A smaller meta batch"). base_config keeps the paper's whole batch.
+    c.metadistiller.meta_batch_size = 32
     return c
