@@ -225,3 +225,15 @@ def test_base_holdout_keeps_earlier_runs_when_an_invocation_dies(tmp_path):
         for path in paths:
             if os.path.exists(path):
                 os.remove(path)
+
+
+def test_timing_benchmarks_time_algorithm_1_whatever_the_config_picks():
+    """make train's config runs the lookahead on 32 of 128 examples; step_cost, first_step, scaling
+    and batchnorm_ab start from that file, and their `metadistiller` rows stay the whole batch."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import common
+
+    config_file = os.path.join(REPO, "configs", "fashion_mnist_resnet18.py")
+    assert common.load_config(config_file).metadistiller.meta_batch_size == 32
+    base, _ = common.timing_setup(config_file, 128)
+    assert base.metadistiller.meta_batch_size == 0 and base.train.batch_size == 128
