@@ -294,18 +294,28 @@ def test_progressive_weaken_saves_k_snapshots_and_tests_each_shot_with_its_own(p
     from tfkd import export
     from tfkd.train_fewshot import snapshot_for_shot
 
+    from tfkd.methods.distill import k_at
+
     workdir = str(tmp_path / "down")
-    metrics = train.run(progressive_config(pixel_features), workdir)
-    assert metrics["snapshots"] == ["k_001", "k_002", "k_004", "k_008"]
-    with open(os.path.join(workdir, "snapshots", "k_004", "state.json")) as f:
-        assert json.load(f)["k_train"] <= 4
-    assert snapshot_for_shot(workdir, 5).endswith("k_004") and snapshot_for_shot(workdir, 1).endswith("k_001")
+    config = progressive_config(pixel_features)
+    metrics = train.run(config, workdir)
+    # k = 8 -> 1 over 25 of 40 steps. Each snapshot is the model after the last step trained with at
+    # least k shots; k_end = 1 is held to the end, so 1-shot tests use the best checkpoint.
+    assert metrics["snapshots"] == ["k_002", "k_004", "k_008"]
+    p = config.progressive
+    for k in (8, 4, 2):
+        with open(os.path.join(workdir, "snapshots", f"k_{k:03d}", "state.json")) as f:
+            state = json.load(f)
+        step = state["step"]
+        assert state["k_train"] >= k and k_at(step - 1, p.k_start, p.k_end, p.schedule_steps, p.schedule) >= k
+        assert k_at(step, p.k_start, p.k_end, p.schedule_steps, p.schedule) < k  # the next step had fewer
+    assert snapshot_for_shot(workdir, 5).endswith("k_004") and snapshot_for_shot(workdir, 1) is None
     with open(os.path.join(workdir, "history.csv")) as f:
         rows = list(csv.DictReader(f))
     assert float(rows[-1]["k_train"]) == 1 and float(rows[0]["k_train"]) > 1  # logged per epoch
     assert metrics["test"]["5way_1shot"] > 0.35
     _, module = export.export_fewshot_predictor(workdir, str(tmp_path / "export"))
-    assert list(module.thresholds) == [1, 2, 4, 8]
+    assert list(module.thresholds) == [0, 2, 4, 8]  # 0: the best checkpoint, for 1 shot
 
 
 def test_ensemble_trains_members_with_different_teachers_and_averages_them(pixel_features, tmp_path):

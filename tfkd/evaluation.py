@@ -75,7 +75,7 @@ def all_way_protocol(predictor_for_shot, features, labels, classes, shots=(1, 2,
                      seed=0, top_k=(1, 5)):
     """Top-1 / top-5 accuracy over all ``classes`` at once for every k in ``shots``, mean +- CI over
     ``draws`` seeded support draws. ``predictor_for_shot(k)`` gives the predictor used at k shots
-    (progressive distillation tests each k with the model saved when k_train took that value)."""
+    (progressive distillation tests each k with the model trained at that k)."""
     k_max = max(shots)
     out = {"classes": int(len(classes)), "draws": int(draws), "n_query": int(n_query), "seed": int(seed),
            "shots": {}}

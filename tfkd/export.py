@@ -178,7 +178,8 @@ class FewShotPredictorModule(tf.Module):
 
     ``variants`` = [(k_threshold, [members])]: progressive runs keep one variant per snapshot, and
     a request uses the variant with the largest threshold <= its smallest class's shot count (the
-    paper tests k shots with the model saved when k_train took that value). Members of an ensemble
+    paper tests k shots with the model trained at that k; below the smallest snapshot, the best
+    checkpoint). Members of an ensemble
     are averaged in probability. Generators draw stateless noise from a fixed seed, so the same
     request always gets the same answer.
     """

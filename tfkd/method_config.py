@@ -297,7 +297,7 @@ class ProgressiveDistillConfig(DistillConfig):
         cfg.k_start = 16
         cfg.k_end = 1
         cfg.schedule_steps = 2000  # optimizer steps from k_start to k_end (then held)
-        cfg.save_at_k = (16, 8, 4, 2, 1)  # weaken: snapshot the model when k_train takes these values
+        cfg.save_at_k = (16, 8, 4, 2, 1)  # weaken: snapshot the model trained at these k (see KSnapshots)
         return cfg
 
     @classmethod

@@ -16,7 +16,7 @@ Layout::
     checkpoints/best/    the same files, of the best epoch on the validation metric
     checkpoints/*/manifest.json   size and sha256 of every file of the checkpoint
     run.lock             pid and host of the process training in this folder
-    snapshots/k_NNN/     progressive weakening: the model when k_train first reached NNN
+    snapshots/k_NNN/     progressive weakening: the model after the last step with k_train >= NNN
     members/member_i/    ensembles: one run folder per member
     logs/                TensorBoard (train/, validation/)
     history.csv          one row per epoch (rewritten atomically from the checkpoint state)
@@ -361,10 +361,11 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class KSnapshots(keras.callbacks.Callback):
-    """Progressive distillation (weaken): saves the model once when k_train first takes each value
-    of ``save_at_k`` (paper: 16, 8, 4, 2, 1; the method's ``snapshot_at_k()``); testing at k shots
-    uses the snapshot with the largest saved k_train <= k. Written atomically; existing snapshots
-    are kept on resume."""
+    """Progressive distillation (weaken): saves the model once for each value k of ``save_at_k``
+    (the method's ``snapshot_at_k()``), after the last step trained with k_train >= k, i.e. when
+    the next step's scheduled k (the model's ``k_now``) falls below k; testing at k shots uses the
+    snapshot with the largest saved k <= k, else the best checkpoint. Written atomically; existing
+    snapshots are kept on resume."""
 
     def __init__(self, workdir, save_at_k):
         super().__init__()
@@ -372,13 +373,14 @@ class KSnapshots(keras.callbacks.Callback):
         self.pending = sorted(set(int(k) for k in save_at_k), reverse=True)
 
     def on_train_batch_end(self, batch, logs=None):
-        k_train = int(keras.ops.convert_to_numpy(self.model.k_train))
-        for k in [k for k in self.pending if k_train <= k]:
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        k_next = self.model.k_now(step)  # what the next step trains with
+        for k in [k for k in self.pending if k_next < k]:
             self.pending.remove(k)
             path = os.path.join(self.root, f"k_{k:03d}")
             if (os.path.exists(path) and checkpoint_problem(path) is None) or not is_chief():
                 continue
-            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            k_train = int(keras.ops.convert_to_numpy(self.model.k_train))
             needed = variables_nbytes(self.model.weights) + variables_nbytes(self.model.optimizer.variables) + (1 << 20)
             with io.atomic_directory(path, needed_bytes=needed) as tmp:
                 self.model.save_weights(os.path.join(tmp, WEIGHTS))

@@ -271,8 +271,13 @@ class ProgressiveDistill(Distill):
                               f"student's shots, config.fewshot.k_shot={fewshot_cfg.k_shot}")
 
     def snapshot_at_k(self):
-        # Weakening tests k shots with the model saved when k_train reached k (the paper's protocol).
-        return self.save_at_k if self.direction == "weaken" else ()
+        """Weakening tests k shots with the model trained at k (the paper's protocol): the snapshot
+        after the last step with k_train >= k. Values above k_start would be the untrained model, and
+        k_end is held until training ends, so its test uses the best checkpoint (chosen on validation)
+        rather than the model on the step k_end was first reached, which never trained at k_end."""
+        if self.direction != "weaken":
+            return ()
+        return tuple(k for k in self.save_at_k if self.k_end < k <= self.k_start)
 
     def __init__(self, feature_dim, direction="weaken", schedule="log", k_start=16, k_end=1, schedule_steps=2000,
                  save_at_k=(16, 8, 4, 2, 1), **kwargs):
