@@ -344,7 +344,7 @@ def main(argv):
 
     summary = {}
     for gamma in gammas:
-        runs = [r for r in results["runs"] if r["gamma"] == gamma]
+        runs = [r for r in results["runs"] if r["gamma"] == gamma and r["seed"] in seeds]  # as the paired rows
         summary[repr(gamma)] = {
             "val_accuracy": statistics.mean(r["val_accuracy"] for r in runs),
             "test": {s: {p: statistics.mean(r["test"][s][p] for r in runs) for p in runs[0]["test"][s]}
