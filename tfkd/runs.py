@@ -373,6 +373,8 @@ class KSnapshots(keras.callbacks.Callback):
         self.pending = sorted(set(int(k) for k in save_at_k), reverse=True)
 
     def on_train_batch_end(self, batch, logs=None):
+        if not self.pending:  # every snapshot taken: no device-to-host read per step
+            return
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         k_next = self.model.k_now(step)  # what the next step trains with
         for k in [k for k in self.pending if k_next < k]:
