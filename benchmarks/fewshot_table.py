@@ -183,6 +183,12 @@ def main(argv):
     previous = {}
     if os.path.exists(os.path.join(common.RESULTS, f"{name}.json")):
         previous = common.read_result(name)
+        # Runs continue or reuse the committed ones only at the same thread count: TensorFlow's float
+        # reductions depend on it, and the short backbone regimes amplify that (glyphs, 4 epochs at
+        # width 0.125: 22.0 % base-class accuracy at 1 thread, 16.0 % at 2, each exactly reproducible).
+        if previous.get("threads", FLAGS.threads) != FLAGS.threads:
+            common.refuse(f"--threads={FLAGS.threads}: benchmarks/results/{name}.json was measured with "
+                          f"--threads={previous['threads']}; expected the same (or a new --name)")
     results = {"benchmark": "fewshot_table", "dataset": dataset, "seeds": [int(s) for s in FLAGS.seeds],
                "backbone_config": rel(backbone_cfg), "fewshot_config": rel(fewshot_cfg_file),
                "backbone_overrides": FLAGS.backbone_override, "overrides": FLAGS.override,

@@ -183,16 +183,15 @@ def test_metadistiller_targets_refuses_a_bad_run_folder_in_one_line(tmp_path, ca
     assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
 
 
-def test_base_holdout_keeps_earlier_runs_when_an_invocation_dies(tmp_path):
-    """A rerun writes its results file before its first training; the runs recorded by an earlier
-    invocation must still be in it when this one dies (here: its first bin/train fails)."""
+def _holdout_table(tmp_path, backbone_accuracy=0.5):
+    """A committed-table stand-in (a tuned gen row, backbone accuracy 0.5) and a runs folder whose
+    features and backbone already exist, with ``backbone_accuracy`` -> (table name, result paths)."""
     import json
 
     import numpy as np
 
     results = os.path.join(REPO, "benchmarks", "results")
-    table, variant = f"holdout_test_table_{os.getpid()}", "nonexistent_1"
-    name = f"{table}_base_holdout_{variant}"
+    table = f"holdout_test_table_{os.getpid()}_{tmp_path.name}"
     root = tmp_path / "runs" / "glyphs"
     features = root / "features"
     features.mkdir(parents=True)
@@ -203,15 +202,32 @@ def test_base_holdout_keeps_earlier_runs_when_an_invocation_dies(tmp_path):
                  labels=labels)
     (features / "features.json").write_text("{}")
     (root / "backbone").mkdir()
-    (root / "backbone" / "metrics.json").write_text(json.dumps({"test": {"final_accuracy": 0.5}}))
+    (root / "backbone" / "metrics.json").write_text(json.dumps({"test": {"final_accuracy": backbone_accuracy}}))
+    with open(os.path.join(results, f"{table}.json"), "w") as f:
+        json.dump({"dataset": "glyphs", "backbone_config": "configs/glyphs_fewshot_backbone.py",
+                   "backbone_overrides": [], "backbone": {"test_base_class_accuracy": 0.5}, "threads": 1,
+                   "fewshot_config": "configs/glyphs_fewshot.py", "overrides": [],
+                   "tuning": {"gen": {"best": {"values": {"gen.num_generated": 1}}}}}, f)
+    return table, [os.path.join(results, f"{table}.json")]
+
+
+def _remove(paths):
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def test_base_holdout_keeps_earlier_runs_when_an_invocation_dies(tmp_path):
+    """A rerun writes its results file before its first training; the runs recorded by an earlier
+    invocation must still be in it when this one dies (here: its first bin/train fails)."""
+    import json
+
+    table, paths = _holdout_table(tmp_path)
+    name = f"{table}_base_holdout_nonexistent_1"
+    results = os.path.dirname(paths[0])
+    paths += [os.path.join(results, f) for f in (f"{name}.json", f".{name}.lock")]
     earlier = {"gamma": 0.0, "seed": 100, "seconds": 12.5, "val_accuracy": 0.4}
-    paths = [os.path.join(results, f) for f in (f"{table}.json", f"{name}.json", f".{name}.lock")]
     try:
-        with open(paths[0], "w") as f:
-            json.dump({"dataset": "glyphs", "backbone_config": "configs/glyphs_fewshot_backbone.py",
-                       "backbone_overrides": [], "backbone": {"test_base_class_accuracy": 0.5},
-                       "fewshot_config": "configs/glyphs_fewshot.py", "overrides": [],
-                       "tuning": {"gen": {"best": {"values": {"gen.num_generated": 1}}}}}, f)
         with open(paths[1], "w") as f:
             json.dump({"runs": [earlier]}, f)
         rc, err = run_benchmark("fewshot_base_holdout.py", f"--table={table}", f"--runs_dir={tmp_path}/runs",
@@ -222,9 +238,42 @@ def test_base_holdout_keeps_earlier_runs_when_an_invocation_dies(tmp_path):
         assert written["runs"] == [earlier], written["runs"]
         assert "teacher" in written  # it did rewrite the file before the failed training
     finally:
-        for path in paths:
-            if os.path.exists(path):
-                os.remove(path)
+        _remove(paths)
+
+
+def test_base_holdout_refuses_a_backbone_that_is_not_the_tables(tmp_path):
+    """Rebuilt on a new machine with another thread count, the glyph backbone reached 16.0 % instead of
+    the table's 22.0 %: runs on its features were about to be paired with results measured on the
+    table's. One error line, and no results file written."""
+    table, paths = _holdout_table(tmp_path, backbone_accuracy=0.3)
+    results = os.path.dirname(paths[0])
+    paths += [os.path.join(results, f) for f in (f"{table}_base_holdout.json", f".{table}_base_holdout.lock")]
+    try:
+        rc, err = run_benchmark("fewshot_base_holdout.py", f"--table={table}", f"--runs_dir={tmp_path}/runs",
+                                "--seeds=100", "--gammas=0,0.5")
+        assert_one_error_line(rc, err, "base-class test accuracy 0.3000, the table's")
+        assert "1 thread(s)" in err
+        assert not os.path.exists(paths[1])
+    finally:
+        _remove(paths)
+
+
+def test_fewshot_table_refuses_to_continue_at_another_thread_count(tmp_path):
+    """The committed table's runs depend on TensorFlow's thread count; continuing it at another would
+    mix two sets of features in one table."""
+    import json
+
+    name = f"threads_test_table_{os.getpid()}"
+    results = os.path.join(REPO, "benchmarks", "results")
+    paths = [os.path.join(results, f) for f in (f"{name}.json", f".{name}.lock")]
+    try:
+        with open(paths[0], "w") as f:
+            json.dump({"threads": 1, "methods": {}}, f)
+        rc, err = run_benchmark("fewshot_table.py", f"--name={name}", "--threads=2", f"--runs_dir={tmp_path}/runs")
+        assert_one_error_line(rc, err, "--threads=2: benchmarks/results/")
+        assert not os.path.exists(tmp_path / "runs" / "glyphs" / "backbone")
+    finally:
+        _remove(paths)
 
 
 def test_timing_benchmarks_time_algorithm_1_whatever_the_config_picks():
