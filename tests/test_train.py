@@ -96,6 +96,8 @@ def test_run_writes_provenance_and_logs(straight_run):
     assert "metadistiller" not in config and "dsn" not in config  # only the chosen method's section is recorded
     info = json.loads((workdir / "run_info.json").read_text())[0]
     assert info["seed"] == 7 and info["git_revision"]
+    # The numbers depend on TensorFlow's thread counts; this run left them at the default.
+    assert info["threads"] == {"intra_op": 0, "inter_op": 0, "cpu_count": os.cpu_count()}, info
     events = [f for _, _, files in os.walk(workdir / "logs") for f in files if "tfevents" in f]
     assert len(events) >= 2  # train and validation curves
     metrics = json.loads((workdir / "metrics.json").read_text())

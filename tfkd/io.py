@@ -234,6 +234,12 @@ def run_info(seed, extra=None):
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "devices": [d.name for d in tf.config.list_logical_devices()],
+        # Float sums, so the numbers, depend on the thread counts (0 = TensorFlow's default, one per core).
+        "threads": {"intra_op": (tf.config.threading.get_intra_op_parallelism_threads()
+                                 or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0)),
+                    "inter_op": (tf.config.threading.get_inter_op_parallelism_threads()
+                                 or int(os.environ.get("TF_NUM_INTEROP_THREADS") or 0)),
+                    "cpu_count": os.cpu_count()},
     }
     info.update(extra or {})
     return info
