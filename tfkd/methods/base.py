@@ -62,14 +62,11 @@ class DistributedFit:
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
-class MultiExitMethod(DistributedFit, keras.Model):
-    """Subclasses set ``loss_names`` and implement ``compute_losses``."""
+class ConfigSection:
+    """Mixin: a method's knobs are those of ``config_section`` (a TF-free class of
+    tfkd.method_config, so configs are checked before TensorFlow or any data is loaded)."""
 
-    task = "classification"  # trained by tfkd.train on images (bin/train dispatches on it)
-    loss_names = ()
-    uses_exits = True  # False: only the final head is computed, trained and evaluated
-
-    config_section = method_config.MethodConfig  # the knobs of config.<method name> (TF-free)
+    config_section = method_config.MethodConfig  # the knobs of config.<method name>
 
     @classmethod
     def default_config(cls):
@@ -80,6 +77,16 @@ class MultiExitMethod(DistributedFit, keras.Model):
     def check_config(cls, cfg):
         """Raises ConfigError for out-of-range knobs (called before any data is loaded)."""
         cls.config_section.check_config(cfg)
+
+
+class MultiExitMethod(ConfigSection, DistributedFit, keras.Model):
+    """Subclasses set ``loss_names`` and implement ``compute_losses``."""
+
+    task = "classification"  # trained by tfkd.train on images (bin/train dispatches on it)
+    loss_names = ()
+    uses_exits = True  # False: only the final head is computed, trained and evaluated
+
+    config_section = method_config.MethodConfig
 
     def __init__(self, network, weight_decay=0.0, **kwargs):
         super().__init__(**kwargs)

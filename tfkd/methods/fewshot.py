@@ -13,13 +13,12 @@ An episode batch is a dict of static-shape tensors (see ``episode_arrays``): ``s
 import warnings
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfkd import losses, method_config
 from tfkd.data.episodes import episode_arrays, episode_dataset  # noqa: F401  (re-exported)
 from tfkd.distribute import replica_scale
-from tfkd.methods.base import DistributedFit
+from tfkd.methods.base import ConfigSection, DistributedFit
 from tfkd.models.cosine_classifier import CosineClassifier
 from tfkd.models.feature_generator import FeatureGenerator
 from tfkd.registry import METHODS
@@ -45,7 +44,7 @@ class SavesSeedStates:
                 generator.state.assign(store[f"seed_generator_{i}"])
 
 
-class EpisodicMethod(SavesSeedStates, DistributedFit, keras.Model):
+class EpisodicMethod(SavesSeedStates, ConfigSection, DistributedFit, keras.Model):
     """Shared episode loop: query cross-entropy, accuracy metrics, evaluation over episodes.
 
     Episodes may carry a leading batch dimension (several episodes per step); the loss is the mean
@@ -53,15 +52,7 @@ class EpisodicMethod(SavesSeedStates, DistributedFit, keras.Model):
     """
 
     task = "fewshot"  # trained by tfkd.train_fewshot on feature files (bin/train dispatches on it)
-    config_section = method_config.EpisodicConfig  # the knobs of config.<method name> (TF-free)
-
-    @classmethod
-    def default_config(cls):
-        return cls.config_section.default_config()
-
-    @classmethod
-    def check_config(cls, cfg):
-        cls.config_section.check_config(cfg)
+    config_section = method_config.EpisodicConfig
 
     @classmethod
     def sampler_shots(cls, cfg, fewshot_cfg):
