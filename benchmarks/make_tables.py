@@ -1025,7 +1025,7 @@ def fewshot_base_holdout_summary(table="fewshot_table_glyphs_mid_backbone", gamm
         cells = [f"{100 * d[k][p]['mean']:+.2f} ± {100 * d[k][p]['ci95']:.2f}" for k, p in (
             ("held_out_base", "all_way_1shot_top1"), ("novel", "all_way_1shot_top1"), ("novel", "all_way_2shot_top1"),
             ("novel", "20way_within_group_1shot"))]
-        seeds = "" if r["seeds"] == [100, 101] else f" (seed {', '.join(str(x) for x in r['seeds'])} only)"
+        seeds = "" if r["seeds"] == [100, 101] else f" (seeds {', '.join(str(x) for x in r['seeds'])})"
         lines.append(f"| {student}{seeds} | {teacher} | {100 * held['0.0']['teacher_all_base_classes']:.1f} | "
                      f"{100 * held['0.0']['many_shot_all_base_classes']:.1f} → "
                      f"{100 * held[repr(float(gamma))]['many_shot_all_base_classes']:.1f} | " + " | ".join(cells) + " |")
