@@ -59,15 +59,9 @@ def hold_results(name):
 def machine():
     import tensorflow as tf
 
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from tfkd.io import cpu_model
+
+    cpu = cpu_model()
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpus": gpus, "platform": platform.platform(),
             "python": platform.python_version(), "tensorflow": tf.__version__}

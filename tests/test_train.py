@@ -98,6 +98,10 @@ def test_run_writes_provenance_and_logs(straight_run):
     assert info["seed"] == 7 and info["git_revision"]
     # The numbers depend on TensorFlow's thread counts; this run left them at the default.
     assert info["threads"] == {"intra_op": 0, "inter_op": 0, "cpu_count": os.cpu_count()}, info
+    # ... and on the CPU's instruction set (oneDNN's kernels), so the model name is recorded too.
+    with open("/proc/cpuinfo") as f:
+        models = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
+    assert info["cpu"] in models, info
     events = [f for _, _, files in os.walk(workdir / "logs") for f in files if "tfevents" in f]
     assert len(events) >= 2  # train and validation curves
     metrics = json.loads((workdir / "metrics.json").read_text())

@@ -218,6 +218,21 @@ def git_revision(root=None):
     return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
 
 
+def cpu_model():
+    """The CPU's model name ("" when unknown): oneDNN picks its kernels, so the float results, by
+    the instruction set (one command gave different numbers on an Intel and an AMD machine)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or ""
+
+
 def run_info(seed, extra=None):
     import keras
     import tensorflow as tf
@@ -234,6 +249,7 @@ def run_info(seed, extra=None):
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "devices": [d.name for d in tf.config.list_logical_devices()],
+        "cpu": cpu_model(),
         # Float sums, so the numbers, depend on the thread counts (0 = TensorFlow's default, one per core).
         "threads": {"intra_op": (tf.config.threading.get_intra_op_parallelism_threads()
                                  or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0)),
