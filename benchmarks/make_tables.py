@@ -1156,8 +1156,10 @@ def evidence_fewshot_table():
     lines += ["", "Novel classes (165 letters of 4 alphabets never seen in training). Difference A − B in points ± 95% CI over the "
               "test queries (all-way) or episodes (20-way), paired on the same ones, each model's hits averaged "
               "over its seeds (3 for the tables, as listed for the rest), so the CI leaves out seed-to-seed "
-              "variation. Strong backbone: 12 epochs, 88 % base-class accuracy; mid: 4 epochs, 22 %. The paper's "
-              "teacher: cosine prototypes of every base example on the raw features."]
+              "variation. Backbones (base-class test accuracy): " + "; ".join(
+                  f"{setting} {r['backbone']['epochs']} epochs, {100 * r['backbone']['test_base_class_accuracy']:.1f} %"
+                  for setting, r in tables if r) + ". The paper's teacher: cosine prototypes of every base "
+              "example on the raw features."]
     return "\n".join(lines)
 
 TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
