@@ -1037,7 +1037,6 @@ def fewshot_base_holdout_summary(table="fewshot_table_glyphs_mid_backbone", gamm
     return "\n".join(lines)
 
 
-
 # The paper's claims, each checked against the committed results; the README's first table of
 # evidence. A claim "A > B" is read from the difference A − B and its 95% CI.
 T95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57}  # two-sided Student t, n − 1 degrees of freedom
@@ -1111,7 +1110,7 @@ def evidence_self_boosting_table():
                 cells.append("not measured")
                 continue
             mean, ci, n = seed_paired(chosen[a][1], chosen[b][1], lambda run: accuracy(run, head))
-            cells.append(f"{mean:+.2f} ± {ci:.2f} (n={n}): {verdict(mean, ci, at_least)}")
+            cells.append(f"{mean:+.2f} ± {ci:.2f} (n={n}): {verdict(mean, ci, at_least)}" if n else "no shared seeds")
         lines.append(f"| {claim} | " + " | ".join(cells) + " |")
     picks = "; ".join(f"{header[len('tfkd, '):]}: " + ", ".join(f"{METHOD_LABELS[n].split(' (')[0]} {label}"
                                                                 for n, (label, _) in chosen.items())
@@ -1161,6 +1160,7 @@ def evidence_fewshot_table():
                   for setting, r in tables if r) + ". The paper's teacher: cosine prototypes of every base "
               "example on the raw features."]
     return "\n".join(lines)
+
 
 TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),

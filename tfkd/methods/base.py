@@ -86,8 +86,6 @@ class MultiExitMethod(ConfigSection, DistributedFit, keras.Model):
     loss_names = ()
     uses_exits = True  # False: only the final head is computed, trained and evaluated
 
-    config_section = method_config.MethodConfig
-
     def __init__(self, network, weight_decay=0.0, **kwargs):
         super().__init__(**kwargs)
         self.network = network
