@@ -362,12 +362,16 @@ def draw_first_step(r):
                      f"and checkout, the fastest first call of each kept; load average "
                      f"{r['load_average_before']:.1f} at the start (above 0 means other work shared the 2 cores, so "
                      "read the ratio, not the seconds).")
+    else:
+        notes.append(f"One fresh process per step; load average {r['load_average_before']:.1f} at the start.")
     if r.get("note"):
         notes.append(r["note"])
     return "\n".join(lines + [""] + notes)
 
 
 first_step_table = from_result("first_step", "python benchmarks/first_step.py")(draw_first_step)
+first_step_idle_table = from_result("first_step_idle", "python benchmarks/first_step.py --name=first_step_idle")(
+    draw_first_step)
 first_step_static_bn_table = from_result("first_step_static_bn", "python benchmarks/first_step.py --against=OLD "
                                          "--name=first_step_static_bn")(draw_first_step)
 
@@ -1171,7 +1175,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
           "self_boosting_tuned": self_boosting_tuned_table,
           "step_cost": step_cost_table, "step_cost_meta_batch": step_cost_meta_batch_table,
-          "first_step": first_step_table,
+          "first_step": first_step_table, "first_step_idle": first_step_idle_table,
           "first_step_static_bn": first_step_static_bn_table, "batchnorm_ab": batchnorm_ab_table,
           "generator_lr": generator_lr_table, "default_job": default_job_table,
           "metadistiller_targets": targets_fashion_mnist_table,
