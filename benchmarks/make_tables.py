@@ -467,6 +467,13 @@ def _mean_val(entry, seeds=None):
     return sum(values) / len(values) if values else float("-inf")
 
 
+def best_on_validation(options):
+    """The (label, results entry) with the best mean final-exit validation accuracy over the seeds
+    every option ran (the first of equals), and those seeds."""
+    shared = set.intersection(*({run["seed"] for run in e["runs"]} for _, e in options))
+    return max(options, key=lambda option: _mean_val(option[1], shared)), shared
+
+
 def converge_header(dataset, d, tuned=False):
     """The regime line and column header of a convergent-regime table (``tuned``: lr and weight
     decay are each method's searched values, not the config's)."""
@@ -550,8 +557,7 @@ def self_boosting_converge_table():
             if m == "metadistiller" and v and dataset in v["datasets"] and m in v["datasets"][dataset]["methods"]]
         candidates = [(c, e) for c, e in candidates if e]
         if len(candidates) > 1:
-            shared = set.intersection(*({run["seed"] for run in e["runs"]} for _, e in candidates))
-            choice, chosen = max(candidates, key=lambda ce: _mean_val(ce[1], shared))
+            (choice, chosen), shared = best_on_validation(candidates)
             vals = ", ".join(f"{c} {100 * _mean_val(e, shared):.2f}" for c, e in candidates)
             lines.append(f"MetaDistiller variant chosen on validation (mean final-exit validation accuracy over "
                          f"seeds {', '.join(map(str, sorted(shared))) or '–'}: {vals}): **{choice}**.\n")
@@ -644,11 +650,9 @@ def self_boosting_tuned_table():
             chosen, picks = {}, []
             for n in SELF_BOOSTING_ORDER:
                 if n in d["methods"] and n in default_methods:
-                    shared = ({r["seed"] for r in d["methods"][n]["runs"]}
-                              & {r["seed"] for r in default_methods[n]["runs"]})
-                    tuned_wins = _mean_val(d["methods"][n], shared) > _mean_val(default_methods[n], shared)
-                    chosen[n] = d["methods"][n] if tuned_wins else default_methods[n]
-                    picks.append(f"{METHOD_LABELS[n].split(' (')[0]} {'tuned' if tuned_wins else 'default'}")
+                    (pick, chosen[n]), _ = best_on_validation([("default", default_methods[n]),
+                                                               ("tuned", d["methods"][n])])
+                    picks.append(f"{METHOD_LABELS[n].split(' (')[0]} {pick}")
             if len(chosen) == len(SELF_BOOSTING_ORDER):
                 lines.append("Each method's variant with the better full-regime validation: " + ", ".join(picks) + ".")
                 lines += paper_targets(chosen)
@@ -1079,12 +1083,7 @@ def self_boosting_chosen(dataset):
         e = (load(name) or {}).get("datasets", {}).get(dataset, {}).get("methods", {}).get(method)
         if e:
             candidates[method].append((change, e))
-    chosen = {}
-    for n, options in candidates.items():
-        if options:
-            shared = set.intersection(*({run["seed"] for run in e["runs"]} for _, e in options))
-            chosen[n] = max(options, key=lambda option: _mean_val(option[1], shared))
-    return chosen
+    return {n: best_on_validation(options)[0] for n, options in candidates.items() if options}
 
 
 SELF_BOOSTING_CLAIMS = (  # (claim, A, B, head, at_least)
@@ -1134,8 +1133,6 @@ def evidence_fewshot_table():
     protocols = (("all_way_1shot_top1", "all-way 1-shot"), ("20way_within_group_1shot", "20-way within one alphabet, 1-shot"))
     tables = (("strong backbone", load("fewshot_table_glyphs_tuned")),
               ("mid backbone", load("fewshot_table_glyphs_mid_backbone")))
-    holdout = {suffix: load(f"fewshot_table_glyphs_mid_backbone_base_holdout{suffix}")
-               for suffix in (PROGRESSIVE_HOLDOUT, ENSEMBLES_HOLDOUT)}
 
     def cell(d, at_least=False):
         if not d:
@@ -1151,7 +1148,7 @@ def evidence_fewshot_table():
             lines.append(f"| {claim} | {setting}, each row searched (12 trials), the paper's teacher | "
                          + " | ".join(cell(steps.get(p), "≥" in claim) for p, _ in protocols) + " |")
     for suffix, claim in ((PROGRESSIVE_HOLDOUT, "Dist↓ > Gen"), (ENSEMBLES_HOLDOUT, "Dist↓ ensemble > Gen ensemble")):
-        r = holdout[suffix]
+        r = load(f"fewshot_table_glyphs_mid_backbone_base_holdout{suffix}")
         novel = (r or {}).get("paired_vs_gamma_0", {}).get("0.5", {}).get("novel", {})
         seeds = f", seeds {', '.join(map(str, r['seeds']))}" if r else ""
         lines.append(f"| {claim} | mid backbone, a teacher stronger than the student (MLP embedding){seeds} | "
