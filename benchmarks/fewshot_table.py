@@ -55,6 +55,12 @@ flags.DEFINE_multi_string("override", [], "Extra --config.* flags for every few-
 flags.DEFINE_string("name", "", "Result file name under benchmarks/results/ (default fewshot_table_<dataset>).")
 flags.DEFINE_integer("tune_trials", 0, "Random-search trials per row before the seed runs (0 = the config as is).")
 flags.DEFINE_integer("tune_seed", 100, "Seed of the tuning trials (kept apart from --seeds).")
+flags.DEFINE_multi_string("row_override", [], "ROW:field=value, an extra --config flag for one row only (its search "
+                          "and seed runs; an ensemble row also gets its single-model row's), e.g. "
+                          "dist:dist.teacher_pretrain_steps=2000.")
+flags.DEFINE_string("reuse_searches_from", "", "Another committed table (its --name) whose searches are reused for "
+                    "the rows this table does not change: same space, trials, tuning seed, --override and "
+                    "--row_override.")
 
 # Search spaces of --tune_trials (bin/tune syntax). Every method gets the student's own knobs (the
 # embedding f, its L2, the cosine scale's init, lr, the number and ways of meta-training episodes);
@@ -72,6 +78,35 @@ TUNE_SPACES["progressive"] = TUNE_SPACES["dist"]
 ORDERING = ("cosine", "gen", "dist", "dist_down", "dist_down_ensemble")  # the paper's, worst to best
 TUNED_AS = {"dist_down_ensemble": "dist_down"}  # an ensemble trains members of the tuned single model
 FLAGS = flags.FLAGS
+
+
+def row_overrides():
+    """--row_override as {row: [field=value, ...]}; ensemble rows inherit their single model's."""
+    out = {}
+    for spec in FLAGS.row_override:
+        row, sep, override = spec.partition(":")
+        if not sep or row not in ROWS or "=" not in override:
+            common.refuse(f"--row_override={spec}: expected ROW:field=value with ROW one of {', '.join(ROWS)}")
+        out.setdefault(row, []).append(override)
+    for row, source in TUNED_AS.items():
+        if source in out:
+            out[row] = out[source] + out.get(row, [])
+    return out
+
+
+def committed_search(method, space, own_overrides, candidates):
+    """The first committed search of ``method`` that this table would repeat exactly (same features:
+    dataset, backbone flags and thread count; same search; same overrides), with its file."""
+    for name, table in candidates:
+        committed = table.get("tuning", {}).get(method)
+        if (committed and committed.get("space") == list(space) and table.get("dataset") == FLAGS.dataset
+                and table.get("backbone_overrides") == FLAGS.backbone_override
+                and table.get("threads") == FLAGS.threads
+                and len(committed.get("trials", [])) == FLAGS.tune_trials
+                and table.get("tune_seed") == FLAGS.tune_seed and table.get("overrides") == FLAGS.override
+                and table.get("row_overrides", {}).get(method, []) == own_overrides):
+            return name, table, committed
+    return None
 
 
 def rel(path):
@@ -124,25 +159,26 @@ def floors(backbone_dir, features_dir, fewshot_cfg):
     return out
 
 
-def tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous):
+def tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous, candidates):
     """bin/tune for one row (resumable; skipped once its best_config.py exists) -> summary."""
-    method_name, row_overrides = ROWS[method]
+    method_name, row_flags = ROWS[method]
+    own_overrides = row_overrides().get(method, [])
     workdir = os.path.join(root, "tune", method)
     space = tuple(spec.format(m=method_name) for spec in TUNE_SPACES[method_name])
     cmd = [sys.executable, os.path.join(bin_dir, "tune"), f"--config={fewshot_cfg_file}", f"--method={method_name}",
            f"--seed={FLAGS.tune_seed}", f"--workdir={workdir}", f"--config.fewshot.features_dir={features_dir}",
            "--config.tune.tuner=random", f"--config.tune.max_trials={FLAGS.tune_trials}",
            f"--config.tune.space={space!r}"]
-    cmd += [f"--config.{o}" for o in row_overrides + FLAGS.override]
+    cmd += [f"--config.{o}" for o in row_flags + FLAGS.override + own_overrides]
     best_config = os.path.join(workdir, "best_config.py")
-    committed = previous.get("tuning", {}).get(method)
-    if (not os.path.exists(best_config) and committed and committed.get("space") == list(space)
-            and len(committed.get("trials", [])) == FLAGS.tune_trials
-            and previous.get("tune_seed") == FLAGS.tune_seed and previous.get("overrides") == FLAGS.override):
+    found = None if os.path.exists(best_config) else committed_search(method, space, own_overrides, candidates)
+    if found:
+        source, table, committed = found
         common.write_reused_config(best_config, fewshot_cfg_file, committed["best"]["values"])
         reused = {k: committed[k] for k in ("command", "seconds", "space", "trials", "best")}
         return {**reused, "best_config": best_config,
-                "reused_search": {"git_revision": previous.get("git_revision"), "date_utc": previous.get("date_utc")}}
+                "reused_search": {"table": source, "git_revision": table.get("git_revision"),
+                                  "date_utc": table.get("date_utc")}}
     seconds, pretty = run_command(cmd, best_config, workdir + ".log")
     if seconds is None:
         seconds = previous.get("tuning", {}).get(method, {}).get("seconds")
@@ -189,11 +225,18 @@ def main(argv):
         if previous.get("threads", FLAGS.threads) != FLAGS.threads:
             common.refuse(f"--threads={FLAGS.threads}: benchmarks/results/{name}.json was measured with "
                           f"--threads={previous['threads']}; expected the same (or a new --name)")
+    candidates = [(name, previous)]
+    if FLAGS.reuse_searches_from:
+        try:
+            candidates.append((FLAGS.reuse_searches_from, common.read_result(FLAGS.reuse_searches_from)))
+        except FileNotFoundError:
+            common.refuse(f"--reuse_searches_from={FLAGS.reuse_searches_from}: expected the name of a results file "
+                          "under benchmarks/results/")
     results = {"benchmark": "fewshot_table", "dataset": dataset, "seeds": [int(s) for s in FLAGS.seeds],
                "backbone_config": rel(backbone_cfg), "fewshot_config": rel(fewshot_cfg_file),
                "backbone_overrides": FLAGS.backbone_override, "overrides": FLAGS.override,
-               "threads": FLAGS.threads, "tune_trials": FLAGS.tune_trials, "tune_seed": FLAGS.tune_seed,
-               "steps": {}, "methods": {}}
+               "row_overrides": row_overrides(), "threads": FLAGS.threads, "tune_trials": FLAGS.tune_trials,
+               "tune_seed": FLAGS.tune_seed, "steps": {}, "methods": {}}
 
     cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={backbone_cfg}", f"--workdir={backbone_dir}"]
     cmd += [f"--config.{o}" for o in FLAGS.backbone_override]
@@ -217,7 +260,8 @@ def main(argv):
         for method in FLAGS.methods:
             if method in TUNED_AS:
                 continue
-            results["tuning"][method] = tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous)
+            results["tuning"][method] = tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous,
+                                                 candidates)
             row_config[method] = results["tuning"][method]["best_config"]
             common.write_result(name, results)
         for method, source in TUNED_AS.items():
@@ -228,11 +272,11 @@ def main(argv):
     for seed in FLAGS.seeds:
         for method in FLAGS.methods:
             workdir = os.path.join(root, method, f"seed{seed}")
-            method_name, row_overrides = ROWS[method]
+            method_name, row_flags = ROWS[method]
             cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={row_config[method]}",
                    f"--method={method_name}", f"--seed={seed}", f"--workdir={workdir}",
                    f"--config.fewshot.features_dir={features_dir}"]
-            cmd += [f"--config.{o}" for o in row_overrides + FLAGS.override]
+            cmd += [f"--config.{o}" for o in row_flags + FLAGS.override + row_overrides().get(method, [])]
             seconds, pretty = run_command(cmd, os.path.join(workdir, "metrics.json"), workdir + ".log")
             with open(os.path.join(workdir, "evaluation.json")) as f:
                 evaluation_results = json.load(f)
