@@ -58,6 +58,9 @@ flags.DEFINE_integer("tune_seed", 100, "Seed of the tuning trials (kept apart fr
 flags.DEFINE_multi_string("row_override", [], "ROW:field=value, an extra --config flag for one row only (its search "
                           "and seed runs; an ensemble row also gets its single-model row's), e.g. "
                           "dist:dist.teacher_pretrain_steps=2000.")
+flags.DEFINE_multi_string("tune_as", [], "ROW:SOURCE: ROW trains with SOURCE's searched best values (each "
+                          "moved to ROW's method section) instead of a search of its own, e.g. dist_down:dist "
+                          "(the mid table's two searches picked the same trial).")
 flags.DEFINE_string("reuse_searches_from", "", "Another committed table (its --name) whose searches are reused for "
                     "the rows this table does not change: same space, trials, tuning seed, --override and "
                     "--row_override.")
@@ -91,6 +94,20 @@ def row_overrides():
     for row, source in TUNED_AS.items():
         if source in out:
             out[row] = out[source] + out.get(row, [])
+    return out
+
+
+def tune_as():
+    """--tune_as as {row: source row}."""
+    out = {}
+    for spec in FLAGS.tune_as:
+        row, sep, source = spec.partition(":")
+        if not sep or row not in ROWS or source not in ROWS or row == source or source in TUNED_AS:
+            common.refuse(f"--tune_as={spec}: expected ROW:SOURCE, two different rows of {', '.join(ROWS)} "
+                          "(SOURCE not an ensemble row)")
+        if source not in FLAGS.methods:
+            common.refuse(f"--tune_as={spec}: expected {source} among --methods={','.join(FLAGS.methods)}")
+        out[row] = source
     return out
 
 
@@ -235,7 +252,7 @@ def main(argv):
     results = {"benchmark": "fewshot_table", "dataset": dataset, "seeds": [int(s) for s in FLAGS.seeds],
                "backbone_config": rel(backbone_cfg), "fewshot_config": rel(fewshot_cfg_file),
                "backbone_overrides": FLAGS.backbone_override, "overrides": FLAGS.override,
-               "row_overrides": row_overrides(), "threads": FLAGS.threads, "tune_trials": FLAGS.tune_trials,
+               "row_overrides": row_overrides(), "tune_as": tune_as(), "threads": FLAGS.threads, "tune_trials": FLAGS.tune_trials,
                "tune_seed": FLAGS.tune_seed, "steps": {}, "methods": {}}
 
     cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={backbone_cfg}", f"--workdir={backbone_dir}"]
@@ -258,12 +275,18 @@ def main(argv):
     if FLAGS.tune_trials:
         results["tuning"] = {}
         for method in FLAGS.methods:
-            if method in TUNED_AS:
+            if method in TUNED_AS or method in tune_as():
                 continue
             results["tuning"][method] = tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous,
                                                  candidates)
             row_config[method] = results["tuning"][method]["best_config"]
             common.write_result(name, results)
+        for method, source in tune_as().items():  # the source's best values, moved to this row's section
+            source_section, section = ROWS[source][0], ROWS[method][0]
+            values = {(section + k[len(source_section):] if k.startswith(source_section + ".") else k): v
+                      for k, v in results["tuning"][source]["best"]["values"].items()}
+            row_config[method] = os.path.join(root, "tune", method, "best_config.py")
+            common.write_reused_config(row_config[method], fewshot_cfg_file, values)
         for method, source in TUNED_AS.items():
             if method in row_config:
                 row_config[method] = os.path.join(root, "tune", source, "best_config.py")
