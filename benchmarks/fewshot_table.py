@@ -188,7 +188,10 @@ def tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous, ca
            f"--config.tune.space={space!r}"]
     cmd += [f"--config.{o}" for o in row_flags + FLAGS.override + own_overrides]
     best_config = os.path.join(workdir, "best_config.py")
-    found = None if os.path.exists(best_config) else committed_search(method, space, own_overrides, candidates)
+    # A search that ran here (its trials folder) is continued or read; otherwise a committed one is reused,
+    # also when an earlier invocation already wrote its best_config.py.
+    searched_here = os.path.isdir(os.path.join(workdir, "trials"))
+    found = None if searched_here else committed_search(method, space, own_overrides, candidates)
     if found:
         source, table, committed = found
         common.write_reused_config(best_config, fewshot_cfg_file, committed["best"]["values"])
