@@ -33,7 +33,7 @@ def test_suite_benchmark_times_the_makefile_test_command():
     makefile = open(os.path.join(REPO, "Makefile")).read()
     recipe = re.search(r"^test:.*\n\t\$\(PYTHON\) (-m pytest .*)$", makefile, flags=re.M).group(1)
     source = open(os.path.join(REPO, "benchmarks", "test_suite.py")).read()
-    pytest_list = re.search(r"^PYTEST = \[sys.executable, (.*?)\]", source, flags=re.M).group(1)
+    pytest_list = re.search(r"^PYTEST = \[sys.executable, (.*?)\]", source, flags=re.M | re.S).group(1)
     assert recipe.split() == [arg.strip().strip('"') for arg in pytest_list.split(",")]
 
 
