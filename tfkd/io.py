@@ -87,14 +87,23 @@ def disk_full_reported(path, inside=None):
 
 def write_text_atomic(path, text):
     """Writes via a temp file in the same folder and os.replace: readers never see half a file."""
+    _write_atomic(path, text, "w")
+
+
+def write_bytes_atomic(path, data):
+    """``write_text_atomic`` for bytes."""
+    _write_atomic(path, data, "wb")
+
+
+def _write_atomic(path, data, mode):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     with disk_full_reported(path):
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
         try:
             os.fchmod(fd, file_mode())  # mkstemp's 0600 would hide the file from other users
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
+            with os.fdopen(fd, mode) as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

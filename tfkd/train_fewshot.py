@@ -237,7 +237,9 @@ def _run_single(config, workdir, strategy, overwrite):
 
     state, initial_epoch = runs.resume_latest(workdir, method, config.train.epochs)
     if not state:
-        method.start_training(seed=config.seed)  # e.g. pre-trains a teacher; saved with the checkpoints
+        # e.g. pre-trains a teacher (saved with the checkpoints, and cached beside the features)
+        method.start_training(seed=config.seed,
+                              cache_dir=f.teacher_cache and os.path.join(f.features_dir, f.teacher_cache))
 
     val_f, val_l = feats["validation"]
     if initial_epoch < config.train.epochs:

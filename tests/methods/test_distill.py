@@ -1,6 +1,7 @@
 """Progressive distillation: Eq. 1, k schedules, teacher/student separation, gradients into G,
 ensemble averaging, snapshots, bad configs."""
 import math
+import os
 
 import ml_collections
 import numpy as np
@@ -213,3 +214,77 @@ def test_snapshot_for_shot_picks_largest_saved_k_not_above(tmp_path):
 def test_bad_progressive_configs_name_the_field(overrides, match):
     with pytest.raises(ConfigError, match=match):
         resolve_method_config(ProgressiveDistill, ml_collections.ConfigDict(overrides), "progressive")
+
+
+def _unpretrained(seed=0, counts=(2, 5, 3, 4)):
+    """A Distill with an MLP teacher over classes of unequal size (S_teacher is padded)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    method = Distill(6, generator_hidden=(8,), embedding_units=(), scale_init=10.0, teacher_embedding_units=(8, 6),
+                     teacher_pretrain_steps=6, k_teacher=0)
+    method.build_from_dim(batch=2)
+    labels = np.repeat(np.arange(len(counts)), counts)
+    features = np.random.default_rng(1).normal(size=(len(labels), 6)).astype(np.float32)
+    method.set_teacher(features, labels, np.arange(len(counts)))
+    return method
+
+
+def _teacher_weights(method):
+    return [v.numpy() for layer in method.teacher_embedding for v in layer.variables]
+
+
+def test_pretrained_teacher_is_cached_and_a_run_with_the_same_inputs_loads_it(tmp_path, monkeypatch):
+    """A search trains the same teacher in every trial: the second run loads the first one's
+    weights instead of training (no optimizer is even built); other inputs train anew."""
+    from tfkd.methods import distill
+
+    first = _unpretrained()
+    accuracy = first.pretrain_teacher(seed=3, cache_dir=str(tmp_path))
+    cached = sorted(os.listdir(tmp_path))
+    assert len(cached) == 1 and cached[0].endswith(".npz")
+    untrained = _teacher_weights(_unpretrained())
+    assert max(np.abs(a - b).max() for a, b in zip(_teacher_weights(first), untrained)) > 1e-4  # it trained
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached teacher should have been loaded")
+
+    with monkeypatch.context() as m:
+        m.setattr(distill.optimizers, "Adam", no_training)
+        second = _unpretrained()
+        assert second.pretrain_teacher(seed=3, cache_dir=str(tmp_path)) == accuracy
+    for a, b in zip(_teacher_weights(first), _teacher_weights(second)):
+        np.testing.assert_array_equal(a, b)
+    _unpretrained().pretrain_teacher(seed=4, cache_dir=str(tmp_path))  # another seed: its own entry
+    _unpretrained(seed=1).pretrain_teacher(seed=3, cache_dir=str(tmp_path))  # other initial weights too
+    assert len(os.listdir(tmp_path)) == 3
+
+
+def test_a_damaged_teacher_cache_entry_is_retrained_and_rewritten(tmp_path):
+    reference = _unpretrained()
+    reference.pretrain_teacher(seed=3)
+    first = _unpretrained()
+    first.pretrain_teacher(seed=3, cache_dir=str(tmp_path))
+    (entry,) = [tmp_path / name for name in os.listdir(tmp_path)]
+    entry.write_bytes(entry.read_bytes()[:100])  # e.g. a disk that filled up under another writer
+    again = _unpretrained()
+    again.pretrain_teacher(seed=3, cache_dir=str(tmp_path))
+    for a, b in zip(_teacher_weights(reference), _teacher_weights(again)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with np.load(entry) as f:  # rewritten whole
+        np.testing.assert_array_equal(f["w0"], _teacher_weights(again)[0])
+
+
+def test_pretraining_prototypes_are_the_masked_means_of_the_padded_support():
+    """Pre-training averages each class's real rows (no padding embedded); the student's teacher
+    averages the padded support under its mask: the same prototypes."""
+    method = _unpretrained()
+    method.pretrain_teacher(seed=0)
+    support, counts = (t.numpy() for t in method._teacher_support)
+    assert len(set(counts)) > 1  # padded
+    mask = np.arange(support.shape[1])[None, :] < counts[:, None]
+    embedded = method.teacher_embed(tf.constant(support[mask])).numpy()
+    classes = np.nonzero(mask)[0]
+    means = np.stack([embedded[classes == c].mean(0) for c in range(len(counts))])
+    expected = means / np.linalg.norm(means, axis=-1, keepdims=True)
+    np.testing.assert_allclose(method.teacher_prototypes(method.k_teacher).numpy(), expected, rtol=1e-5, atol=1e-6)

@@ -21,15 +21,20 @@ pre-trained on S_teacher (``teacher_embedding_units=(d,)``, ImageNet setting) be
 several widths make it an MLP like the student's f (not in the paper: for a student whose f makes
 it a better classifier than a linear teacher, benchmarks/fewshot_base_holdout.py).
 """
+import hashlib
+import io as bytes_io
 import math
+import os
+import warnings
+import zipfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfkd import losses, method_config, optimizers
+from tfkd import io, losses, method_config, optimizers
 from tfkd.distribute import replica_scale
-from tfkd.errors import ConfigError
+from tfkd.errors import ConfigError, DiskFullError
 from tfkd.methods.fewshot import GeneratorAugmented
 from tfkd.registry import METHODS
 
@@ -52,6 +57,31 @@ def k_at_tensor(step, k_start, k_end, steps, schedule):
     else:
         value = k_start + frac * (k_end - k_start)
     return tf.cast(tf.round(value), tf.int32)
+
+
+def _read_cached_teacher(path, variables):
+    """Loads a cached pre-trained teacher into ``variables`` -> its training accuracy; None when
+    there is none, or it is unreadable or of other shapes (then it is trained and rewritten)."""
+    try:
+        with np.load(path) as f:
+            values = [f[f"w{i}"] for i in range(len(variables))]
+            accuracy = float(f["accuracy"])
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    if [v.shape for v in values] != [tuple(v.shape) for v in variables]:
+        return None
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+    return accuracy
+
+
+def _write_cached_teacher(path, variables, accuracy):
+    buffer = bytes_io.BytesIO()
+    np.savez(buffer, accuracy=np.float64(accuracy), **{f"w{i}": v.numpy() for i, v in enumerate(variables)})
+    try:
+        io.write_bytes_atomic(path, buffer.getvalue())
+    except (OSError, DiskFullError) as e:  # a cache that cannot be written costs a later run time, not this one
+        warnings.warn(f"the pre-trained teacher was not cached ({e})")
 
 
 def teacher_support(features, labels, classes, k_teacher, seed):
@@ -144,8 +174,8 @@ class Distill(GeneratorAugmented):
         if self.teacher_embedding:
             self._frozen_support = tf.constant(self.teacher_embed(self._teacher_support[0]))
 
-    def start_training(self, seed):
-        accuracy = self.pretrain_teacher(seed=seed)
+    def start_training(self, seed, cache_dir=None):
+        accuracy = self.pretrain_teacher(seed=seed, cache_dir=cache_dir)
         if accuracy is not None:
             print(f"Teacher embedding pre-trained on S_teacher (training accuracy {accuracy:.3f})", flush=True)
 
@@ -171,41 +201,64 @@ class Distill(GeneratorAugmented):
         q = tf.math.l2_normalize(self.teacher_embed(query), axis=-1)
         return tf.stop_gradient(self.teacher_scale * tf.einsum("...qd,...nd->...qn", q, protos))
 
-    def pretrain_teacher(self, steps=None, learning_rate=1e-3, batch_size=256, seed=0):
-        """Trains the teacher's linear embedding (if any) as a cosine classifier over all base
-        classes on S_teacher; afterwards it is frozen. Returns the last training accuracy."""
+    def pretrain_teacher(self, steps=None, learning_rate=1e-3, batch_size=256, seed=0, cache_dir=None):
+        """Trains the teacher's embedding (if any) as a cosine classifier over all base classes on
+        S_teacher; afterwards it is frozen. Returns the last training accuracy.
+
+        Every step embeds all of S_teacher (the prototypes move with the embedding): with an MLP
+        teacher on a few hundred classes that is most of a run's time, and a search or a table
+        trains the same teacher again in every run with the same seed. With ``cache_dir`` the
+        trained weights are kept there, under a hash of everything the training reads (the
+        initial weights, S_teacher, the steps, learning rate, batch size, seed and TensorFlow
+        version), and a later run with the same inputs loads them instead of training."""
         if not self.teacher_embedding:
             return None
         self._frozen_support = None  # the embedding changes below
         support, counts = (t.numpy() for t in self._teacher_support)
         mask = np.arange(support.shape[1])[None, :] < counts[:, None]
-        x, y = support[mask], np.nonzero(mask)[0].astype(np.int32)
+        x, y = support[mask], np.nonzero(mask)[0].astype(np.int32)  # the real rows, class by class
+        steps = steps or self.teacher_pretrain_steps
+        variables = [v for layer in self.teacher_embedding for v in layer.variables]
+        cache = None
+        if cache_dir:
+            key = hashlib.sha256()
+            for part in [v.numpy() for v in variables] + [x, y]:
+                key.update(np.ascontiguousarray(part).tobytes())
+            key.update(repr((steps, learning_rate, batch_size, seed, self.teacher_scale, len(counts),
+                             tf.__version__)).encode())
+            cache = os.path.join(cache_dir, f"teacher_{key.hexdigest()[:32]}.npz")
+            cached = _read_cached_teacher(cache, variables)
+            if cached is not None:
+                return cached
         for layer in self.teacher_embedding:
             layer.trainable = True
-        variables = [v for layer in self.teacher_embedding for v in layer.trainable_variables]
+        trainable = [v for layer in self.teacher_embedding for v in layer.trainable_variables]
         optimizer = optimizers.Adam(learning_rate)
         rng = np.random.default_rng([seed, 2027])
+        x_all, classes = tf.constant(x), tf.constant(y)
 
         @tf.function
-        def step(xb, yb):
+        def step(idx):
             with tf.GradientTape() as tape:
-                logits = self.teacher_logits_all(xb)
-                loss = losses.cross_entropy(yb, logits)
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), yb), tf.float32))
+                embedded = self.teacher_embed(x_all)
+                # Each class's mean over its real rows: the masked mean teacher_prototypes takes over
+                # the padded support, without embedding the padding.
+                protos = tf.math.l2_normalize(tf.math.unsorted_segment_mean(embedded, classes, len(counts)), -1)
+                queries = tf.math.l2_normalize(tf.gather(embedded, idx), axis=-1)
+                logits = self.teacher_scale * tf.matmul(queries, protos, transpose_b=True)
+                labels = tf.gather(classes, idx)
+                loss = losses.cross_entropy(labels, logits)
+            optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
+            return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
 
         accuracy = None
-        for _ in range(steps or self.teacher_pretrain_steps):
-            idx = rng.integers(len(y), size=min(batch_size, len(y)))
-            accuracy = float(step(tf.constant(x[idx]), tf.constant(y[idx])))
+        for _ in range(steps):
+            accuracy = float(step(tf.constant(rng.integers(len(y), size=min(batch_size, len(y))), tf.int32)))
         for layer in self.teacher_embedding:
             layer.trainable = False  # frozen from here on: no student step can change it
+        if cache:
+            _write_cached_teacher(cache, variables, accuracy)
         return accuracy
-
-    def teacher_logits_all(self, x):
-        protos = self.teacher_prototypes(self.k_teacher)
-        q = tf.math.l2_normalize(self.teacher_embed(x), axis=-1)
-        return self.teacher_scale * tf.matmul(q, protos, transpose_b=True)
 
     # ------------------------------------------------------------------ steps
 

@@ -67,8 +67,9 @@ class EpisodicMethod(SavesSeedStates, ConfigSection, DistributedFit, keras.Model
     def use_base_split(self, features, labels, classes):
         """Sees the base-class features before training (distillation builds its teacher here)."""
 
-    def start_training(self, seed):
-        """Called once before the first epoch of a new (not resumed) run."""
+    def start_training(self, seed, cache_dir=None):
+        """Called once before the first epoch of a new (not resumed) run; ``cache_dir`` may keep
+        what it computes for later runs with the same inputs."""
 
     def snapshot_at_k(self):
         """Values of ``k_train`` at which the driver saves a snapshot (tfkd.runs.KSnapshots); () = none."""
