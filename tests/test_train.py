@@ -96,8 +96,10 @@ def test_run_writes_provenance_and_logs(straight_run):
     assert "metadistiller" not in config and "dsn" not in config  # only the chosen method's section is recorded
     info = json.loads((workdir / "run_info.json").read_text())[0]
     assert info["seed"] == 7 and info["git_revision"]
-    # The numbers depend on TensorFlow's thread counts; this run left them at the default.
-    assert info["threads"] == {"intra_op": 0, "inter_op": 0, "cpu_count": os.cpu_count()}, info
+    # The numbers depend on TensorFlow's thread counts: recorded as the environment set them.
+    assert info["threads"] == {"intra_op": int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0),  # tests/conftest.py
+                               "inter_op": int(os.environ.get("TF_NUM_INTEROP_THREADS") or 0),
+                               "cpu_count": os.cpu_count()}, info
     # ... and on the CPU's instruction set (oneDNN's kernels), so the model name is recorded too.
     with open("/proc/cpuinfo") as f:
         models = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
