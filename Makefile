@@ -13,10 +13,9 @@ train: setup
 	$(PYTHON) bin/train --method=metadistiller --config=configs/fashion_mnist_resnet18.py --workdir=$(WORKDIR)
 
 # --dist loadfile: a test file runs on one worker, so its module-scoped fixtures (trained runs,
-# feature files) are built once, not once per worker. --no-loadscope-reorder: files start in
-# tests/conftest.py's order, the heaviest first.
+# feature files) are built once, not once per worker.
 test: setup
-	$(PYTHON) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
+	$(PYTHON) -m pytest -n 2 --dist loadfile --durations=15 tests
 
 bench: setup
 	$(PYTHON) benchmarks/step_cost.py

@@ -24,8 +24,7 @@ flags.DEFINE_string("note", "", "What else ran on the machine meanwhile.")
 flags.DEFINE_string("name", "test_suite", "Result file name under benchmarks/results/.")
 FLAGS = flags.FLAGS
 
-PYTEST = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadfile", "--no-loadscope-reorder", "--durations=15",
-          "tests"]  # as `make test`
+PYTEST = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadfile", "--durations=15", "tests"]  # as `make test`
 
 
 def parse(text):

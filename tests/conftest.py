@@ -2,11 +2,6 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# One intra-op thread per process (also inherited by the bin/ subprocesses): `make test` runs two
-# pytest workers on two cores, and the tests' tiny graphs gain nothing from a second thread per op
-# while two workers' thread pools fight for the cores (measured: 261 s -> 229 s on the methods,
-# Python-API, visualize and export tests). Set TF_NUM_INTRAOP_THREADS yourself to override.
-os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402
@@ -51,23 +46,3 @@ def fmnist_small():
     from tfkd import data
 
     return data.load_dataset(tiny_config().data)
-
-
-# Files in order of measured cost, heaviest first (per-file sums of `pytest --durations=0`,
-# 2026-12-06). `make test` hands whole files to its two workers (--dist loadfile) in collection
-# order (--no-loadscope-reorder: xdist would otherwise order files by their number of tests), so
-# starting the long files first keeps one worker from finishing a long file alone at the end.
-# A file not listed runs after these, in pytest's order.
-HEAVIEST_FIRST = (
-    "tests/methods/test_distributed.py", "tests/methods/test_metadistiller.py", "tests/test_train.py",
-    "tests/models/test_zoo.py", "tests/test_export.py", "tests/methods/test_teacher_student.py",
-    "tests/methods/test_multi_exit.py", "tests/test_train_fewshot.py", "tests/models/test_byo.py",
-    "tests/test_visualize.py", "tests/test_python_api.py", "tests/test_multi_worker.py", "tests/test_tuning.py",
-    "tests/test_runs.py", "tests/test_precision.py", "tests/models/test_resnet.py", "tests/test_readme.py",
-    "tests/test_benchmark_requests.py", "tests/test_cli.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {path: i for i, path in enumerate(HEAVIEST_FIRST)}
-    items.sort(key=lambda item: rank.get(os.path.relpath(str(item.path), REPO), len(rank)))  # stable
