@@ -339,3 +339,30 @@ def test_ensemble_trains_members_with_different_teachers_and_averages_them(pixel
                             {"test_episodes": 30, "test_shots": (1,), "all_way_shots": ()})
     assert len(payload["runs"]) == 2
     assert os.path.exists(os.path.join(workdir, "export", "saved_model.pb"))
+
+
+def test_a_second_run_loads_the_cached_teacher_and_trains_like_the_first(pixel_features, tmp_path, capsys):
+    """bin/train's path: the teacher pre-trained by the first `dist` run is cached beside the
+    features and loaded by the next run with the same inputs; both runs then end identical."""
+    import shutil
+
+    from tfkd import train
+
+    features = str(tmp_path / "features")
+    shutil.copytree(pixel_features, features)  # the cache is written beside the features
+    results = []
+    for name in ("first", "second"):
+        config = fewshot_config(features, "dist", epochs=1)
+        config.dist.teacher_embedding_units = (16,)
+        config.dist.teacher_pretrain_steps = 20
+        config.dist.generator_hidden = (16,)
+        config.fewshot.episodes_per_epoch = 10
+        config.fewshot.test_episodes = 10
+        config.fewshot.all_way_shots = ()
+        config.export.enabled = False
+        results.append(train.run(config, str(tmp_path / name)))
+    out = capsys.readouterr().out
+    (entry,) = os.listdir(os.path.join(features, "teacher_cache"))
+    assert out.count("Teacher embedding pre-trained") == 1
+    assert f"Teacher embedding loaded from {os.path.join(features, 'teacher_cache', entry)}" in out
+    assert results[0]["test"] == results[1]["test"]

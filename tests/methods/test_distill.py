@@ -256,6 +256,7 @@ def test_pretrained_teacher_is_cached_and_a_run_with_the_same_inputs_loads_it(tm
         m.setattr(distill.optimizers, "Adam", no_training)
         second = _unpretrained()
         assert second.pretrain_teacher(seed=3, cache_dir=str(tmp_path)) == accuracy
+        assert second.teacher_loaded_from == str(tmp_path / cached[0]) and first.teacher_loaded_from is None
     for a, b in zip(_teacher_weights(first), _teacher_weights(second)):
         np.testing.assert_array_equal(a, b)
     _unpretrained().pretrain_teacher(seed=4, cache_dir=str(tmp_path))  # another seed: its own entry

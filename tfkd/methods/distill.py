@@ -132,6 +132,7 @@ class Distill(GeneratorAugmented):
         self.soft_tracker = keras.metrics.Mean(name="kd")
         self._teacher_support = None
         self._frozen_support = None  # S_teacher through the frozen teacher embedding, computed once per fit
+        self.teacher_loaded_from = None
 
     @property
     def metrics(self):
@@ -177,7 +178,8 @@ class Distill(GeneratorAugmented):
     def start_training(self, seed, cache_dir=None):
         accuracy = self.pretrain_teacher(seed=seed, cache_dir=cache_dir)
         if accuracy is not None:
-            print(f"Teacher embedding pre-trained on S_teacher (training accuracy {accuracy:.3f})", flush=True)
+            source = f"loaded from {self.teacher_loaded_from}" if self.teacher_loaded_from else "pre-trained"
+            print(f"Teacher embedding {source} (training accuracy on S_teacher {accuracy:.3f})", flush=True)
 
     def teacher_embed(self, x):
         for layer in self.teacher_embedding:
@@ -211,6 +213,7 @@ class Distill(GeneratorAugmented):
         trained weights are kept there, under a hash of everything the training reads (the
         initial weights, S_teacher, the steps, learning rate, batch size, seed and TensorFlow
         version), and a later run with the same inputs loads them instead of training."""
+        self.teacher_loaded_from = None  # the cache file, when the weights came from one
         if not self.teacher_embedding:
             return None
         self._frozen_support = None  # the embedding changes below
@@ -229,6 +232,7 @@ class Distill(GeneratorAugmented):
             cache = os.path.join(cache_dir, f"teacher_{key.hexdigest()[:32]}.npz")
             cached = _read_cached_teacher(cache, variables)
             if cached is not None:
+                self.teacher_loaded_from = cache
                 return cached
         for layer in self.teacher_embedding:
             layer.trainable = True
