@@ -255,8 +255,8 @@ def main(argv):
     results = {"benchmark": "fewshot_table", "dataset": dataset, "seeds": [int(s) for s in FLAGS.seeds],
                "backbone_config": rel(backbone_cfg), "fewshot_config": rel(fewshot_cfg_file),
                "backbone_overrides": FLAGS.backbone_override, "overrides": FLAGS.override,
-               "row_overrides": row_overrides(), "tune_as": tune_as(), "threads": FLAGS.threads, "tune_trials": FLAGS.tune_trials,
-               "tune_seed": FLAGS.tune_seed, "steps": {}, "methods": {}}
+               "row_overrides": row_overrides(), "tune_as": tune_as(), "threads": FLAGS.threads,
+               "tune_trials": FLAGS.tune_trials, "tune_seed": FLAGS.tune_seed, "steps": {}, "methods": {}}
 
     cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={backbone_cfg}", f"--workdir={backbone_dir}"]
     cmd += [f"--config.{o}" for o in FLAGS.backbone_override]

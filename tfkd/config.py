@@ -113,11 +113,11 @@ def base_config():
     c.fewshot.within_group_way = 20  # also N-way episodes within one group (alphabet); 0 = off
     c.fewshot.all_way_shots = (1, 2, 5, 10, 20)  # () = skip the all-way protocol
     c.fewshot.all_way_draws = 5
+    c.fewshot.all_way_queries = 5
     # Pre-trained teacher embeddings (dist / progressive with teacher_embedding_units) are kept in
     # this folder, relative to features_dir, and reused by later runs with the same inputs (a search's
     # trials share one); "" = train every time.
     c.fewshot.teacher_cache = "teacher_cache"
-    c.fewshot.all_way_queries = 5
 
     # bin/tune (tfkd/tuning.py): Keras Tuner searches; every trial is a bin/train run.
     c.tune = ml_collections.ConfigDict()

@@ -227,8 +227,8 @@ class Distill(GeneratorAugmented):
             key = hashlib.sha256()
             for part in [v.numpy() for v in variables] + [x, y]:
                 key.update(np.ascontiguousarray(part).tobytes())
-            key.update(repr((steps, learning_rate, batch_size, seed, self.teacher_scale, len(counts),
-                             tf.__version__)).encode())
+            key.update(repr(([tuple(v.shape) for v in variables], steps, learning_rate, batch_size, seed,
+                             self.teacher_scale, len(counts), tf.__version__)).encode())
             cache = os.path.join(cache_dir, f"teacher_{key.hexdigest()[:32]}.npz")
             cached = _read_cached_teacher(cache, variables)
             if cached is not None:
