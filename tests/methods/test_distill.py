@@ -219,13 +219,13 @@ def test_bad_progressive_configs_name_the_field(overrides, match):
         resolve_method_config(ProgressiveDistill, ml_collections.ConfigDict(overrides), "progressive")
 
 
-def _unpretrained(seed=0, counts=(2, 5, 3, 4)):
+def _unpretrained(seed=0, counts=(2, 5, 3, 4), student_units=()):
     """A Distill with an MLP teacher over classes of unequal size (S_teacher is padded)."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    method = Distill(6, generator_hidden=(8,), embedding_units=(), scale_init=10.0, teacher_embedding_units=(8, 6),
-                     teacher_pretrain_steps=6, k_teacher=0)
+    method = Distill(6, generator_hidden=(8,), embedding_units=student_units, scale_init=10.0,
+                     teacher_embedding_units=(8, 6), teacher_pretrain_steps=6, k_teacher=0)
     method.build_from_dim(batch=2)
     labels = np.repeat(np.arange(len(counts)), counts)
     features = np.random.default_rng(1).normal(size=(len(labels), 6)).astype(np.float32)
@@ -246,8 +246,9 @@ def test_pretrained_teacher_is_cached_and_a_run_with_the_same_inputs_loads_it(tm
     accuracy = first.pretrain_teacher(seed=3, cache_dir=str(tmp_path))
     cached = sorted(os.listdir(tmp_path))
     assert len(cached) == 1 and cached[0].endswith(".npz")
-    untrained = _teacher_weights(_unpretrained())
-    assert max(np.abs(a - b).max() for a, b in zip(_teacher_weights(first), untrained)) > 1e-4  # it trained
+    start = _unpretrained()
+    start.pretrain_teacher(seed=3, steps=1)
+    assert max(np.abs(a - b).max() for a, b in zip(_teacher_weights(first), _teacher_weights(start))) > 1e-4
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached teacher should have been loaded")
@@ -259,8 +260,13 @@ def test_pretrained_teacher_is_cached_and_a_run_with_the_same_inputs_loads_it(tm
         assert second.teacher_loaded_from == str(tmp_path / cached[0]) and first.teacher_loaded_from is None
     for a, b in zip(_teacher_weights(first), _teacher_weights(second)):
         np.testing.assert_array_equal(a, b)
-    _unpretrained().pretrain_teacher(seed=4, cache_dir=str(tmp_path))  # another seed: its own entry
-    _unpretrained(seed=1).pretrain_teacher(seed=3, cache_dir=str(tmp_path))  # other initial weights too
+    # The student's knobs do not matter (a search's trials): another global seed and another student
+    # (a different amount of the random stream drawn before the teacher) load the same teacher.
+    third = _unpretrained(seed=1, student_units=(4,))
+    third.pretrain_teacher(seed=3, cache_dir=str(tmp_path))
+    assert third.teacher_loaded_from == second.teacher_loaded_from
+    _unpretrained().pretrain_teacher(seed=4, cache_dir=str(tmp_path))  # another run seed: its own entry
+    _unpretrained(counts=(3, 3, 3, 5)).pretrain_teacher(seed=3, cache_dir=str(tmp_path))  # other S_teacher too
     assert len(os.listdir(tmp_path)) == 3
 
 

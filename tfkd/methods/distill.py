@@ -211,8 +211,8 @@ class Distill(GeneratorAugmented):
         teacher on a few hundred classes that is most of a run's time, and a search or a table
         trains the same teacher again in every run with the same seed. With ``cache_dir`` the
         trained weights are kept there, under a hash of everything the training reads (the
-        initial weights, S_teacher, the steps, learning rate, batch size, seed and TensorFlow
-        version), and a later run with the same inputs loads them instead of training."""
+        initial weights, drawn from ``seed``; S_teacher; the steps, learning rate, batch size and
+        TensorFlow version), and a later run with the same inputs loads them instead of training."""
         self.teacher_loaded_from = None  # the cache file, when the weights came from one
         if not self.teacher_embedding:
             return None
@@ -221,6 +221,13 @@ class Distill(GeneratorAugmented):
         mask = np.arange(support.shape[1])[None, :] < counts[:, None]
         x, y = support[mask], np.nonzero(mask)[0].astype(np.int32)  # the real rows, class by class
         steps = steps or self.teacher_pretrain_steps
+        for i, layer in enumerate(self.teacher_embedding):
+            # The teacher starts from weights of the run's seed alone, not from wherever the global
+            # random stream stood after the student's layers were built: runs that differ only in
+            # the student's knobs (a search's trials) pre-train the same teacher and share its cache.
+            layer.kernel.assign(keras.initializers.GlorotUniform(seed=(int(seed) * 101 + i) % (2**31 - 1))(
+                tuple(layer.kernel.shape)))
+            layer.bias.assign(tf.zeros_like(layer.bias))
         variables = [v for layer in self.teacher_embedding for v in layer.variables]
         cache = None
         if cache_dir:
