@@ -189,6 +189,12 @@ def time_fit(method, data, phase, *, batch_size, augment, seed, warmup, steps, r
     return statistics.median(rates), rates
 
 
+def in_section(values, source, target):
+    """Searched ``values`` ({"section.field": v}) with the ``source`` method section's fields moved
+    to ``target``'s (another method trained with them); other sections' fields as they are."""
+    return {(target + k[len(source):] if k.startswith(source + ".") else k): v for k, v in values.items()}
+
+
 def write_reused_config(path, fewshot_cfg_file, values):
     """A config file: ``fewshot_cfg_file`` with a committed search's best values applied the way
     bin/tune applies them (the seed runs add the row's and --override's flags, as for bin/tune's

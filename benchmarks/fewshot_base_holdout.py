@@ -306,7 +306,7 @@ def main(argv):
     common.write_result(name, results)
     print(f"teacher: {results['teacher']}", flush=True)
 
-    values = {k.replace("gen.", "dist.", 1): v for k, v in table["tuning"]["gen"]["best"]["values"].items()}
+    values = common.in_section(table["tuning"]["gen"]["best"]["values"], "gen", "dist")
     values.update(student)
     reference_root = os.path.join(holdout_dir, variant) if variant else holdout_dir
     config_files = {"dist": os.path.join(reference_root, "dist_config.py")}
@@ -314,7 +314,7 @@ def main(argv):
     runs_root = reference_root
     if FLAGS.method != "dist":
         runs_root = os.path.join(holdout_dir, method_variant)
-        method_values = {k.replace("dist.", f"{FLAGS.method}.", 1): v for k, v in values.items()}
+        method_values = common.in_section(values, "dist", FLAGS.method)
         method_values.update(method_only)
         config_files[FLAGS.method] = os.path.join(runs_root, f"{FLAGS.method}_config.py")
         common.write_reused_config(config_files[FLAGS.method], os.path.join(common.REPO, table["fewshot_config"]),

@@ -176,10 +176,9 @@ def floors(backbone_dir, features_dir, fewshot_cfg):
     return out
 
 
-def tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous, candidates):
+def tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous, candidates, own_overrides):
     """bin/tune for one row (resumable; skipped once its best_config.py exists) -> summary."""
     method_name, row_flags = ROWS[method]
-    own_overrides = row_overrides().get(method, [])
     workdir = os.path.join(root, "tune", method)
     space = tuple(spec.format(m=method_name) for spec in TUNE_SPACES[method_name])
     cmd = [sys.executable, os.path.join(bin_dir, "tune"), f"--config={fewshot_cfg_file}", f"--method={method_name}",
@@ -245,6 +244,7 @@ def main(argv):
         if previous.get("threads", FLAGS.threads) != FLAGS.threads:
             common.refuse(f"--threads={FLAGS.threads}: benchmarks/results/{name}.json was measured with "
                           f"--threads={previous['threads']}; expected the same (or a new --name)")
+    overrides_by_row, tuned_as = row_overrides(), tune_as()  # refused here on a bad flag, before any work
     candidates = [(name, previous)]
     if FLAGS.reuse_searches_from:
         try:
@@ -255,7 +255,7 @@ def main(argv):
     results = {"benchmark": "fewshot_table", "dataset": dataset, "seeds": [int(s) for s in FLAGS.seeds],
                "backbone_config": rel(backbone_cfg), "fewshot_config": rel(fewshot_cfg_file),
                "backbone_overrides": FLAGS.backbone_override, "overrides": FLAGS.override,
-               "row_overrides": row_overrides(), "tune_as": tune_as(), "threads": FLAGS.threads,
+               "row_overrides": overrides_by_row, "tune_as": tuned_as, "threads": FLAGS.threads,
                "tune_trials": FLAGS.tune_trials, "tune_seed": FLAGS.tune_seed, "steps": {}, "methods": {}}
 
     cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={backbone_cfg}", f"--workdir={backbone_dir}"]
@@ -278,16 +278,14 @@ def main(argv):
     if FLAGS.tune_trials:
         results["tuning"] = {}
         for method in FLAGS.methods:
-            if method in TUNED_AS or method in tune_as():
+            if method in TUNED_AS or method in tuned_as:
                 continue
             results["tuning"][method] = tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous,
-                                                 candidates)
+                                                 candidates, overrides_by_row.get(method, []))
             row_config[method] = results["tuning"][method]["best_config"]
             common.write_result(name, results)
-        for method, source in tune_as().items():  # the source's best values, moved to this row's section
-            source_section, section = ROWS[source][0], ROWS[method][0]
-            values = {(section + k[len(source_section):] if k.startswith(source_section + ".") else k): v
-                      for k, v in results["tuning"][source]["best"]["values"].items()}
+        for method, source in tuned_as.items():
+            values = common.in_section(results["tuning"][source]["best"]["values"], ROWS[source][0], ROWS[method][0])
             row_config[method] = os.path.join(root, "tune", method, "best_config.py")
             common.write_reused_config(row_config[method], fewshot_cfg_file, values)
         for method, source in TUNED_AS.items():
@@ -302,7 +300,7 @@ def main(argv):
             cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={row_config[method]}",
                    f"--method={method_name}", f"--seed={seed}", f"--workdir={workdir}",
                    f"--config.fewshot.features_dir={features_dir}"]
-            cmd += [f"--config.{o}" for o in row_flags + FLAGS.override + row_overrides().get(method, [])]
+            cmd += [f"--config.{o}" for o in row_flags + FLAGS.override + overrides_by_row.get(method, [])]
             seconds, pretty = run_command(cmd, os.path.join(workdir, "metrics.json"), workdir + ".log")
             with open(os.path.join(workdir, "evaluation.json")) as f:
                 evaluation_results = json.load(f)
