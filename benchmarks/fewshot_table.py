@@ -208,10 +208,28 @@ def tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous, ca
         if os.path.exists(path):
             with open(path) as f:
                 t = json.load(f)
-            trials.append({"trial": trial_id, "values": t["values"], "val_accuracy": t["score"]})
+            trial = {"trial": trial_id, "values": t["values"], "val_accuracy": t["score"]}
+            last = last_epoch_logs(os.path.join(trials_dir, trial_id))
+            if last:  # where training ended, e.g. the learned temperature T of Eq. 1
+                trial["last_epoch_logs"] = last
+            trials.append(trial)
     best = max(trials, key=lambda t: t["val_accuracy"])
     return {"command": pretty, "seconds": seconds, "space": list(space), "trials": trials, "best": best,
             "best_config": best_config}
+
+
+def last_epoch_logs(run_dir):
+    """A run's last epoch's logged metrics (its history.csv), e.g. where a learned T ended; {} if none."""
+    import numpy as np
+
+    from tfkd.errors import WorkdirError
+    from tfkd.visualize import read_history
+
+    try:
+        history = read_history(run_dir)
+    except WorkdirError:
+        return {}
+    return {k: float(v[-1]) for k, v in history.items() if not np.isnan(v[-1])}
 
 
 def paired(a, b):

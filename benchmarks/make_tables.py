@@ -309,6 +309,7 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
             lines.append(f"| {FEWSHOT_LABELS.get(method, method)}{reused} | {len(scores)} | {100 * max(scores):.2f} | "
                          f"{100 * min(scores):.2f} | {values} |")
         lines += ["", "Search spaces: " + "; ".join(f"{m}: `{', '.join(t['space'])}`" for m, t in tuning.items()) + "."]
+    lines += same_trials_with_and_without_row_flags(r, name)
     backbone = r.get("backbone", {})
     if backbone:
         overrides = ", ".join(r.get("backbone_overrides") or []) or "as is"
@@ -317,6 +318,55 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
                   f"accuracy {100 * backbone['test_base_class_accuracy']:.1f}%."]
     lines += ["", provenance(r)]
     return "\n".join(lines)
+
+
+def same_trials_with_and_without_row_flags(r, name):
+    """A row searched here with flags of its own, next to the same trials (same space, tuning seed and
+    so the same sampled values) of the table whose other searches this one reused: the flags' effect
+    on validation, paired trial by trial across the search space."""
+    sources = {t["reused_search"].get("table") for t in r.get("tuning", {}).values() if t.get("reused_search")}
+    sources -= {None, name}  # a search reused from an earlier invocation of this same table (older files: None)
+    lines = []
+    for method, flags in r.get("row_overrides", {}).items():
+        mine = r.get("tuning", {}).get(method)
+        if not mine or mine.get("reused_search") or len(sources) != 1:
+            continue
+        source = next(iter(sources))
+        theirs = ((load(source) or {}).get("tuning", {})).get(method)
+        if not theirs or theirs.get("space") != mine.get("space"):
+            continue
+        plain = {t["trial"]: t for t in theirs["trials"]}
+        pairs = [(t, plain[t["trial"]]) for t in mine["trials"]
+                 if t["trial"] in plain and plain[t["trial"]]["values"] == t["values"]]
+        if not pairs:
+            continue
+        label = FEWSHOT_LABELS.get(method, method)
+        learned_t = any("temperature" in t.get("last_epoch_logs", {}) for t, _ in pairs)
+        lines += ["", f"{label}: the same trials (same search space and tuning seed, so the same sampled values) "
+                  f"without and with this row's flags (`{' '.join(flags)}`); validation accuracy (%)"
+                  + (", and where the learned temperature T of Eq. 1 ended (it starts at temperature_init)"
+                     if learned_t else "") + ":", "",
+                  "| trial | values | without (`" + source + "`) | with | difference |"
+                  + (" T: init → end |" if learned_t else ""),
+                  "|---|---|---|---|---|" + ("---|" if learned_t else "")]
+        diffs = []
+        for t, p in pairs:
+            diffs.append(100 * (t["val_accuracy"] - p["val_accuracy"]))
+            values = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                               for k, v in t["values"].items())
+            end_t = t.get("last_epoch_logs", {}).get("temperature")
+            init_t = next((v for k, v in t["values"].items() if k.endswith("temperature_init")), None)
+            t_cell = (f" {init_t:g} → {end_t:.3g} |" if end_t is not None and init_t is not None else " – |"
+                      ) if learned_t else ""
+            lines.append(f"| {t['trial']} | {values} | {100 * p['val_accuracy']:.2f} | {100 * t['val_accuracy']:.2f} "
+                         f"| {diffs[-1]:+.2f} |" + t_cell)
+        summary = f"{len(pairs)} of {len(mine['trials'])} trials paired; with the flags higher in " \
+                  f"{sum(d > 0 for d in diffs)}"
+        if len(diffs) > 1:
+            ci = T95.get(len(diffs), 2.0) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+            summary += f"; mean difference {statistics.mean(diffs):+.2f} ± {ci:.2f} points (95% CI, Student t over trials)"
+        lines += ["", summary + "."]
+    return lines
 
 
 step_cost_meta_batch_table = from_result(
@@ -1056,7 +1106,8 @@ def fewshot_base_holdout_summary(table="fewshot_table_glyphs_mid_backbone", gamm
 
 # The paper's claims, each checked against the committed results; the README's first table of
 # evidence. A claim "A > B" is read from the difference A − B and its 95% CI.
-T95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57}  # two-sided Student t, n − 1 degrees of freedom
+T95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26, 11: 2.23, 12: 2.20,
+       13: 2.18}  # two-sided Student t, n − 1 degrees of freedom
 
 
 def verdict(mean, ci, at_least=False):

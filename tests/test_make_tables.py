@@ -65,3 +65,29 @@ def test_evidence_picks_each_method_on_validation_never_on_test(monkeypatch):
     chosen = make_tables.self_boosting_chosen("glyphs")
     assert chosen["metadistiller"][0] == "default knobs"  # higher validation, lower test
     assert "self_distill" not in chosen
+
+
+def test_a_row_searched_with_its_own_flags_is_paired_trial_by_trial_with_the_plain_search(monkeypatch):
+    make_tables = _make_tables()
+    space = ["dist.gamma=log:0.5:50", "dist.temperature_init=choice:3.0,7.0"]
+    values = [{"dist.gamma": 1.5, "dist.temperature_init": 3.0}, {"dist.gamma": 20.0, "dist.temperature_init": 7.0},
+              {"dist.gamma": 4.0, "dist.temperature_init": 3.0}]
+    plain = {"tuning": {"dist": {"space": space, "trials": [
+        {"trial": f"{i:02d}", "values": v, "val_accuracy": a} for i, (v, a) in enumerate(zip(values, (0.30, 0.40, 0.50)))]}}}
+    mine_trials = [{"trial": "00", "values": values[0], "val_accuracy": 0.32, "last_epoch_logs": {"temperature": 1e-7}},
+                   {"trial": "01", "values": values[1], "val_accuracy": 0.43, "last_epoch_logs": {"temperature": 6.5}},
+                   # another sampled value under the same id (another space or seed) is never paired
+                   {"trial": "02", "values": {**values[2], "dist.gamma": 9.0}, "val_accuracy": 0.90}]
+    table = {"row_overrides": {"dist": ["dist.teacher_embedding_units=(512,512)"]},
+             "tuning": {"cosine": {"reused_search": {"table": "plain"}},
+                        "dist": {"space": space, "trials": mine_trials}}}
+    monkeypatch.setattr(make_tables, "load", {"plain": plain}.get)
+    text = "\n".join(make_tables.same_trials_with_and_without_row_flags(table, "mlp"))
+    assert "| 00 | gamma=1.5, temperature_init=3 | 30.00 | 32.00 | +2.00 | 3 → 1e-07 |" in text
+    assert "| 01 | gamma=20, temperature_init=7 | 40.00 | 43.00 | +3.00 | 7 → 6.5 |" in text
+    assert "| 02 |" not in text
+    # mean +2.5, t(1 dof) * std(2, 3) / sqrt(2) = 12.71 * 0.5 = 6.355 (prints as 6.35)
+    assert "2 of 3 trials paired; with the flags higher in 2; mean difference +2.50 ± 6.35 points" in text
+    # a search whose space differs, or a row without a search here, gives no section
+    table["tuning"]["dist"]["space"] = space[:1]
+    assert make_tables.same_trials_with_and_without_row_flags(table, "mlp") == []
