@@ -218,8 +218,8 @@ def fewshot_table(dataset, name=None):
                       for p in episodic]))
     lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
     if shots:
-        lines += ["", f"All-way protocol (all novel classes at once), top-1 / top-5 (%), mean over seeds of the "
-                  f"average over support draws:", "",
+        lines += ["", "All-way protocol (all novel classes at once), top-1 / top-5 (%), mean over seeds of the "
+                  "average over support draws:", "",
                   "| | " + " | ".join(f"k={k}" for k in shots) + " |", "|---" * (len(shots) + 1) + "|"]
         feats = r.get("floors", {}).get("features_prototypes", {}).get("all_way")
         if feats:
@@ -256,8 +256,8 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
     methods = r["methods"]
     some = next(iter(methods.values()))["test"] if methods else {}
     cols = [(p, label) for p, label in HEADLINE if p in some]
-    lines = [f"Novel alphabets (165 letters), test accuracy (%), mean ± std over the meta-training seeds "
-             f"of each row's tuned config (last column; a single seed shows its value alone).", "",
+    lines = ["Novel alphabets (165 letters), test accuracy (%), mean ± std over the meta-training seeds "
+             "of each row's tuned config (last column; a single seed shows its value alone).", "",
              "| | " + " | ".join(label for _, label in cols) + " | seeds |", "|---" * (len(cols) + 2) + "|"]
     if not methods:
         lines = ["_The seed runs have not finished yet; the tuning so far:_" if r.get("tuning") else
@@ -729,7 +729,7 @@ def default_job_table(r):
                      f"of the final exit {100 * run['test_final_accuracy']:.2f}% after {run['epochs']} epochs on "
                      f"{run['num_train_examples']} training images")
     return (f"Measured: `{r['train_command']}` took " + "; ".join(parts) + ". A load average above 2 means other "
-            f"work shared the cores, so the time is an upper bound. " + provenance(r))
+            "work shared the cores, so the time is an upper bound. " + provenance(r))
 
 
 def metadistiller_targets_table(r):
