@@ -242,6 +242,18 @@ def cpu_model():
     return platform.processor() or ""
 
 
+def thread_counts():
+    """TensorFlow's intra-/inter-op thread counts (0 = its default, one per core) and the core count:
+    float sums, so the numbers a run computes, depend on them."""
+    import tensorflow as tf
+
+    return {"intra_op": (tf.config.threading.get_intra_op_parallelism_threads()
+                         or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0)),
+            "inter_op": (tf.config.threading.get_inter_op_parallelism_threads()
+                         or int(os.environ.get("TF_NUM_INTEROP_THREADS") or 0)),
+            "cpu_count": os.cpu_count()}
+
+
 def run_info(seed, extra=None):
     import keras
     import tensorflow as tf
@@ -259,12 +271,7 @@ def run_info(seed, extra=None):
         "keras_version": keras.__version__,
         "devices": [d.name for d in tf.config.list_logical_devices()],
         "cpu": cpu_model(),
-        # Float sums, so the numbers, depend on the thread counts (0 = TensorFlow's default, one per core).
-        "threads": {"intra_op": (tf.config.threading.get_intra_op_parallelism_threads()
-                                 or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0)),
-                    "inter_op": (tf.config.threading.get_inter_op_parallelism_threads()
-                                 or int(os.environ.get("TF_NUM_INTEROP_THREADS") or 0)),
-                    "cpu_count": os.cpu_count()},
+        "threads": thread_counts(),
     }
     info.update(extra or {})
     return info

@@ -268,6 +268,16 @@ def test_pretrained_teacher_is_cached_and_a_run_with_the_same_inputs_loads_it(tm
     _unpretrained().pretrain_teacher(seed=4, cache_dir=str(tmp_path))  # another run seed: its own entry
     _unpretrained(counts=(3, 3, 3, 5)).pretrain_teacher(seed=3, cache_dir=str(tmp_path))  # other S_teacher too
     assert len(os.listdir(tmp_path)) == 3
+    # Another thread count or CPU gives other float sums, so other weights: never the entry of this one.
+    real_threads = distill.io.thread_counts()
+    for patch in (("thread_counts", lambda: {**real_threads, "intra_op": real_threads["intra_op"] + 1}),
+                  ("cpu_model", lambda: "another CPU")):
+        with monkeypatch.context() as m:
+            m.setattr(distill.io, *patch)
+            other_machine = _unpretrained()
+            other_machine.pretrain_teacher(seed=3, cache_dir=str(tmp_path))
+            assert other_machine.teacher_loaded_from is None, patch[0]
+    assert len(os.listdir(tmp_path)) == 5
 
 
 def test_a_damaged_teacher_cache_entry_is_retrained_and_rewritten(tmp_path):

@@ -211,8 +211,9 @@ class Distill(GeneratorAugmented):
         teacher on a few hundred classes that is most of a run's time, and a search or a table
         trains the same teacher again in every run with the same seed. With ``cache_dir`` the
         trained weights are kept there, under a hash of everything the training reads (the
-        initial weights, drawn from ``seed``; S_teacher; the steps, learning rate, batch size and
-        TensorFlow version), and a later run with the same inputs loads them instead of training."""
+        initial weights, drawn from ``seed``; S_teacher; the steps, learning rate, batch size,
+        TensorFlow version, thread counts and CPU model), and a later run with the same inputs on the
+        same machine loads them instead of training."""
         self.teacher_loaded_from = None  # the cache file, when the weights came from one
         if not self.teacher_embedding:
             return None
@@ -234,8 +235,11 @@ class Distill(GeneratorAugmented):
             key = hashlib.sha256()
             for part in [v.numpy() for v in variables] + [x, y]:
                 key.update(np.ascontiguousarray(part).tobytes())
+            # The machine's float arithmetic too: the same inputs pre-trained at another thread count or
+            # on another CPU give other weights (so a run would depend on which one filled the cache).
             key.update(repr(([tuple(v.shape) for v in variables], steps, learning_rate, batch_size, seed,
-                             self.teacher_scale, len(counts), tf.__version__)).encode())
+                             self.teacher_scale, len(counts), tf.__version__, io.thread_counts(),
+                             io.cpu_model())).encode())
             cache = os.path.join(cache_dir, f"teacher_{key.hexdigest()[:32]}.npz")
             cached = _read_cached_teacher(cache, variables)
             if cached is not None:
