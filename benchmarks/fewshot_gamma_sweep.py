@@ -4,13 +4,15 @@ knob of a committed search's best config, scored on validation-class episodes on
 
     python benchmarks/fewshot_gamma_sweep.py [--table=fewshot_table_glyphs_mid_backbone]
         [--runs_dir=/tmp/tfkd_fs_mid] [--gammas=0,0.05,0.2,2] [--seeds=100,101] [--from_search=dist|gen]
+        [--teacher=dist.teacher_embedding_units=512x512 --teacher=dist.teacher_pretrain_steps=2000]
 
 Why: a bin/tune search of ``dist`` whose best gamma sits at its range's floor says "less teacher is
 better" without saying how little. gamma = 0 leaves only the student's cross-entropy on real and
 generated examples, i.e. ``gen`` with dist's other knobs; ``gen``'s own tuned config is trained at
 the same seeds beside it. Nothing here sees the novel classes (``fewshot.evaluate_novel=False``,
 as in bin/tune's trials), and the seeds default to tuning seeds apart from the table's reported
-ones. Reads the features of the table's run (``<runs_dir>/<dataset>/features``, written by
+ones. ``--teacher`` changes the teacher (e.g. an MLP embedding stronger than the student) in every
+dist run; the gen runs beside them have no teacher and stay as they are. Reads the features of the table's run (``<runs_dir>/<dataset>/features``, written by
 benchmarks/fewshot_table.py with the same --runs_dir); results go to
 benchmarks/results/<table>_gamma_sweep.json after every run, and finished runs are not redone.
 """
@@ -33,6 +35,8 @@ flags.DEFINE_enum("from_search", "dist", ["dist", "gen"], "Whose searched best v
                   "own search, or gen's (the student's knobs gen found best; the teacher's term added on top).")
 flags.DEFINE_list("seeds", ["100", "101"], "Meta-training seeds (kept apart from the table's reported seeds).")
 flags.DEFINE_integer("threads", 0, "TF intra/inter-op threads per run (0 = TensorFlow's default).")
+flags.DEFINE_multi_string("teacher", [], "dist.FIELD=VALUE of the teacher for every dist run, e.g. "
+                          "dist.teacher_embedding_units=512x512 (its own result file: _teacher_<field>_<value>...).")
 flags.DEFINE_string("name", "", "Result file name (default <table>_gamma_sweep).")
 FLAGS = flags.FLAGS
 
@@ -53,7 +57,13 @@ def check_request(table):
         common.refuse(f"--gammas/--seeds: {e}; expected numbers")
     if min(gammas) < 0:
         common.refuse(f"--gammas={FLAGS.gammas}: expected non-negative weights")
-    return features, gammas, seeds
+    teacher = {}
+    for item in FLAGS.teacher:
+        field, sep, value = item.partition("=")
+        if not (sep and value and field.startswith("dist.teacher")):
+            common.refuse(f"--teacher={item}: expected dist.teacher_FIELD=VALUE (a setting of dist's teacher)")
+        teacher[field] = value
+    return features, gammas, seeds, teacher
 
 
 def train(config_file, method, seed, workdir, features, extra):
@@ -84,8 +94,9 @@ def summarize(runs):
 def main(argv):
     del argv
     table = common.read_result(FLAGS.table)
-    features, gammas, seeds = check_request(table)
+    features, gammas, seeds, teacher = check_request(table)
     suffix = "" if FLAGS.from_search == "dist" else f"_from_{FLAGS.from_search}"
+    suffix += "".join(f"_{k.split('.')[-1]}_{v}" for k, v in teacher.items())
     name = FLAGS.name or f"{FLAGS.table}_gamma_sweep{suffix}"
     common.hold_results(name)
     root = os.path.join(FLAGS.runs_dir, table["dataset"], "gamma_sweep" + suffix)
@@ -100,8 +111,9 @@ def main(argv):
             for k, v in table["tuning"][FLAGS.from_search]["best"]["values"].items()}
     if "dist.gamma" in base:
         gammas = sorted(set(gammas) | {float(base["dist.gamma"])})
+    base.update(teacher)
     results.update({"table": FLAGS.table, "dataset": table["dataset"], "fewshot_config": table["fewshot_config"],
-                    "from_search": FLAGS.from_search, "dist_values": base,
+                    "from_search": FLAGS.from_search, "dist_values": base, "teacher_changes": teacher,
                     "gen_best_values": table["tuning"].get("gen", {}).get("best", {}).get("values"),
                     "overrides": table["overrides"], "threads": FLAGS.threads,
                     "tuned_val_accuracy": {m: t["best"]["val_accuracy"] for m, t in table["tuning"].items()}})

@@ -99,6 +99,17 @@ def test_gamma_sweep_refuses_without_the_tables_features(tmp_path):
     assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
 
 
+@pytest.mark.parametrize("flag", ["--teacher=dist.gamma=3", "--teacher=dist.teacher_embedding_units"])
+def test_gamma_sweep_refuses_a_teacher_flag_that_is_not_a_teacher_setting(tmp_path, flag):
+    features = tmp_path / "glyphs" / "features"
+    features.mkdir(parents=True)
+    (features / "features.json").write_text("{}")
+    rc, err = run_benchmark("fewshot_gamma_sweep.py", f"--runs_dir={tmp_path}", "--name=never_written", flag)
+    assert_one_error_line(rc, err, f"{flag}: expected dist.teacher_FIELD=VALUE")
+    assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
+    assert sorted(os.listdir(tmp_path / "glyphs")) == ["features"]  # no run folder started
+
+
 def test_a_second_invocation_on_the_same_results_file_is_refused(tmp_path):
     """Two invocations rewriting one results file would drop each other's finished runs."""
     import importlib.util
