@@ -953,8 +953,15 @@ def reference_converge_table():
 def fewshot_gamma_sweep_table(table="fewshot_table_glyphs_mid_backbone"):
     """dist's validation accuracy against gamma, from dist's own searched knobs and from gen's
     (benchmarks/fewshot_gamma_sweep.py), next to gen's tuned config at the same seeds."""
-    sweeps = {source: load(f"{table}_gamma_sweep{suffix}") for source, suffix in (("dist", ""), ("gen", "_from_gen"))}
+    mlp = "_teacher_embedding_units_512x512_teacher_pretrain_steps_2000"
+    variants = (("dist", "", "dist, the rest of dist's searched config", "dist's search"),
+                ("gen", "_from_gen", "dist, gen's searched student knobs", "gen's search"),
+                ("gen_mlp", "_from_gen" + mlp, "dist, gen's searched student knobs, MLP teacher (512-512, 2000 "
+                 "steps)", "gen's search, with the MLP teacher"))
+    sweeps = {key: load(f"{table}_gamma_sweep{suffix}") for key, suffix, _, _ in variants}
     sweeps = {k: v for k, v in sweeps.items() if v}
+    header = {key: h for key, _, h, _ in variants}
+    origin = {key: o for key, _, _, o in variants}
     if not sweeps:
         return f"_Not measured yet: run `python benchmarks/fewshot_gamma_sweep.py --table={table}`._"
 
@@ -963,7 +970,6 @@ def fewshot_gamma_sweep_table(table="fewshot_table_glyphs_mid_backbone"):
         return f"{pct(s)} ({', '.join(str(r['seed']) for r in entry['runs'])})" if s else "–"
 
     gammas = sorted({float(g) for r in sweeps.values() for g in r["gammas"]})
-    header = {"dist": "dist, the rest of dist's searched config", "gen": "dist, gen's searched student knobs"}
     lines = ["| dist.gamma | " + " | ".join(header[k] for k in sweeps) + " |",
              "| --- | " + " | ".join("---" for _ in sweeps) + " |"]
     for g in gammas:
@@ -981,7 +987,7 @@ def fewshot_gamma_sweep_table(table="fewshot_table_glyphs_mid_backbone"):
                  + ", ".join(f"{m} {100 * v:.2f}" for m, v in first["tuned_val_accuracy"].items()) + ".")
     for source, r in sweeps.items():
         lines.append("")
-        lines.append(f"From {source}'s search: " + provenance(r))
+        lines.append(f"From {origin[source]}: " + provenance(r))
     return "\n".join(lines)
 
 
