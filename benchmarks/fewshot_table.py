@@ -195,9 +195,10 @@ def tune_row(method, fewshot_cfg_file, features_dir, root, bin_dir, previous, ca
         source, table, committed = found
         common.write_reused_config(best_config, fewshot_cfg_file, committed["best"]["values"])
         reused = {k: committed[k] for k in ("command", "seconds", "space", "trials", "best")}
-        return {**reused, "best_config": best_config,
-                "reused_search": {"table": source, "git_revision": table.get("git_revision"),
-                                  "date_utc": table.get("date_utc")}}
+        # A search this table had itself reused (an earlier invocation) still names the table it ran in.
+        origin = committed.get("reused_search") if committed.get("reused_search", {}).get("table") else {
+            "table": source, "git_revision": table.get("git_revision"), "date_utc": table.get("date_utc")}
+        return {**reused, "best_config": best_config, "reused_search": origin}
     seconds, pretty = run_command(cmd, best_config, workdir + ".log")
     if seconds is None:
         seconds = previous.get("tuning", {}).get(method, {}).get("seconds")

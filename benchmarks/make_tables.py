@@ -1217,8 +1217,9 @@ def evidence_fewshot_table():
         for backbone, setting, r in tables:
             steps = (r or {}).get("paired_steps", {}).get(step, {})
             changed = (r or {}).get("row_overrides")
-            if changed and not any(row in changed for row in step.split(" - ")):
-                continue  # a table that changes some rows only: its other steps are the plain table's
+            if changed and not (steps and any(row in changed for row in step.split(" - "))):
+                continue  # a table that changes some rows only: its other steps are the plain table's,
+                # and a step it did not run (e.g. its rows leave the ensemble out) is not a result
             lines.append(f"| {claim} | {backbone}, {setting} | "
                          + " | ".join(cell(steps.get(p), "≥" in claim) for p, _ in protocols) + " |")
     for suffix, claim in ((PROGRESSIVE_HOLDOUT, "Dist↓ > Gen"), (ENSEMBLES_HOLDOUT, "Dist↓ ensemble > Gen ensemble")):

@@ -1,5 +1,6 @@
 """Benchmarks that train for hours refuse a request they cannot honour before any training: the
 PyTorch reference only reproduces some regimes, and a gamma sweep needs its table's features."""
+import json
 import os
 import subprocess
 import sys
@@ -307,3 +308,37 @@ def test_timing_benchmarks_time_algorithm_1_whatever_the_config_picks():
     assert common.load_config(config_file).metadistiller.meta_batch_size == 32
     base, _ = common.timing_setup(config_file, 128)
     assert base.metadistiller.meta_batch_size == 0 and base.train.batch_size == 128
+
+
+REUSE_SCRIPT = r"""
+import json, os, sys
+sys.path.insert(0, os.path.join(sys.argv[1], "benchmarks"))
+import fewshot_table as ft
+ft.FLAGS(["fewshot_table", "--dataset=glyphs", "--tune_trials=2", "--threads=1"])
+space = [spec.format(m="cosine") for spec in ft.TUNE_SPACES["cosine"]]
+trials = [{"trial": "00", "values": {"cosine.scale_init": 10.0}, "val_accuracy": 0.4},
+          {"trial": "01", "values": {"cosine.scale_init": 30.0}, "val_accuracy": 0.5}]
+plain = {"dataset": "glyphs", "backbone_overrides": ft.FLAGS.backbone_override, "threads": 1,
+         "tune_seed": ft.FLAGS.tune_seed, "overrides": ft.FLAGS.override, "git_revision": "abc",
+         "date_utc": "then", "tuning": {"cosine": {"command": "bin/tune ...", "seconds": 9.0, "space": space,
+                                                   "trials": trials, "best": trials[1]}}}
+root, cfg = sys.argv[2], os.path.join(sys.argv[1], "configs", "glyphs_fewshot.py")
+row = lambda candidates: ft.tune_row("cosine", cfg, root, root, root, {}, candidates, [])
+first = row([("this", {}), ("plain", plain)])
+# The table continued later: its own committed file now holds the reused search.
+this = {**plain, "tuning": {"cosine": first}}
+again = row([("this", this), ("plain", plain)])
+print(json.dumps([first["reused_search"], again["reused_search"], again["best"]]))
+"""
+
+
+def test_a_continued_table_keeps_naming_the_table_a_reused_search_ran_in(tmp_path):
+    """Continuing a table reuses the search from its own file first: that must not rename the
+    search's origin to the table itself (make_tables pairs trials with the origin's)."""
+    proc = subprocess.run([sys.executable, "-c", REUSE_SCRIPT, REPO, str(tmp_path)], capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, again, best = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert first == {"table": "plain", "git_revision": "abc", "date_utc": "then"}
+    assert again == first
+    assert best["trial"] == "01"
