@@ -252,7 +252,11 @@ class DistillConfig(GeneratorAugmentedConfig):
     def default_config(cls):
         cfg = super().default_config()
         cfg.gamma = 5.0  # Eq. 1 trade-off (paper: 5 on miniImageNet, 150 on ImageNet1K)
-        cfg.temperature_init = 7.0  # learnable T
+        cfg.temperature_init = 7.0  # T of Eq. 1
+        # The paper: T learned with the student. The loss weighs its soft term by T^2, so the gradient
+        # pushes T down, and at a high learning rate to ~0, which switches the term off (README,
+        # the MLP-teacher table's last column); False holds T at temperature_init.
+        cfg.learn_temperature = True
         cfg.k_teacher = 0  # real examples per class in S_teacher; 0 = every example of the class
         cfg.teacher_seed = 0  # which S_teacher sample (ensemble members use different ones)
         cfg.teacher_scale = 0.0  # cosine scale of the teacher; 0 = scale_init

@@ -123,6 +123,17 @@ def test_student_step_leaves_teacher_unchanged_and_trains_generator_and_temperat
     assert float(logs["kd"]) > 0 and int(logs["k_teacher"]) == 3
 
 
+def test_a_held_temperature_stays_at_its_init_while_the_step_still_distills():
+    method, rng = _method(learn_temperature=False, temperature_init=4.0)
+    assert all(v is not method.temperature for v in method.trainable_variables)
+    generator = [v.numpy().copy() for v in method.generator.trainable_variables]
+    for _ in range(3):
+        logs = method.train_step(_episode(rng))
+    assert float(method.temperature.numpy()) == 4.0
+    assert float(logs["kd"]) > 0
+    assert any(not np.allclose(a, b.numpy()) for a, b in zip(generator, method.generator.trainable_variables))
+
+
 def test_weaken_masks_real_shots_and_fills_with_generated():
     method, rng = _method(ProgressiveDistill, direction="weaken", k_start=4, k_end=1, schedule_steps=2)
     assert method.fill_to == 4 and method.max_generated == 4  # max(num_generated=4, fill_to - 1 = 3)

@@ -105,15 +105,15 @@ class Distill(GeneratorAugmented):
 
     config_section = method_config.DistillConfig
 
-    def __init__(self, feature_dim, gamma=5.0, temperature_init=7.0, k_teacher=0, teacher_seed=0, teacher_scale=0.0,
-                 teacher_embedding_units=(), teacher_pretrain_steps=200, fill_to=0, ensemble_size=1,
+    def __init__(self, feature_dim, gamma=5.0, temperature_init=7.0, learn_temperature=True, k_teacher=0, teacher_seed=0,
+                 teacher_scale=0.0, teacher_embedding_units=(), teacher_pretrain_steps=200, fill_to=0, ensemble_size=1,
                  ensemble_member=-1, **kwargs):
         super().__init__(feature_dim, **kwargs)
         self.gamma, self.k_teacher_config, self.teacher_seed = float(gamma), int(k_teacher), int(teacher_seed)
         self.teacher_scale = float(teacher_scale or self.classifier.scale_init)
         self.fill_to, self.teacher_pretrain_steps = int(fill_to), int(teacher_pretrain_steps)
         self.temperature = self.add_weight(shape=(), initializer=keras.initializers.Constant(temperature_init),
-                                           name="temperature")
+                                           trainable=bool(learn_temperature), name="temperature")
         # One width: the paper's linear embedding; more: an MLP like the student's f (ReLU between).
         last = len(teacher_embedding_units) - 1
         self.teacher_embedding = [keras.layers.Dense(int(u), activation="relu" if i < last else None,
