@@ -12,8 +12,9 @@ generated examples, i.e. ``gen`` with dist's other knobs; ``gen``'s own tuned co
 the same seeds beside it. Nothing here sees the novel classes (``fewshot.evaluate_novel=False``,
 as in bin/tune's trials), and the seeds default to tuning seeds apart from the table's reported
 ones. ``--teacher`` changes the teacher (e.g. an MLP embedding stronger than the student) in every
-dist run; the gen runs beside them have no teacher and stay as they are. Reads the features of the table's run (``<runs_dir>/<dataset>/features``, written by
-benchmarks/fewshot_table.py with the same --runs_dir); results go to
+dist run; the gen runs beside them have no teacher and stay as they are. Reads the features of the
+table's run (``<runs_dir>/<dataset>/features``, written by benchmarks/fewshot_table.py with the
+same --runs_dir); results go to
 benchmarks/results/<table>_gamma_sweep.json after every run, and finished runs are not redone.
 """
 import json
@@ -107,8 +108,7 @@ def main(argv):
     except FileNotFoundError:
         results = {"benchmark": "fewshot_gamma_sweep", "gammas": {}, "gen": {"runs": []}}
     # gen's values name gen's section: the same student knobs in dist's section.
-    base = {k.replace(f"{FLAGS.from_search}.", "dist.", 1): v
-            for k, v in table["tuning"][FLAGS.from_search]["best"]["values"].items()}
+    base = common.in_section(table["tuning"][FLAGS.from_search]["best"]["values"], FLAGS.from_search, "dist")
     if "dist.gamma" in base:
         gammas = sorted(set(gammas) | {float(base["dist.gamma"])})
     base.update(teacher)

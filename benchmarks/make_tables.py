@@ -302,8 +302,7 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
                   "| row | trials | best validation accuracy | worst | best values |", "|---|---|---|---|---|"]
         for method, t in tuning.items():
             scores = [tr["val_accuracy"] for tr in t["trials"]]
-            values = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-                               for k, v in t["best"]["values"].items())
+            values = short_values(t["best"]["values"])
             source = t.get("reused_search", {}).get("table")
             reused = f" (the search of `{source}`)" if source and source != name else ""
             lines.append(f"| {FEWSHOT_LABELS.get(method, method)}{reused} | {len(scores)} | {100 * max(scores):.2f} | "
@@ -318,6 +317,12 @@ def fewshot_tuned_table(name="fewshot_table_glyphs_tuned"):
                   f"accuracy {100 * backbone['test_base_class_accuracy']:.1f}%."]
     lines += ["", provenance(r)]
     return "\n".join(lines)
+
+
+def short_values(values):
+    """{"section.field": v} as "field=v, ..." (floats to 3 significant digits)."""
+    return ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                     for k, v in values.items())
 
 
 def same_trials_with_and_without_row_flags(r, name):
@@ -352,8 +357,7 @@ def same_trials_with_and_without_row_flags(r, name):
         diffs = []
         for t, p in pairs:
             diffs.append(100 * (t["val_accuracy"] - p["val_accuracy"]))
-            values = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-                               for k, v in t["values"].items())
+            values = short_values(t["values"])
             end_t = t.get("last_epoch_logs", {}).get("temperature")
             init_t = next((v for k, v in t["values"].items() if k.endswith("temperature_init")), None)
             t_cell = (f" {init_t:g} → {end_t:.3g} |" if end_t is not None and init_t is not None else " – |"
@@ -363,8 +367,8 @@ def same_trials_with_and_without_row_flags(r, name):
         summary = f"{len(pairs)} of {len(mine['trials'])} trials paired; with the flags higher in " \
                   f"{sum(d > 0 for d in diffs)}"
         if len(diffs) > 1:
-            ci = T95.get(len(diffs), 2.0) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-            summary += f"; mean difference {statistics.mean(diffs):+.2f} ± {ci:.2f} points (95% CI, Student t over trials)"
+            summary += (f"; mean difference {statistics.mean(diffs):+.2f} ± {t_interval(diffs):.2f} points (95% CI, "
+                        "Student t over trials)")
         lines += ["", summary + "."]
     return lines
 
@@ -1134,7 +1138,12 @@ def seed_paired(a, b, accuracy):
     diffs = [100 * (by_seed[0][s] - by_seed[1][s]) for s in seeds]
     if len(diffs) < 2:
         return (diffs[0] if diffs else float("nan")), float("inf"), len(diffs)
-    return statistics.mean(diffs), T95.get(len(diffs), 2.0) * statistics.stdev(diffs) / math.sqrt(len(diffs)), len(diffs)
+    return statistics.mean(diffs), t_interval(diffs), len(diffs)
+
+
+def t_interval(values):
+    """Half-width of the two-sided 95% Student-t interval of the mean of ``values`` (at least two)."""
+    return T95.get(len(values), 2.0) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def self_boosting_chosen(dataset):
