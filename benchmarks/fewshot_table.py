@@ -275,7 +275,8 @@ def main(argv):
                "backbone_config": rel(backbone_cfg), "fewshot_config": rel(fewshot_cfg_file),
                "backbone_overrides": FLAGS.backbone_override, "overrides": FLAGS.override,
                "row_overrides": overrides_by_row, "tune_as": tuned_as, "threads": FLAGS.threads,
-               "tune_trials": FLAGS.tune_trials, "tune_seed": FLAGS.tune_seed, "steps": {}, "methods": {}}
+               "tune_trials": FLAGS.tune_trials, "tune_seed": FLAGS.tune_seed,
+               "reuse_searches_from": FLAGS.reuse_searches_from, "steps": {}, "methods": {}}
 
     cmd = [sys.executable, os.path.join(bin_dir, "train"), f"--config={backbone_cfg}", f"--workdir={backbone_dir}"]
     cmd += [f"--config.{o}" for o in FLAGS.backbone_override]
