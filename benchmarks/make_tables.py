@@ -331,14 +331,20 @@ def same_trials_with_and_without_row_flags(r, name):
     on validation, paired trial by trial across the search space."""
     sources = {t["reused_search"].get("table") for t in r.get("tuning", {}).values() if t.get("reused_search")}
     sources -= {None, name}  # a search reused from an earlier invocation of this same table (older files: None)
+    if r.get("reuse_searches_from"):  # the table named by --reuse_searches_from (recorded since it had own flags)
+        sources = {r["reuse_searches_from"]}
     lines = []
-    for method, flags in r.get("row_overrides", {}).items():
+    for method, own_flags in r.get("row_overrides", {}).items():
         mine = r.get("tuning", {}).get(method)
         if not mine or mine.get("reused_search") or len(sources) != 1:
             continue
         source = next(iter(sources))
         theirs = ((load(source) or {}).get("tuning", {})).get(method)
         if not theirs or theirs.get("space") != mine.get("space"):
+            continue
+        # Only the flags this row adds to the source's own (a source searched with some of them already).
+        flags = [f for f in own_flags if f not in (load(source) or {}).get("row_overrides", {}).get(method, [])]
+        if not flags:
             continue
         plain = {t["trial"]: t for t in theirs["trials"]}
         pairs = [(t, plain[t["trial"]]) for t in mine["trials"]
@@ -1211,7 +1217,9 @@ def evidence_fewshot_table():
     tables = (("strong backbone", f"{searched}, the paper's teacher", load("fewshot_table_glyphs_tuned")),
               ("mid backbone", f"{searched}, the paper's teacher", load("fewshot_table_glyphs_mid_backbone")),
               ("mid backbone", f"{searched}; Dist and Dist↓ with a teacher stronger than the student (MLP "
-               "embedding)", load(MLP_TEACHER_TABLE)))
+               "embedding)", load(MLP_TEACHER_TABLE)),
+              ("mid backbone", f"{searched}; as above with T held at its initial value (`learn_temperature=False`)",
+               load(MLP_TEACHER_TABLE + "_fixed_temperature")))
     tables = tables[:2] + tuple(t for t in tables[2:] if t[2] is not None)  # a variant shows once measured
 
     def cell(d, at_least=False):
@@ -1253,6 +1261,8 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs_tuned": fewshot_tuned_table,
           "fewshot_glyphs_mid_backbone": lambda: fewshot_tuned_table("fewshot_table_glyphs_mid_backbone"),
           "fewshot_glyphs_mid_backbone_mlp_teacher": lambda: fewshot_tuned_table(MLP_TEACHER_TABLE),
+          "fewshot_glyphs_mid_backbone_mlp_teacher_fixed_temperature": lambda: fewshot_tuned_table(
+              MLP_TEACHER_TABLE + "_fixed_temperature"),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
           "self_boosting_tuned": self_boosting_tuned_table,

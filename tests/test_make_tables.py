@@ -91,3 +91,27 @@ def test_a_row_searched_with_its_own_flags_is_paired_trial_by_trial_with_the_pla
     # a search whose space differs, or a row without a search here, gives no section
     table["tuning"]["dist"]["space"] = space[:1]
     assert make_tables.same_trials_with_and_without_row_flags(table, "mlp") == []
+
+
+def test_trials_pair_with_the_reuse_searches_from_table_showing_only_the_flags_added(monkeypatch):
+    make_tables = _make_tables()
+    space = ["dist.gamma=log:0.5:50"]
+    teacher = ["dist.teacher_embedding_units=(512,512)"]
+    # the source had itself reused cosine's search from a third table: its own dist search is what pairs
+    source = {"row_overrides": {"dist": teacher},
+              "tuning": {"cosine": {"reused_search": {"table": "plain"}},
+                         "dist": {"space": space, "trials": [
+                             {"trial": "00", "values": {"dist.gamma": 2.0}, "val_accuracy": 0.40}]}}}
+    plain = {"tuning": {"dist": {"space": space, "trials": [
+        {"trial": "00", "values": {"dist.gamma": 2.0}, "val_accuracy": 0.10}]}}}
+    table = {"reuse_searches_from": "source", "row_overrides": {"dist": teacher + ["dist.learn_temperature=False"]},
+             "tuning": {"cosine": {"reused_search": {"table": "plain"}},
+                        "dist": {"space": space, "trials": [
+                            {"trial": "00", "values": {"dist.gamma": 2.0}, "val_accuracy": 0.45}]}}}
+    monkeypatch.setattr(make_tables, "load", {"plain": plain, "source": source}.get)
+    text = "\n".join(make_tables.same_trials_with_and_without_row_flags(table, "fixed"))
+    assert "with this row's flags (`dist.learn_temperature=False`)" in text
+    assert "| 00 | gamma=2 | 40.00 | 45.00 | +5.00 |" in text
+    # a row whose flags are all the source's own adds nothing to compare
+    table["row_overrides"]["dist"] = teacher
+    assert make_tables.same_trials_with_and_without_row_flags(table, "fixed") == []
