@@ -2,6 +2,7 @@
 import datetime
 import os
 import platform
+import re
 import sys
 import time
 
@@ -230,3 +231,21 @@ def run_logged(cmd, log_path, done_marker, threads=0):
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log_path}")
     return time.time() - start
+
+
+# TensorFlow's Grappler logs each optimizer pass over each graph at VLOG 1 of meta_optimizer.cc:
+# "I... meta_optimizer.cc:973] remapper: Graph size after: 7353 nodes (-18), 23936 edges (-18), time = 594.803ms."
+GRAPPLER_PASS = re.compile(r"\]\s+(\S+): Graph size after: (\d+) nodes.*?time = ([\d.]+)ms")
+
+
+def grappler_seconds(log):
+    """Grappler's time over the graphs of at least 1000 nodes it optimised in a process's log (the
+    train function's; the input pipeline's and Keras' small helper graphs are left out): total and
+    per optimizer (the tfg_optimizer pipelines, named by their pass lists, summed as one)."""
+    per_pass = {}
+    for name, nodes, ms in GRAPPLER_PASS.findall(log):
+        if int(nodes) < 1000:
+            continue
+        name = "tfg_optimizer" if name.startswith("tfg_optimizer") else name.strip()
+        per_pass[name] = per_pass.get(name, 0.0) + float(ms) / 1000
+    return sum(per_pass.values()), dict(sorted(per_pass.items(), key=lambda kv: -kv[1]))

@@ -88,12 +88,16 @@ def measure(label):
 
 
 def measure_in(repo, label):
-    """One fresh process of ``repo``'s copy of this benchmark measuring ``label``."""
-    out = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "first_step.py"), f"--only={label}",
-                          f"--config={FLAGS.config}", f"--batch_size={FLAGS.batch_size}",
-                          f"--steps={FLAGS.steps}", f"--seed={FLAGS.seed}"],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    """One fresh process of ``repo``'s copy of this benchmark measuring ``label``, with Grappler's
+    own log of its passes (whatever the first call spent optimising graphs, this step's included)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="meta_optimizer=1")
+    proc = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "first_step.py"), f"--only={label}",
+                           f"--config={FLAGS.config}", f"--batch_size={FLAGS.batch_size}",
+                           f"--steps={FLAGS.steps}", f"--seed={FLAGS.seed}"],
+                          check=True, capture_output=True, text=True, env=env)
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    result["grappler_s"], result["grappler_by_pass_s"] = common.grappler_seconds(proc.stderr)
+    return result
 
 
 def main(argv):
@@ -115,7 +119,8 @@ def main(argv):
         else:
             results[label] = measure_in(common.REPO, label)
         r = results[label]
-        print(f"{label:>30}: first call {r['first_call_s']:5.1f} s (tracing train_step {r['trace_s']:4.1f} s), "
+        print(f"{label:>30}: first call {r['first_call_s']:5.1f} s (tracing train_step {r['trace_s']:4.1f} s, "
+              f"Grappler {r['grappler_s']:4.1f} s), "
               f"step {1000 * r['step_s']:6.0f} ms, {r['graph_ops']} graph ops"
               + (f"; {against[label]['first_call_ratio']:.2f}x the other checkout's" if other else ""), flush=True)
     payload = {"benchmark": "first_step", "config_file": os.path.relpath(FLAGS.config, common.REPO),

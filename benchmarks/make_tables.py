@@ -410,16 +410,20 @@ def draw_first_step(r):
     other = r.get("against")
     lines = [f"`{r['config_file']}`, global batch {r['batch_size']}; each step in a fresh process, through the "
              f"train function `fit` calls; steady step: median of {r['steps']} later calls.", ""]
-    head = ("| method [phase] | first call | of which tracing `train_step` | rest (graph optimisation, "
-            "kernel set-up, one step) | steady step | graph ops |")
-    rule = "| --- | --- | --- | --- | --- | --- |"
+    grappler = all("grappler_s" in m for m in r["steps_measured"].values())  # logged since it was added
+    head = ("| method [phase] | first call | of which tracing `train_step` | "
+            + ("Grappler (graph optimisation) | rest (kernel set-up, one step) |" if grappler else
+               "rest (graph optimisation, kernel set-up, one step) |") + " steady step | graph ops |")
+    rule = "| --- | --- | --- | --- | --- | --- |" + (" --- |" if grappler else "")
     if other:
         rev = short_rev(other["git_revision"])
         head += f" first call at {rev} | graph ops at {rev} | first call, this ÷ {rev} |"
         rule += " --- | --- | --- |"
     lines += [head, rule]
     for label, m in r["steps_measured"].items():
-        line = (f"| {label} | {m['first_call_s']:.1f} s | {m['trace_s']:.1f} s | {m['rest_of_first_call_s']:.1f} s"
+        rest = (f"{m['grappler_s']:.1f} s | {m['rest_of_first_call_s'] - m['grappler_s']:.1f} s" if grappler
+                else f"{m['rest_of_first_call_s']:.1f} s")
+        line = (f"| {label} | {m['first_call_s']:.1f} s | {m['trace_s']:.1f} s | {rest}"
                 f" | {1000 * m['step_s']:.0f} ms | {m['graph_ops']} |")
         if other:
             o = other["steps_measured"][label]
@@ -433,6 +437,15 @@ def draw_first_step(r):
                      "read the ratio, not the seconds).")
     else:
         notes.append(f"One fresh process per step; load average {r['load_average_before']:.1f} at the start.")
+    if grappler:
+        passes = {}
+        for m in r["steps_measured"].values():
+            for name, sec in m["grappler_by_pass_s"].items():
+                passes[name] = passes.get(name, 0.0) + sec
+        top = sorted(passes.items(), key=lambda kv: -kv[1])[:4]
+        notes.append("Grappler: its own log of each pass over the step's graphs (TF_CPP_VMODULE=meta_optimizer=1); "
+                     "summed over the steps, the largest passes are " + ", ".join(
+                         f"{name} {100 * sec / sum(passes.values()):.0f} %" for name, sec in top) + ".")
     if r.get("note"):
         notes.append(r["note"])
     return "\n".join(lines + [""] + notes)

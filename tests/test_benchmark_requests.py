@@ -310,6 +310,30 @@ def test_timing_benchmarks_time_algorithm_1_whatever_the_config_picks():
     assert base.metadistiller.meta_batch_size == 0 and base.train.batch_size == 128
 
 
+
+def test_first_step_sums_grappler_passes_over_the_step_graphs_only():
+    """first_step.py reads TensorFlow's own VLOG of each Grappler pass: passes over the step's graph
+    are summed per optimizer (the tfg pipelines as one), small helper graphs left out."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import common
+
+    log = "\n".join([
+        "I0000 00:00:1.5 12 meta_optimizer.cc:973] remapper: Graph size after: 7353 nodes (-18), 23936 edges "
+        "(-18), time = 594.8ms.",
+        "I0000 00:00:1.6 12 meta_optimizer.cc:973] tfg_optimizer{any(tfg-consolidate-attrs,tfg-toposort)}: Graph "
+        "size after: 9125 nodes (0), 35890 edges (0), time = 200.5ms.",
+        "I0000 00:00:1.7 12 meta_optimizer.cc:973] tfg_optimizer{any(tfg-functional-to-region,symbol-dce)}: Graph "
+        "size after: 6928 nodes (0), 15083 edges (0), time = 100.0ms.",
+        "I0000 00:00:1.8 12 meta_optimizer.cc:973] remapper: Graph size after: 79 nodes (0), 95 edges (0), "
+        "time = 6.0ms.",  # the input pipeline's: left out
+        "I0000 00:00:1.9 12 meta_optimizer.cc:973] remapper: Graph size after: 6928 nodes (0), 15097 edges (0), "
+        "time = 5.2ms.",
+        "Optimization results for grappler item: __inference_one_step_on_data_123"])
+    total, by_pass = common.grappler_seconds(log)
+    assert by_pass == pytest.approx({"remapper": 0.6, "tfg_optimizer": 0.3005})
+    assert list(by_pass) == ["remapper", "tfg_optimizer"] and total == pytest.approx(0.9005)
+    assert common.grappler_seconds("no Grappler lines") == (0, {})
+
 REUSE_SCRIPT = r"""
 import json, os, sys
 sys.path.insert(0, os.path.join(sys.argv[1], "benchmarks"))
