@@ -352,24 +352,25 @@ def same_trials_with_and_without_row_flags(r, name):
         if not pairs:
             continue
         label = FEWSHOT_LABELS.get(method, method)
-        learned_t = any("temperature" in t.get("last_epoch_logs", {}) for t, _ in pairs)
+        logged_t = any("temperature" in trial.get("last_epoch_logs", {}) for pair in pairs for trial in pair)
         lines += ["", f"{label}: the same trials (same search space and tuning seed, so the same sampled values) "
                   f"without and with this row's flags (`{' '.join(flags)}`); validation accuracy (%)"
-                  + (", and where the learned temperature T of Eq. 1 ended (it starts at temperature_init)"
-                     if learned_t else "") + ":", "",
+                  + (", and where the temperature T of Eq. 1 ended in each (it starts at temperature_init)"
+                     if logged_t else "") + ":", "",
                   "| trial | values | without (`" + source + "`) | with | difference |"
-                  + (" T: init → end |" if learned_t else ""),
-                  "|---|---|---|---|---|" + ("---|" if learned_t else "")]
+                  + (" T init | T at the end, without | with |" if logged_t else ""),
+                  "|---|---|---|---|---|" + ("---|---|---|" if logged_t else "")]
         diffs = []
         for t, p in pairs:
             diffs.append(100 * (t["val_accuracy"] - p["val_accuracy"]))
             values = short_values(t["values"])
-            end_t = t.get("last_epoch_logs", {}).get("temperature")
-            init_t = next((v for k, v in t["values"].items() if k.endswith("temperature_init")), None)
-            t_cell = (f" {init_t:g} → {end_t:.3g} |" if end_t is not None and init_t is not None else " – |"
-                      ) if learned_t else ""
+            t_cells = ""
+            if logged_t:
+                init_t = next((v for k, v in t["values"].items() if k.endswith("temperature_init")), None)
+                ends = [trial.get("last_epoch_logs", {}).get("temperature") for trial in (p, t)]
+                t_cells = " " + " | ".join(f"{v:.3g}" if v is not None else "–" for v in [init_t, *ends]) + " |"
             lines.append(f"| {t['trial']} | {values} | {100 * p['val_accuracy']:.2f} | {100 * t['val_accuracy']:.2f} "
-                         f"| {diffs[-1]:+.2f} |" + t_cell)
+                         f"| {diffs[-1]:+.2f} |" + t_cells)
         summary = f"{len(pairs)} of {len(mine['trials'])} trials paired; with the flags higher in " \
                   f"{sum(d > 0 for d in diffs)}"
         if len(diffs) > 1:

@@ -83,8 +83,9 @@ def test_a_row_searched_with_its_own_flags_is_paired_trial_by_trial_with_the_pla
                         "dist": {"space": space, "trials": mine_trials}}}
     monkeypatch.setattr(make_tables, "load", {"plain": plain}.get)
     text = "\n".join(make_tables.same_trials_with_and_without_row_flags(table, "mlp"))
-    assert "| 00 | gamma=1.5, temperature_init=3 | 30.00 | 32.00 | +2.00 | 3 → 1e-07 |" in text
-    assert "| 01 | gamma=20, temperature_init=7 | 40.00 | 43.00 | +3.00 | 7 → 6.5 |" in text
+    # the plain search logged no temperature (older files): "–" in its column
+    assert "| 00 | gamma=1.5, temperature_init=3 | 30.00 | 32.00 | +2.00 | 3 | – | 1e-07 |" in text
+    assert "| 01 | gamma=20, temperature_init=7 | 40.00 | 43.00 | +3.00 | 7 | – | 6.5 |" in text
     assert "| 02 |" not in text
     # mean +2.5, t(1 dof) * std(2, 3) / sqrt(2) = 12.71 * 0.5 = 6.355 (prints as 6.35)
     assert "2 of 3 trials paired; with the flags higher in 2; mean difference +2.50 ± 6.35 points" in text
@@ -101,17 +102,20 @@ def test_trials_pair_with_the_reuse_searches_from_table_showing_only_the_flags_a
     source = {"row_overrides": {"dist": teacher},
               "tuning": {"cosine": {"reused_search": {"table": "plain"}},
                          "dist": {"space": space, "trials": [
-                             {"trial": "00", "values": {"dist.gamma": 2.0}, "val_accuracy": 0.40}]}}}
+                             {"trial": "00", "values": {"dist.gamma": 2.0, "dist.temperature_init": 3.0},
+                              "val_accuracy": 0.40, "last_epoch_logs": {"temperature": 2e-7}}]}}}
     plain = {"tuning": {"dist": {"space": space, "trials": [
-        {"trial": "00", "values": {"dist.gamma": 2.0}, "val_accuracy": 0.10}]}}}
+        {"trial": "00", "values": {"dist.gamma": 2.0, "dist.temperature_init": 3.0}, "val_accuracy": 0.10}]}}}
     table = {"reuse_searches_from": "source", "row_overrides": {"dist": teacher + ["dist.learn_temperature=False"]},
              "tuning": {"cosine": {"reused_search": {"table": "plain"}},
                         "dist": {"space": space, "trials": [
-                            {"trial": "00", "values": {"dist.gamma": 2.0}, "val_accuracy": 0.45}]}}}
+                            {"trial": "00", "values": {"dist.gamma": 2.0, "dist.temperature_init": 3.0},
+                             "val_accuracy": 0.45, "last_epoch_logs": {"temperature": 3.0}}]}}}
     monkeypatch.setattr(make_tables, "load", {"plain": plain, "source": source}.get)
     text = "\n".join(make_tables.same_trials_with_and_without_row_flags(table, "fixed"))
     assert "with this row's flags (`dist.learn_temperature=False`)" in text
-    assert "| 00 | gamma=2 | 40.00 | 45.00 | +5.00 |" in text
+    # T where each ended: the source's learned T fell to ~0, this row's was held at 3
+    assert "| 00 | gamma=2, temperature_init=3 | 40.00 | 45.00 | +5.00 | 3 | 2e-07 | 3 |" in text
     # a row whose flags are all the source's own adds nothing to compare
     table["row_overrides"]["dist"] = teacher
     assert make_tables.same_trials_with_and_without_row_flags(table, "fixed") == []
