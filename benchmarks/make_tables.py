@@ -1232,7 +1232,8 @@ def evidence_fewshot_table():
               ("mid backbone", f"{searched}, the paper's teacher", load("fewshot_table_glyphs_mid_backbone")),
               ("mid backbone", f"{searched}; Dist and Dist↓ with a teacher stronger than the student (MLP "
                "embedding)", load(MLP_TEACHER_TABLE)),
-              ("mid backbone", f"{searched}; as above with T held at its initial value (`learn_temperature=False`)",
+              ("mid backbone", f"{searched}; Dist and Dist↓ with the MLP teacher and T held at its initial value "
+               "(`learn_temperature=False`)",
                load(MLP_TEACHER_TABLE + "_fixed_temperature")))
     tables = tables[:2] + tuple(t for t in tables[2:] if t[2] is not None)  # a variant shows once measured
 
