@@ -339,11 +339,12 @@ def same_trials_with_and_without_row_flags(r, name):
         if not mine or mine.get("reused_search") or len(sources) != 1:
             continue
         source = next(iter(sources))
-        theirs = ((load(source) or {}).get("tuning", {})).get(method)
+        source_table = load(source) or {}
+        theirs = source_table.get("tuning", {}).get(method)
         if not theirs or theirs.get("space") != mine.get("space"):
             continue
         # Only the flags this row adds to the source's own (a source searched with some of them already).
-        flags = [f for f in own_flags if f not in (load(source) or {}).get("row_overrides", {}).get(method, [])]
+        flags = [f for f in own_flags if f not in source_table.get("row_overrides", {}).get(method, [])]
         if not flags:
             continue
         plain = {t["trial"]: t for t in theirs["trials"]}
