@@ -1,12 +1,13 @@
 """Console progress of a run (tfkd.progress): the run's own "Epoch k/N" before every epoch of every
 fit, the first (traced) step of each fit announced and timed, and kept out of the ETA."""
+import io
 import re
 import time
 
 import keras
 import numpy as np
 
-from tfkd.progress import RunProgress, print_run_paths
+from tfkd.progress import RunProgress, bar_verbosity, print_run_paths
 
 
 class SlowFirstStep(keras.callbacks.Callback):
@@ -66,3 +67,14 @@ def test_run_paths(capsys):
     assert capsys.readouterr().out.splitlines()[1:] == [
         "workdir          runs/x", "best checkpoint  runs/x/checkpoints/best (epoch 2)",
         "export           none (config.export.enabled=False)"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_bar_off_a_terminal_is_one_line_per_epoch():
+    """Keras redraws its bar with backspaces wherever `posix` is imported, into files and pipes too."""
+    assert [bar_verbosity(v, Terminal()) for v in (0, 1, 2)] == [0, 1, 2]
+    assert [bar_verbosity(v, io.StringIO()) for v in (0, 1, 2)] == [0, 2, 2]

@@ -82,6 +82,7 @@ def test_quick_start_chain_runs_with_tiny_overrides(tmp_path):
     assert "export           runs/sd/export\n" in out
     assert "check passed" in out and (tmp_path / "runs" / "sd_latest_export" / "saved_model.pb").exists()
     assert "Gradients do not exist" not in proc.stderr + out
+    assert "\b" not in out and "\r" not in out  # a bar's redraws, kept in a pipe (tfkd.progress.bar_verbosity)
     # Retracing of tfkd's own functions (e.g. the ensemble predictor). Keras makes a new
     # multi_step_on_iterator per model, and TensorFlow counts their traces together across the
     # models this one process trains, which a user's separate commands never do.

@@ -86,7 +86,7 @@ def base_config():
     c.train.mixed_precision = False
     c.train.jit_compile = False
     c.train.steps_per_execution = 1
-    c.train.verbose = 1  # Keras progress bar: 1 bar, 2 one line per epoch, 0 silent
+    c.train.verbose = 1  # Keras progress bar: 1 bar (one line per epoch off a terminal), 2 one line per epoch, 0 silent
 
     # Episodic few-shot methods (cosine, gen, ...; tfkd/train_fewshot.py): meta-trained on base-class
     # feature episodes, selected on validation-class episodes, tested on novel-class episodes.

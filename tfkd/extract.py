@@ -16,6 +16,7 @@ from tfkd import io
 from tfkd.data.features import write_features
 from tfkd.errors import DataError, WorkdirError
 from tfkd.export import restore_network
+from tfkd.progress import bar_verbosity
 
 
 def extract_features(workdir, output_dir, checkpoint="best", overwrite=False, batch_size=256, verbose=1):
@@ -34,7 +35,7 @@ def extract_features(workdir, output_dir, checkpoint="best", overwrite=False, ba
     embed = tf.function(lambda x: network.embed(tf.cast(x, tf.float32)))
     for name, classes in split.items():
         idx = np.flatnonzero(np.isin(labels, classes))
-        bar = keras.utils.Progbar(len(idx), verbose=verbose, unit_name="image")
+        bar = keras.utils.Progbar(len(idx), verbose=bar_verbosity(verbose), unit_name="image")
         feats = []
         for start in range(0, len(idx), batch_size):
             chunk = idx[start: start + batch_size]

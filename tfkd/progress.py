@@ -85,6 +85,19 @@ class RunProgress(keras.callbacks.ProgbarLogger):
             self.progbar.verbose = shown
 
 
+def bar_verbosity(verbose, stream=None):
+    """The Keras ``verbose`` to use for a progress bar written to ``stream`` (default stdout).
+
+    Keras' bar redraws itself with backspaces and a carriage return wherever the ``posix`` module
+    is loaded -- always on Linux, into a file or pipe too, where every redraw stays: a log of
+    hundreds of KB per epoch (``nohup``, a batch job). Off a terminal, a bar (1) becomes one line
+    per epoch (2); 0 and 2 are kept."""
+    stream = stream or sys.stdout
+    if verbose == 1 and not (hasattr(stream, "isatty") and stream.isatty()):
+        return 2
+    return verbose
+
+
 def print_run_paths(workdir, best_dir, best_epoch, export_dir):
     """The last lines of a run: where its folder, best checkpoint and export are."""
     print(f"\nworkdir          {workdir}")

@@ -22,7 +22,7 @@ from tfkd.errors import ConfigError
 from tfkd.evaluation import ValidationClassEpisodes, validation_class_images
 from tfkd.methods import build_method, build_optimizer
 from tfkd.models import build_backbone
-from tfkd.progress import RunProgress, print_run_paths
+from tfkd.progress import RunProgress, bar_verbosity, print_run_paths
 from tfkd.registry import BACKBONES, METHODS
 from tfkd.teachers import teacher_kwargs
 
@@ -157,7 +157,7 @@ def _run(config, workdir, data, strategy, strategy_name, resuming):
                                               augment=config.data.augment, initial_epoch=start, end_epoch=end,
                                               meta_split=meta_split)
             method.fit(train_ds, epochs=end, initial_epoch=start, steps_per_epoch=steps,
-                       validation_data=val_ds, callbacks=callbacks, verbose=config.train.verbose,
+                       validation_data=val_ds, callbacks=callbacks, verbose=bar_verbosity(config.train.verbose),
                        shuffle=False)  # order comes from the stateless pipeline
         state = runs.read_state(runs.latest_checkpoint(workdir)) if chief else state
 

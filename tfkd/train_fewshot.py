@@ -29,7 +29,7 @@ from tfkd.distribute import get_strategy, is_chief
 from tfkd.errors import ConfigError, DataError
 from tfkd.methods import build_fewshot_method  # noqa: F401  (part of this driver's API)
 from tfkd.methods.fewshot import episode_predictor
-from tfkd.progress import RunProgress, print_run_paths
+from tfkd.progress import RunProgress, bar_verbosity, print_run_paths
 from tfkd.registry import METHODS
 from tfkd.runs import restore_fewshot_method, snapshot_for_shot  # noqa: F401  (bin/export, tests)
 
@@ -257,7 +257,7 @@ def _run_single(config, workdir, strategy, overwrite):
         if chief:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, runs.LOGS), update_freq="epoch"))
         method.fit(train_ds, epochs=config.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                   validation_data=val_ds, callbacks=callbacks, verbose=config.train.verbose)
+                   validation_data=val_ds, callbacks=callbacks, verbose=bar_verbosity(config.train.verbose))
 
     best_dir = runs.verified_best(workdir)  # a damaged best is rebuilt from its epoch's checkpoint
     best_state = runs.read_state(best_dir)
@@ -309,7 +309,7 @@ def evaluate_predictor(predictor_for_shot, feats, fewshot_cfg, verbose=1):
     n = len(fewshot_cfg.test_shots) * fewshot_cfg.test_episodes
     if fewshot_cfg.within_group_way and feats.class_groups is not None:
         n *= 2
-    bar = keras.utils.Progbar(n, verbose=1 if verbose else 0, unit_name="episode")
+    bar = keras.utils.Progbar(n, verbose=bar_verbosity(1) if verbose else 0, unit_name="episode")
     return evaluation.protocol_suite(predictor_for_shot, novel_f, novel_l, feats.classes("novel"), fewshot_cfg,
                                      class_groups=feats.class_groups, progress=bar)
 
