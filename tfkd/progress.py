@@ -10,6 +10,7 @@ each phase of epochs separately, e.g. MetaDistiller's meta and main epochs):
 * that first step is left out of the bar's ETA, which otherwise extrapolates the tracing time to
   every remaining step (an ETA of hours for an epoch of minutes).
 
+``bar_verbosity`` keeps a bar out of logs written to files and pipes (one line per epoch there);
 ``print_run_paths`` ends a run's output with where its folder, best checkpoint and export are.
 
 Layer: a leaf (Keras only); the drivers use it.
