@@ -246,6 +246,6 @@ def grappler_seconds(log):
     for name, nodes, ms in GRAPPLER_PASS.findall(log):
         if int(nodes) < 1000:
             continue
-        name = "tfg_optimizer" if name.startswith("tfg_optimizer") else name.strip()
+        name = "tfg_optimizer" if name.startswith("tfg_optimizer") else name
         per_pass[name] = per_pass.get(name, 0.0) + float(ms) / 1000
     return sum(per_pass.values()), dict(sorted(per_pass.items(), key=lambda kv: -kv[1]))

@@ -9,8 +9,9 @@ against the step's steady time.
 Each (method, phase) runs in a fresh process, as a user's run does (nothing traced or
 optimised before), through the function ``fit`` calls (``make_train_function``) on a dataset
 iterator. Grappler's share of the first call is read from TensorFlow's own log of every
-optimizer pass (``TF_CPP_VMODULE=meta_optimizer=1`` in that process; ``common.grappler_seconds``). ``benchmarks/step_cost.py`` records the whole first ``fit`` step (this plus fit's
-own start-up: callbacks, the epoch iterator).
+optimizer pass (``TF_CPP_VMODULE=meta_optimizer=1`` in that process; ``common.grappler_seconds``).
+``benchmarks/step_cost.py`` records the whole first ``fit`` step (this plus fit's own start-up:
+callbacks, the epoch iterator).
 
 ``--against=DIR`` (a checkout of another revision, e.g. ``git worktree add /tmp/old HEAD~1``)
 measures every step in both checkouts, alternating, ``--repeats`` times each, and records the

@@ -1221,6 +1221,7 @@ def evidence_self_boosting_table():
 
 
 MLP_TEACHER_TABLE = "fewshot_table_glyphs_mid_backbone_mlp_teacher"
+FIXED_T_TABLE = MLP_TEACHER_TABLE + "_fixed_temperature"  # the same with learn_temperature=False
 FEWSHOT_CLAIMS = (("Gen > cosine", "gen - cosine"), ("Dist > Gen", "dist - gen"), ("Dist↓ ≥ Dist", "dist_down - dist"),
                   ("Dist↓ ensemble > Dist↓", "dist_down_ensemble - dist_down"))
 
@@ -1235,7 +1236,7 @@ def evidence_fewshot_table():
                "embedding)", load(MLP_TEACHER_TABLE)),
               ("mid backbone", f"{searched}; Dist and Dist↓ with the MLP teacher and T held at its initial value "
                "(`learn_temperature=False`)",
-               load(MLP_TEACHER_TABLE + "_fixed_temperature")))
+               load(FIXED_T_TABLE)))
     tables = tables[:2] + tuple(t for t in tables[2:] if t[2] is not None)  # a variant shows once measured
 
     def cell(d, at_least=False):
@@ -1277,8 +1278,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs_tuned": fewshot_tuned_table,
           "fewshot_glyphs_mid_backbone": lambda: fewshot_tuned_table("fewshot_table_glyphs_mid_backbone"),
           "fewshot_glyphs_mid_backbone_mlp_teacher": lambda: fewshot_tuned_table(MLP_TEACHER_TABLE),
-          "fewshot_glyphs_mid_backbone_mlp_teacher_fixed_temperature": lambda: fewshot_tuned_table(
-              MLP_TEACHER_TABLE + "_fixed_temperature"),
+          "fewshot_glyphs_mid_backbone_mlp_teacher_fixed_temperature": lambda: fewshot_tuned_table(FIXED_T_TABLE),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
           "self_boosting_tuned": self_boosting_tuned_table,

@@ -105,9 +105,9 @@ class Distill(GeneratorAugmented):
 
     config_section = method_config.DistillConfig
 
-    def __init__(self, feature_dim, gamma=5.0, temperature_init=7.0, learn_temperature=True, k_teacher=0, teacher_seed=0,
-                 teacher_scale=0.0, teacher_embedding_units=(), teacher_pretrain_steps=200, fill_to=0, ensemble_size=1,
-                 ensemble_member=-1, **kwargs):
+    def __init__(self, feature_dim, gamma=5.0, temperature_init=7.0, learn_temperature=True, k_teacher=0,
+                 teacher_seed=0, teacher_scale=0.0, teacher_embedding_units=(), teacher_pretrain_steps=200, fill_to=0,
+                 ensemble_size=1, ensemble_member=-1, **kwargs):
         super().__init__(feature_dim, **kwargs)
         self.gamma, self.k_teacher_config, self.teacher_seed = float(gamma), int(k_teacher), int(teacher_seed)
         self.teacher_scale = float(teacher_scale or self.classifier.scale_init)
