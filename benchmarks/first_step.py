@@ -16,6 +16,9 @@ callbacks, the epoch iterator).
 ``--against=DIR`` (a checkout of another revision, e.g. ``git worktree add /tmp/old HEAD~1``)
 measures every step in both checkouts, alternating, ``--repeats`` times each, and records the
 ratio of their first calls: a before/after comparison from one run, under the same load.
+``--against_grappler_off`` does the same with this checkout and Grappler turned off in the other
+process (``disable_meta_optimizer``), and records the ratio of the steady steps too: what the first
+call saves against what every later step costs.
 """
 import json
 import os
@@ -37,8 +40,11 @@ flags.DEFINE_integer("steps", 5, "Steady calls timed after the first (median rep
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_string("name", "first_step", "Result file name under benchmarks/results/.")
 flags.DEFINE_string("against", "", "Another checkout to measure alternately with this one (ratios recorded).")
-flags.DEFINE_integer("repeats", 1, "With --against: fresh processes per step and checkout.")
+flags.DEFINE_bool("against_grappler_off", False, "Measure every step also with Grappler off, alternately "
+                  "(ratios of first call and steady step recorded).")
+flags.DEFINE_integer("repeats", 1, "With --against / --against_grappler_off: fresh processes per step and setting.")
 flags.DEFINE_string("only", "", "Internal: measure one 'label' of STEPS in this process, print JSON.")
+flags.DEFINE_bool("grappler_off", False, "Internal, with --only: Grappler's meta optimizer disabled in this process.")
 FLAGS = flags.FLAGS
 
 # label -> (method, phase, metadistiller knobs)
@@ -54,6 +60,8 @@ def measure(label):
     from tfkd import data as data_lib
     from tfkd import train
 
+    if FLAGS.grappler_off:  # process-wide, before anything is traced
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     method_name, phase, knobs = STEPS[label]
     base, data = common.timing_setup(FLAGS.config, FLAGS.batch_size)
     config = train.resolve(base, method=method_name, seed=FLAGS.seed)
@@ -89,13 +97,14 @@ def measure(label):
             "step_s": statistics.median(times), "graph_ops": graph_ops}
 
 
-def measure_in(repo, label):
+def measure_in(repo, label, grappler_off=False):
     """One fresh process of ``repo``'s copy of this benchmark measuring ``label``, with Grappler's
     own log of its passes (whatever the first call spent optimising graphs, this step's included)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="meta_optimizer=1")
     proc = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "first_step.py"), f"--only={label}",
                            f"--config={FLAGS.config}", f"--batch_size={FLAGS.batch_size}",
-                           f"--steps={FLAGS.steps}", f"--seed={FLAGS.seed}"],
+                           f"--steps={FLAGS.steps}", f"--seed={FLAGS.seed}"]
+                          + (["--grappler_off"] if grappler_off else []),
                           check=True, capture_output=True, text=True, env=env)
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
     result["grappler_s"], result["grappler_by_pass_s"] = common.grappler_seconds(proc.stderr)
@@ -107,24 +116,34 @@ def main(argv):
     if FLAGS.only:
         print("RESULT " + json.dumps(measure(FLAGS.only)), flush=True)
         return
+    if FLAGS.against and FLAGS.against_grappler_off:
+        common.refuse("--against and --against_grappler_off: expected at most one of them")
     results, against = {}, {}
     other = os.path.abspath(FLAGS.against) if FLAGS.against else None
+    if FLAGS.against_grappler_off:
+        measure_other = lambda label: measure_in(common.REPO, label, grappler_off=True)  # noqa: E731
+    else:
+        measure_other = lambda label: measure_in(other, label)  # noqa: E731
     for label in STEPS:
-        if other:
+        if other or FLAGS.against_grappler_off:
             ours, theirs = [], []
             for _ in range(FLAGS.repeats):  # alternating, so both see the same load
-                theirs.append(measure_in(other, label))
+                theirs.append(measure_other(label))
                 ours.append(measure_in(common.REPO, label))
             pick = lambda runs: min(runs, key=lambda r: r["first_call_s"])  # noqa: E731  (least disturbed)
             results[label], against[label] = pick(ours), pick(theirs)
             against[label]["first_call_ratio"] = results[label]["first_call_s"] / against[label]["first_call_s"]
+            # The steady step: the fastest median over the repeats (least disturbed), each setting.
+            against[label]["step_ratio"] = (min(r["step_s"] for r in ours) / min(r["step_s"] for r in theirs))
         else:
             results[label] = measure_in(common.REPO, label)
         r = results[label]
         print(f"{label:>30}: first call {r['first_call_s']:5.1f} s (tracing train_step {r['trace_s']:4.1f} s, "
               f"Grappler {r['grappler_s']:4.1f} s), "
               f"step {1000 * r['step_s']:6.0f} ms, {r['graph_ops']} graph ops"
-              + (f"; {against[label]['first_call_ratio']:.2f}x the other checkout's" if other else ""), flush=True)
+              + (f"; {against[label]['first_call_ratio']:.2f}x the other checkout's" if other else "")
+              + (f"; Grappler off: first call {against[label]['first_call_s']:5.1f} s, "
+                 f"step {1000 * against[label]['step_s']:6.0f} ms" if FLAGS.against_grappler_off else ""), flush=True)
     payload = {"benchmark": "first_step", "config_file": os.path.relpath(FLAGS.config, common.REPO),
                "batch_size": FLAGS.batch_size, "seed": FLAGS.seed, "steps": FLAGS.steps, "fresh_process_each": True,
                "load_average_before": os.getloadavg()[0], "steps_measured": results}
@@ -133,6 +152,8 @@ def main(argv):
 
         payload["against"] = {"path": other, "git_revision": io.git_revision(other), "repeats": FLAGS.repeats,
                               "steps_measured": against}
+    if FLAGS.against_grappler_off:
+        payload["against"] = {"grappler": "off", "repeats": FLAGS.repeats, "steps_measured": against}
     common.write_result(FLAGS.name, payload)
 
 

@@ -417,7 +417,12 @@ def draw_first_step(r):
             + ("Grappler (graph optimisation) | rest (kernel set-up, one step) |" if grappler else
                "rest (graph optimisation, kernel set-up, one step) |") + " steady step | graph ops |")
     rule = "| --- | --- | --- | --- | --- | --- |" + (" --- |" if grappler else "")
-    if other:
+    grappler_off = bool(other) and other.get("grappler") == "off"
+    if grappler_off:
+        head += (" first call, Grappler off | steady step, Grappler off | first call, off ÷ on |"
+                 " steady step, off ÷ on |")
+        rule += " --- | --- | --- | --- |"
+    elif other:
         rev = short_rev(other["git_revision"])
         head += f" first call at {rev} | graph ops at {rev} | first call, this ÷ {rev} |"
         rule += " --- | --- | --- |"
@@ -427,12 +432,21 @@ def draw_first_step(r):
                 else f"{m['rest_of_first_call_s']:.1f} s")
         line = (f"| {label} | {m['first_call_s']:.1f} s | {m['trace_s']:.1f} s | {rest}"
                 f" | {1000 * m['step_s']:.0f} ms | {m['graph_ops']} |")
-        if other:
+        if grappler_off:
+            o = other["steps_measured"][label]
+            line += (f" {o['first_call_s']:.1f} s | {1000 * o['step_s']:.0f} ms | {1 / o['first_call_ratio']:.2f} |"
+                     f" {1 / o['step_ratio']:.2f} |")
+        elif other:
             o = other["steps_measured"][label]
             line += f" {o['first_call_s']:.1f} s | {o['graph_ops']} | {o['first_call_ratio']:.2f} |"
         lines.append(line)
     notes = [provenance(r)]
-    if other:
+    if grappler_off:
+        notes.append(f"Grappler on and off (`tf.config.optimizer.set_experimental_options(disable_meta_optimizer=True)` "
+                     f"in its process) measured alternately in one run, {other['repeats']} fresh process(es) per step "
+                     "and setting; the fastest first call and the fastest steady step of each setting kept; load "
+                     f"average {r['load_average_before']:.1f} at the start.")
+    elif other:
         notes.append(f"Both checkouts measured alternately in one run, {other['repeats']} fresh process(es) per step "
                      f"and checkout, the fastest first call of each kept; load average "
                      f"{r['load_average_before']:.1f} at the start (above 0 means other work shared the 2 cores, so "
@@ -458,6 +472,9 @@ first_step_idle_table = from_result("first_step_idle", "python benchmarks/first_
     draw_first_step)
 first_step_static_bn_table = from_result("first_step_static_bn", "python benchmarks/first_step.py --against=OLD "
                                          "--name=first_step_static_bn")(draw_first_step)
+first_step_grappler_off_table = from_result(
+    "first_step_grappler_off", "python benchmarks/first_step.py --against_grappler_off --repeats=2 "
+    "--name=first_step_grappler_off")(draw_first_step)
 
 
 TS_LABELS = {"baseline": "student alone (baseline)", "kd": "KD (Hinton)", "fitnet": "FitNet", "at": "AT",
@@ -1284,7 +1301,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "self_boosting_tuned": self_boosting_tuned_table,
           "step_cost": step_cost_table, "step_cost_meta_batch": step_cost_meta_batch_table,
           "first_step": first_step_table, "first_step_idle": first_step_idle_table,
-          "first_step_static_bn": first_step_static_bn_table, "batchnorm_ab": batchnorm_ab_table,
+          "first_step_static_bn": first_step_static_bn_table, "first_step_grappler_off": first_step_grappler_off_table, "batchnorm_ab": batchnorm_ab_table,
           "generator_lr": generator_lr_table, "default_job": default_job_table,
           "metadistiller_targets": targets_fashion_mnist_table,
           "metadistiller_targets_glyphs": targets_glyphs_table, "test_suite": test_suite_table,

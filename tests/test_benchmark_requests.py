@@ -28,6 +28,8 @@ def assert_one_error_line(rc, err, expected):
     ("self_boosting_table.py", ["--regime=converge", "--runs_dir={tmp}/runs", "glyphs"],
      "unexpected argument(s) glyphs"),
     ("step_cost.py", ["--repeats=many"], "--repeats=many"),
+    ("first_step.py", ["--against={tmp}", "--against_grappler_off", "--name=never_written"],
+     "--against and --against_grappler_off: expected at most one of them"),
     ("metadistiller_targets.py", [], "no --workdir given"),
     ("fewshot_table.py", ["--runs_dir={tmp}/runs", "--name=never_written", "--row_override=dist.gamma=5"],
      "expected ROW:field=value"),

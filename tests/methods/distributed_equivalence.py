@@ -53,15 +53,12 @@ def write_teacher():
     kwargs = {"num_classes": 4, "width": 0.125, "input_shape": (12, 12, 1), "mean": None, "std": None,
               "stem": "cifar", "sync_bn": False, "head": "linear"}
     net = MultiExitResNet(depth=10, **kwargs).ensure_built()
-    teacher = build_method("baseline", net, {})
-    teacher.build()
-    teacher.compile(optimizer=keras.optimizers.SGD(0.1))
-    teacher.build_state()
     config = base_config()
     config.method = "baseline"
     best = os.path.join(TEACHER, "checkpoints", "best")
     os.makedirs(best, exist_ok=True)
-    teacher.save_weights(os.path.join(best, "model.weights.h5"))
+    # The network alone, as EpochCheckpoint writes it: restoring it rebuilds no method.
+    net.save_weights(os.path.join(best, runs.NETWORK_WEIGHTS))
     io.write_json_atomic(os.path.join(best, "state.json"), {"epoch": 1, "best_epoch": 1})
     runs.write_manifest(best)  # an intact checkpoint, as EpochCheckpoint writes it
     io.write_json_atomic(os.path.join(TEACHER, "config.json"), json.loads(config.to_json_best_effort()))
