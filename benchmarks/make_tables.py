@@ -473,7 +473,7 @@ first_step_idle_table = from_result("first_step_idle", "python benchmarks/first_
 first_step_static_bn_table = from_result("first_step_static_bn", "python benchmarks/first_step.py --against=OLD "
                                          "--name=first_step_static_bn")(draw_first_step)
 first_step_grappler_off_table = from_result(
-    "first_step_grappler_off", "python benchmarks/first_step.py --against_grappler_off --repeats=2 "
+    "first_step_grappler_off", "python benchmarks/first_step.py --against_grappler_off --repeats=3 --steps=30 "
     "--name=first_step_grappler_off")(draw_first_step)
 
 
