@@ -119,3 +119,18 @@ def test_trials_pair_with_the_reuse_searches_from_table_showing_only_the_flags_a
     # a row whose flags are all the source's own adds nothing to compare
     table["row_overrides"]["dist"] = teacher
     assert make_tables.same_trials_with_and_without_row_flags(table, "fixed") == []
+
+
+def test_first_step_table_with_grappler_off_shows_off_over_on_for_first_call_and_steady_step():
+    step = {"first_call_s": 10.0, "trace_s": 4.0, "rest_of_first_call_s": 6.0, "step_s": 0.4, "graph_ops": 100,
+            "grappler_s": 2.0, "grappler_by_pass_s": {"remapper": 2.0}}
+    off = dict(step, first_call_s=8.0, step_s=0.5, grappler_s=0.0, grappler_by_pass_s={},
+               first_call_ratio=10.0 / 8.0, step_ratio=0.4 / 0.5)
+    r = {"config_file": "c.py", "batch_size": 128, "steps": 30, "load_average_before": 0.1,
+         "steps_measured": {"meta": step}, "against": {"grappler": "off", "repeats": 3, "steps_measured": {"meta": off}}}
+    text = _make_tables().draw_first_step(r)
+    head, _, row = [line for line in text.splitlines() if line.startswith("|")]
+    assert head.endswith("| first call, Grappler off | steady step, Grappler off | first call, off ÷ on "
+                         "| steady step, off ÷ on |")
+    assert row == "| meta | 10.0 s | 4.0 s | 2.0 s | 4.0 s | 400 ms | 100 | 8.0 s | 500 ms | 0.80 | 1.25 |"
+    assert "Grappler on and off" in text and "3 fresh process(es)" in text
