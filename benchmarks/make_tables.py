@@ -900,7 +900,6 @@ def test_suite_table(r):
     return "\n".join(lines)
 
 
-@from_result("serving", "python benchmarks/serving.py --workdir=RUN")
 def serving_table(r):
     """SavedModel serving vs the Keras network (benchmarks/serving.py)."""
     n = r["network"]
@@ -916,6 +915,11 @@ def serving_table(r):
     lines.append("")
     lines.append(provenance(r))
     return "\n".join(lines)
+
+
+serving_busy_table = from_result("serving", "python benchmarks/serving.py --workdir=RUN")(serving_table)
+serving_idle_table = from_result("serving_idle", "python benchmarks/serving.py --workdir=RUN --name=serving_idle")(
+    serving_table)
 
 
 def reference_targets_table():
@@ -1305,7 +1309,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "generator_lr": generator_lr_table, "default_job": default_job_table,
           "metadistiller_targets": targets_fashion_mnist_table,
           "metadistiller_targets_glyphs": targets_glyphs_table, "test_suite": test_suite_table,
-          "serving": serving_table, "reference_targets": reference_targets_table,
+          "serving": serving_busy_table, "serving_idle": serving_idle_table, "reference_targets": reference_targets_table,
           "reference_converge": reference_converge_table, "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
           "fewshot_base_holdout": fewshot_base_holdout_table,
           "fewshot_base_holdout_summary": fewshot_base_holdout_summary,
