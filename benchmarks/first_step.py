@@ -20,6 +20,7 @@ ratio of their first calls: a before/after comparison from one run, under the sa
 process (``disable_meta_optimizer``), and records the ratio of the steady steps too: what the first
 call saves against what every later step costs.
 """
+import functools
 import json
 import os
 import statistics
@@ -120,12 +121,13 @@ def main(argv):
         common.refuse("--against and --against_grappler_off: expected at most one of them")
     results, against = {}, {}
     other = os.path.abspath(FLAGS.against) if FLAGS.against else None
+    measure_other = None  # the second setting measured beside this checkout's, if any
     if FLAGS.against_grappler_off:
-        measure_other = lambda label: measure_in(common.REPO, label, grappler_off=True)  # noqa: E731
-    else:
-        measure_other = lambda label: measure_in(other, label)  # noqa: E731
+        measure_other = functools.partial(measure_in, common.REPO, grappler_off=True)
+    elif other:
+        measure_other = functools.partial(measure_in, other)
     for label in STEPS:
-        if other or FLAGS.against_grappler_off:
+        if measure_other:
             ours, theirs = [], []
             for _ in range(FLAGS.repeats):  # alternating, so both see the same load
                 theirs.append(measure_other(label))
@@ -156,7 +158,7 @@ def main(argv):
 
         payload["against"] = {"path": other, "git_revision": io.git_revision(other), "repeats": FLAGS.repeats,
                               "steps_measured": against}
-    if FLAGS.against_grappler_off:
+    elif FLAGS.against_grappler_off:
         payload["against"] = {"grappler": "off", "repeats": FLAGS.repeats, "steps_measured": against}
     common.write_result(FLAGS.name, payload)
 
