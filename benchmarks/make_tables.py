@@ -912,9 +912,34 @@ def serving_table(r):
         cell = lambda k: f"{row[k]['images_per_s']:.0f}/s, {row[k]['peak_rss_mb']:.0f} MB"  # noqa: E731
         lines.append(f"| {row['batch']} | {cell('savedmodel')} | {cell('keras_predict')} | {cell('keras_final')} | "
                      f"{row['savedmodel_vs_keras_predict']:.2f}× | {row['savedmodel_vs_keras_final']:.2f}× |")
+    if r.get("breakdown"):
+        lines += ["", "From the bare final head to `serving_default`, one step at a time: images/s, and in brackets "
+                  "the ratio to the step before (below 1: the step costs time).", ""]
+        lines.append("| batch | " + " | ".join(label for _, label in SERVING_STEPS)
+                     + " | saved and loaded: the `logits` signature (ratio to the in-process `logits`) |")
+        lines.append("| --- |" + " --- |" * (len(SERVING_STEPS) + 1))
+        for row in r["results"]:
+            speed = [row[kind]["images_per_s"] for kind, _ in SERVING_STEPS]
+            saved_logits = row["savedmodel_logits"]["images_per_s"]
+            lines.append(f"| {row['batch']} | {speed[0]:.0f}/s | " + " | ".join(
+                f"{now:.0f}/s ({now / before:.2f}×)" for before, now in zip(speed, speed[1:]))
+                + f" | {saved_logits:.0f}/s ({saved_logits / row['module_logits']['images_per_s']:.2f}×) |")
     lines.append("")
+    rounds = r.get("rounds", 1)
+    if rounds > 1 or r.get("min_seconds"):
+        lines.append(f"Each figure: the fastest of {rounds} rounds (every kind in turn per round, a fresh process each), "
+                     f"each the median of at least {r['repeats']} calls adding up to at least {r.get('min_seconds', 0):g} s.")
+        lines.append("")
     lines.append(provenance(r))
     return "\n".join(lines)
+
+
+SERVING_STEPS = (  # benchmarks/serving.py --breakdown: each step adds one thing to the one before
+    ("keras_final", "final head, one `tf.function`, float images"),
+    ("final_chunked", "+ slices of 256 (`in_chunks`)"),
+    ("module_logits", "+ uint8 input, shape check, cast: the export's `logits`, in-process"),
+    ("module_serve", "+ softmax, top-k: the export's `serve`, in-process"),
+    ("savedmodel", "saved and loaded: `serving_default`"))
 
 
 serving_busy_table = from_result("serving", "python benchmarks/serving.py --workdir=RUN")(serving_table)

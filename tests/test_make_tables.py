@@ -134,3 +134,15 @@ def test_first_step_table_with_grappler_off_shows_off_over_on_for_first_call_and
                          "| steady step, off ÷ on |")
     assert row == "| meta | 10.0 s | 4.0 s | 2.0 s | 4.0 s | 400 ms | 100 | 8.0 s | 500 ms | 0.80 | 1.25 |"
     assert "Grappler on and off" in text and "3 fresh process(es)" in text
+
+
+def test_serving_breakdown_shows_each_step_against_the_one_before():
+    kinds = {"savedmodel": 90.0, "keras_predict": 10.0, "keras_final": 100.0, "final_chunked": 80.0,
+             "module_logits": 80.0, "module_serve": 60.0, "savedmodel_logits": 40.0}
+    row = {"batch": 64, "savedmodel_vs_keras_predict": 9.0, "savedmodel_vs_keras_final": 0.9,
+           **{k: {"images_per_s": v, "peak_rss_mb": 700.0} for k, v in kinds.items()}}
+    r = {"network": {"arch": "resnet18", "width": 0.125, "dataset": "fashion_mnist"}, "repeats": 5, "rounds": 3,
+         "min_seconds": 1.0, "breakdown": True, "results": [row]}
+    lines = [line for line in _make_tables().serving_table(r).splitlines() if line.startswith("| 64 |")]
+    assert lines[1] == "| 64 | 100/s | 80/s (0.80×) | 80/s (1.00×) | 60/s (0.75×) | 90/s (1.50×) | 40/s (0.50×) |"
+    assert "fastest of 3 rounds" in _make_tables().serving_table(r)
