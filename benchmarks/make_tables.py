@@ -945,6 +945,9 @@ SERVING_STEPS = (  # benchmarks/serving.py --breakdown: each step adds one thing
 serving_busy_table = from_result("serving", "python benchmarks/serving.py --workdir=RUN")(serving_table)
 serving_idle_table = from_result("serving_idle", "python benchmarks/serving.py --workdir=RUN --name=serving_idle")(
     serving_table)
+serving_breakdown_table = from_result(
+    "serving_breakdown", "python benchmarks/serving.py --workdir=RUN --breakdown --rounds=3 --min_seconds=1 "
+    "--name=serving_breakdown")(serving_table)
 
 
 def reference_targets_table():
@@ -1346,6 +1349,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "metadistiller_targets": targets_fashion_mnist_table,
           "metadistiller_targets_glyphs": targets_glyphs_table, "test_suite": test_suite_table,
           "serving": serving_busy_table, "serving_idle": serving_idle_table,
+          "serving_breakdown": serving_breakdown_table,
           "reference_targets": reference_targets_table,
           "reference_converge": reference_converge_table, "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
           "fewshot_base_holdout": fewshot_base_holdout_table,
