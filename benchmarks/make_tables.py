@@ -942,6 +942,26 @@ SERVING_STEPS = (  # benchmarks/serving.py --breakdown: each step adds one thing
     ("savedmodel", "saved and loaded: `serving_default`"))
 
 
+def serving_fewshot_table(r):
+    """The exported few-shot predictor vs the in-process one (benchmarks/serving.py --fewshot_workdir)."""
+    run = r["fewshot_run"]
+    lines = [f"`{run['method']}` on {run['dataset']} features (`{r['fewshot_workdir']}`); 1-shot requests over its novel "
+             "classes, each measured in a fresh process:\n",
+             "| request | queries | SavedModel `serving_default` | in-process predictor (evaluation's) | SavedModel vs "
+             "in-process |", "| --- | --- | --- | --- | --- |"]
+    for row in r["fewshot"]:
+        cell = lambda k: (f"{row[k]['requests_per_s']:.1f} requests/s ({row[k]['queries_per_s']:.0f} queries/s), "  # noqa: E731
+                          f"{row[k]['peak_rss_mb']:.0f} MB")
+        lines.append(f"| {row['request']} ({row['way']} classes) | {row['queries']} | {cell('fewshot_savedmodel')} | "
+                     f"{cell('fewshot_keras')} | {row['savedmodel_vs_keras']:.2f}× |")
+    lines.append("")
+    lines.append(f"Each figure: the fastest of {r.get('rounds', 1)} rounds (both kinds in turn per round), each the median "
+                 f"of at least {r['repeats']} calls adding up to at least {r.get('min_seconds', 0):g} s.")
+    lines.append("")
+    lines.append(provenance(r))
+    return "\n".join(lines)
+
+
 serving_busy_table = from_result("serving", "python benchmarks/serving.py --workdir=RUN")(serving_table)
 serving_idle_table = from_result("serving_idle", "python benchmarks/serving.py --workdir=RUN --name=serving_idle")(
     serving_table)
@@ -1350,6 +1370,9 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "metadistiller_targets_glyphs": targets_glyphs_table, "test_suite": test_suite_table,
           "serving": serving_busy_table, "serving_idle": serving_idle_table,
           "serving_breakdown": serving_breakdown_table,
+          "serving_fewshot": from_result(
+              "serving_fewshot", "python benchmarks/serving.py --fewshot_workdir=FEWSHOT_RUN --rounds=3 --min_seconds=1 "
+              "--name=serving_fewshot")(serving_fewshot_table),
           "reference_targets": reference_targets_table,
           "reference_converge": reference_converge_table, "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
           "fewshot_base_holdout": fewshot_base_holdout_table,

@@ -31,6 +31,7 @@ def assert_one_error_line(rc, err, expected):
     ("first_step.py", ["--against={tmp}", "--against_grappler_off", "--name=never_written"],
      "--against and --against_grappler_off: expected at most one of them"),
     ("metadistiller_targets.py", [], "no --workdir given"),
+    ("serving.py", ["--name=never_written"], "--workdir (a classification run) or --fewshot_workdir"),
     ("fewshot_table.py", ["--runs_dir={tmp}/runs", "--name=never_written", "--row_override=dist.gamma=5"],
      "expected ROW:field=value"),
     ("fewshot_table.py", ["--runs_dir={tmp}/runs", "--name=never_written", "--row_override=distill:dist.gamma=5"],

@@ -146,3 +146,15 @@ def test_serving_breakdown_shows_each_step_against_the_one_before():
     lines = [line for line in _make_tables().serving_table(r).splitlines() if line.startswith("| 64 |")]
     assert lines[1] == "| 64 | 100/s | 80/s (0.80×) | 80/s (1.00×) | 60/s (0.75×) | 90/s (1.50×) | 40/s (0.50×) |"
     assert "fastest of 3 rounds" in _make_tables().serving_table(r)
+
+
+def test_serving_fewshot_table_shows_requests_queries_and_the_ratio():
+    kind = lambda per_call: {"requests_per_s": 1 / per_call, "queries_per_s": 75 / per_call,  # noqa: E731
+                             "peak_rss_mb": 1400.0, "seconds_per_call": per_call}
+    r = {"fewshot_workdir": "/runs/ens", "fewshot_run": {"method": "progressive", "dataset": "glyphs"},
+         "repeats": 5, "rounds": 3, "min_seconds": 1.0,
+         "fewshot": [{"request": "5-way 1-shot", "way": 5, "queries": 75, "fewshot_savedmodel": kind(0.01),
+                      "fewshot_keras": kind(0.02), "savedmodel_vs_keras": 2.0}]}
+    row = [line for line in _make_tables().serving_fewshot_table(r).splitlines() if line.startswith("| 5-way")][0]
+    assert row == ("| 5-way 1-shot (5 classes) | 75 | 100.0 requests/s (7500 queries/s), 1400 MB | "
+                   "50.0 requests/s (3750 queries/s), 1400 MB | 2.00× |")
