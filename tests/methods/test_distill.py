@@ -97,6 +97,17 @@ def _method(cls=Distill, teacher_embedding_units=(6,), **kw):
     return method, rng
 
 
+def test_teacher_logits_over_all_base_classes_agree_with_each_episodes_teacher():
+    """The base-holdout benchmark scores a run's teacher over every base class at once."""
+    method, rng = _method()
+    episode = _episode(rng, n_way=3)
+    k = int(method.k_teacher.numpy())
+    per_episode = method.teacher_logits(episode["query"], episode["class_index"], k).numpy()
+    every_class = method.teacher_logits_all(tf.reshape(episode["query"], (-1, 6))).numpy().reshape(2, 6, 5)
+    np.testing.assert_allclose(per_episode, np.take_along_axis(every_class, episode["class_index"].numpy()[:, None, :],
+                                                               axis=-1), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("teacher_embedding_units", [(6,), (12, 6)])
 def test_student_step_leaves_teacher_unchanged_and_trains_generator_and_temperature(teacher_embedding_units):
     """A linear teacher embedding (the paper's) or an MLP one: pre-trained, then frozen."""

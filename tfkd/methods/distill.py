@@ -198,6 +198,14 @@ class Distill(GeneratorAugmented):
         protos = tf.reduce_sum(embedded * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1.0)
         return tf.math.l2_normalize(protos, axis=-1)
 
+    def teacher_logits_all(self, x, k_teacher=None):
+        """(n, C) the teacher's logits for features ``x`` [n, d] over every base class at once, from
+        its first ``k_teacher`` examples per class (default: the shots it holds). A diagnostic: how
+        good a many-shot classifier the teacher is (benchmarks/fewshot_base_holdout.py)."""
+        protos = self.teacher_prototypes(self.k_teacher if k_teacher is None else k_teacher)
+        q = tf.math.l2_normalize(self.teacher_embed(x), axis=-1)
+        return self.teacher_scale * tf.matmul(q, protos, transpose_b=True)
+
     def teacher_logits(self, query, class_index, k_teacher):
         protos = tf.gather(self.teacher_prototypes(k_teacher), class_index)  # (..., n_way, d')
         q = tf.math.l2_normalize(self.teacher_embed(query), axis=-1)
