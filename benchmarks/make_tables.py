@@ -916,14 +916,17 @@ def serving_table(r):
         lines += ["", "From the bare final head to `serving_default`, one step at a time: images/s, and in brackets "
                   "the ratio to the step before (below 1: the step costs time).", ""]
         lines.append("| batch | " + " | ".join(label for _, label in SERVING_STEPS)
-                     + " | saved and loaded: the `logits` signature (ratio to the in-process `logits`) |")
-        lines.append("| --- |" + " --- |" * (len(SERVING_STEPS) + 1))
+                     + " | saved and loaded: the `logits` signature (ratio to the in-process `logits`) "
+                     "| spread: slowest ÷ fastest round, the widest kind |")
+        lines.append("| --- |" + " --- |" * (len(SERVING_STEPS) + 2))
         for row in r["results"]:
             speed = [row[kind]["images_per_s"] for kind, _ in SERVING_STEPS]
             saved_logits = row["savedmodel_logits"]["images_per_s"]
+            rounds = [m.get("seconds_per_call_each_round", [1.0]) for m in row.values() if isinstance(m, dict)]
             lines.append(f"| {row['batch']} | {speed[0]:.0f}/s | " + " | ".join(
                 f"{now:.0f}/s ({now / before:.2f}×)" for before, now in zip(speed, speed[1:]))
-                + f" | {saved_logits:.0f}/s ({saved_logits / row['module_logits']['images_per_s']:.2f}×) |")
+                + f" | {saved_logits:.0f}/s ({saved_logits / row['module_logits']['images_per_s']:.2f}×) "
+                f"| {max(max(t) / min(t) for t in rounds):.2f}× |")
     lines.append("")
     rounds = r.get("rounds", 1)
     if rounds > 1 or r.get("min_seconds"):

@@ -144,7 +144,7 @@ def test_serving_breakdown_shows_each_step_against_the_one_before():
     r = {"network": {"arch": "resnet18", "width": 0.125, "dataset": "fashion_mnist"}, "repeats": 5, "rounds": 3,
          "min_seconds": 1.0, "breakdown": True, "results": [row]}
     lines = [line for line in _make_tables().serving_table(r).splitlines() if line.startswith("| 64 |")]
-    assert lines[1] == "| 64 | 100/s | 80/s (0.80×) | 80/s (1.00×) | 60/s (0.75×) | 90/s (1.50×) | 40/s (0.50×) |"
+    assert lines[1] == "| 64 | 100/s | 80/s (0.80×) | 80/s (1.00×) | 60/s (0.75×) | 90/s (1.50×) | 40/s (0.50×) | 1.00× |"
     assert "fastest of 3 rounds" in _make_tables().serving_table(r)
 
 
