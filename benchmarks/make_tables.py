@@ -928,6 +928,8 @@ def serving_table(r):
                 + f" | {saved_logits:.0f}/s ({saved_logits / row['module_logits']['images_per_s']:.2f}×) "
                 f"| {max(max(t) / min(t) for t in rounds):.2f}× |")
     lines.append("")
+    lines.append(SERVING_MEMORY_NOTE if "peak_memory" not in r else "Peak memory: each measuring process's own (VmHWM).")
+    lines.append("")
     rounds = r.get("rounds", 1)
     if rounds > 1 or r.get("min_seconds"):
         lines.append(f"Each figure: the fastest of {rounds} rounds (every kind in turn per round, a fresh process each), "
@@ -945,11 +947,21 @@ SERVING_STEPS = (  # benchmarks/serving.py --breakdown: each step adds one thing
     ("savedmodel", "saved and loaded: `serving_default`"))
 
 
+# Files measured before serving.py read VmHWM: ru_maxrss carries the parent's peak (TensorFlow, the
+# restored network, the export: ~690 MB) into every child across fork and exec.
+SERVING_MEMORY_NOTE = ("Peak memory in this file is ru_maxrss, which carried the measuring parent's own peak "
+                       "(~690 MB: TensorFlow, the restored network, the export) into every child: no cell can read below "
+                       "it, so the small-batch figures are the parent's, not the kind's. Later files read each child's "
+                       "own peak (VmHWM).")
+
+
 def serving_fewshot_table(r):
     """The exported few-shot predictor vs the in-process one (benchmarks/serving.py --fewshot_workdir)."""
     run = r["fewshot_run"]
-    lines = [f"`{run['method']}` on {run['dataset']} features (`{r['fewshot_workdir']}`); 1-shot requests over its novel "
-             "classes, each measured in a fresh process:\n",
+    # Files measured before the dataset was read from the features' metadata hold config.data.name,
+    # which a few-shot run does not use: the features folder names what was served.
+    lines = [f"`{run['method']}` (`{r['fewshot_workdir']}`) on the features in `{run['features_dir']}`; 1-shot requests "
+             "over its novel classes, each measured in a fresh process:\n",
              "| request | queries | SavedModel `serving_default` | in-process predictor (evaluation's) | SavedModel vs "
              "in-process |", "| --- | --- | --- | --- | --- |"]
     for row in r["fewshot"]:
@@ -957,6 +969,8 @@ def serving_fewshot_table(r):
                           f"{row[k]['peak_rss_mb']:.0f} MB")
         lines.append(f"| {row['request']} ({row['way']} classes) | {row['queries']} | {cell('fewshot_savedmodel')} | "
                      f"{cell('fewshot_keras')} | {row['savedmodel_vs_keras']:.2f}× |")
+    lines.append("")
+    lines.append(SERVING_MEMORY_NOTE if "peak_memory" not in r else "Peak memory: each measuring process's own (VmHWM).")
     lines.append("")
     lines.append(f"Each figure: the fastest of {r.get('rounds', 1)} rounds (both kinds in turn per round), each the median "
                  f"of at least {r['repeats']} calls adding up to at least {r.get('min_seconds', 0):g} s.")

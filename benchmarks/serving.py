@@ -72,12 +72,16 @@ while len(times) < repeats or sum(times) < min_seconds:  # a 3 ms call needs mor
     start = time.perf_counter()
     call()
     times.append(time.perf_counter() - start)
+# This process's own peak: VmHWM starts afresh at exec, while ru_maxrss keeps the parent's peak
+# across fork and exec (every child would report at least the parent's memory).
+with open("/proc/self/status") as status:
+    peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 print("RESULT " + json.dumps({"seconds_per_call": statistics.median(times), "calls": len(times),
-                              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                              "peak_rss_mb": peak_kb / 1024}))
 """
 
 CHILD = r"""
-import json, resource, statistics, sys, time
+import json, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np, tensorflow as tf
 kind, path, workdir, batch, repeats = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
@@ -114,7 +118,7 @@ else:
 
 # One few-shot request (support features + labels, query features) from an .npz the parent wrote.
 FEWSHOT_CHILD = r"""
-import json, resource, statistics, sys, time
+import json, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np, tensorflow as tf
 kind, path, workdir, request, repeats = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
@@ -178,6 +182,7 @@ def fewshot_rows(tmp):
     import numpy as np
 
     from tfkd import export, runs
+    from tfkd.data.features import read_feature_metadata
     from tfkd.train_fewshot import FeatureSplits, run_predictor_for_shot
 
     workdir = FLAGS.fewshot_workdir
@@ -211,7 +216,9 @@ def fewshot_rows(tmp):
         print(f"{row['request']} ({len(query)} queries): " + ", ".join(
             f"{k} {row[k]['requests_per_s']:7.1f} requests/s {row[k]['peak_rss_mb']:5.0f} MB"
             for k in ("fewshot_savedmodel", "fewshot_keras")), flush=True)
-    return rows, {"method": config.method, "dataset": config.data.name, "features_dir": config.fewshot.features_dir}
+    features_dir = runs.fewshot_features_dir(workdir, config)
+    return rows, {"method": config.method, "dataset": read_feature_metadata(features_dir).get("dataset"),
+                  "features_dir": features_dir}
 
 
 def main(argv):
@@ -219,7 +226,8 @@ def main(argv):
     if not (FLAGS.workdir or FLAGS.fewshot_workdir):
         common.refuse("--workdir (a classification run) or --fewshot_workdir (a few-shot run): expected at least one")
     payload = {"benchmark": "serving", "workdir": FLAGS.workdir, "repeats": FLAGS.repeats,
-               "min_seconds": FLAGS.min_seconds, "rounds": FLAGS.rounds, "breakdown": FLAGS.breakdown}
+               "min_seconds": FLAGS.min_seconds, "rounds": FLAGS.rounds, "breakdown": FLAGS.breakdown,
+               "peak_memory": "VmHWM of each measuring process (its own, not its parent's)"}
     with tempfile.TemporaryDirectory() as tmp:
         if FLAGS.workdir:
             payload["results"], payload["network"] = classifier_rows(tmp)

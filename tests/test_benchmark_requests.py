@@ -369,3 +369,20 @@ def test_a_continued_table_keeps_naming_the_table_a_reused_search_ran_in(tmp_pat
     assert first == {"table": "plain", "git_revision": "abc", "date_utc": "then"}
     assert again == first
     assert best["trial"] == "01"
+
+
+def test_serving_reports_each_measuring_process_own_peak_memory_not_its_parents():
+    """The serving children are started by a parent that holds TensorFlow and a restored network;
+    ru_maxrss would carry the parent's peak into every child across fork and exec."""
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import serving
+    finally:
+        sys.path.pop(0)
+    ballast = np.ones(400 << 20, np.uint8)  # this process now holds 400 MB more than the child will
+    child = "import json, statistics, sys, time\ncall, repeats, min_seconds = (lambda: None), 3, 0.0\n" + serving.TIMED
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    result = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    assert ballast.sum() > 0 and 0 < result["peak_rss_mb"] < 100 and result["calls"] >= 3, proc.stderr

@@ -151,7 +151,8 @@ def test_serving_breakdown_shows_each_step_against_the_one_before():
 def test_serving_fewshot_table_shows_requests_queries_and_the_ratio():
     kind = lambda per_call: {"requests_per_s": 1 / per_call, "queries_per_s": 75 / per_call,  # noqa: E731
                              "peak_rss_mb": 1400.0, "seconds_per_call": per_call}
-    r = {"fewshot_workdir": "/runs/ens", "fewshot_run": {"method": "progressive", "dataset": "glyphs"},
+    r = {"fewshot_workdir": "/runs/ens", "fewshot_run": {"method": "progressive", "dataset": "glyphs",
+                                                                    "features_dir": "/runs/features"},
          "repeats": 5, "rounds": 3, "min_seconds": 1.0,
          "fewshot": [{"request": "5-way 1-shot", "way": 5, "queries": 75, "fewshot_savedmodel": kind(0.01),
                       "fewshot_keras": kind(0.02), "savedmodel_vs_keras": 2.0}]}
