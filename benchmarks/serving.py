@@ -195,12 +195,11 @@ def fewshot_rows(tmp):
     rows = []
     for way in FLAGS.fewshot_ways:
         chosen = classes if way == "all" else rng.choice(classes, int(way), replace=False)
-        support, query, query_labels = [], [], []
-        for i, c in enumerate(chosen):
+        support, query = [], []
+        for c in chosen:
             rows_of_c = rng.permutation(np.flatnonzero(labels == c))
             support.append(features[rows_of_c[0]])
             query.extend(features[rows_of_c[1:1 + FLAGS.fewshot_queries]])
-            query_labels.extend([i] * len(rows_of_c[1:1 + FLAGS.fewshot_queries]))
         support = np.asarray(support, np.float32)
         request = os.path.join(tmp, f"request_{way}.npz")
         np.savez(request, support=support, support_labels=np.arange(len(chosen), dtype=np.int32),
@@ -225,6 +224,11 @@ def main(argv):
     del argv
     if not (FLAGS.workdir or FLAGS.fewshot_workdir):
         common.refuse("--workdir (a classification run) or --fewshot_workdir (a few-shot run): expected at least one")
+    bad = [w for w in FLAGS.fewshot_ways if w != "all" and not (w.isdigit() and int(w) >= 2)]
+    if bad:
+        common.refuse(f"--fewshot_ways={','.join(FLAGS.fewshot_ways)}: expected class counts of at least 2, or all")
+    if min(FLAGS.rounds, FLAGS.repeats, FLAGS.fewshot_queries) < 1:
+        common.refuse("--rounds, --repeats and --fewshot_queries: expected at least 1 each")
     payload = {"benchmark": "serving", "workdir": FLAGS.workdir, "repeats": FLAGS.repeats,
                "min_seconds": FLAGS.min_seconds, "rounds": FLAGS.rounds, "breakdown": FLAGS.breakdown,
                "peak_memory": "VmHWM of each measuring process (its own, not its parent's)"}

@@ -32,6 +32,8 @@ def assert_one_error_line(rc, err, expected):
      "--against and --against_grappler_off: expected at most one of them"),
     ("metadistiller_targets.py", [], "no --workdir given"),
     ("serving.py", ["--name=never_written"], "--workdir (a classification run) or --fewshot_workdir"),
+    ("serving.py", ["--fewshot_workdir={tmp}", "--fewshot_ways=5,many", "--name=never_written"],
+     "--fewshot_ways=5,many: expected class counts of at least 2, or all"),
     ("fewshot_table.py", ["--runs_dir={tmp}/runs", "--name=never_written", "--row_override=dist.gamma=5"],
      "expected ROW:field=value"),
     ("fewshot_table.py", ["--runs_dir={tmp}/runs", "--name=never_written", "--row_override=distill:dist.gamma=5"],
