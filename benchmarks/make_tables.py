@@ -928,7 +928,7 @@ def serving_table(r):
                 + f" | {saved_logits:.0f}/s ({saved_logits / row['module_logits']['images_per_s']:.2f}×) "
                 f"| {max(max(t) / min(t) for t in rounds):.2f}× |")
     lines.append("")
-    lines.append(SERVING_MEMORY_NOTE if "peak_memory" not in r else "Peak memory: each measuring process's own (VmHWM).")
+    lines.append(serving_memory_note(r))
     lines.append("")
     rounds = r.get("rounds", 1)
     if rounds > 1 or r.get("min_seconds"):
@@ -955,6 +955,10 @@ SERVING_MEMORY_NOTE = ("Peak memory in this file is ru_maxrss, which carried the
                        "own peak (VmHWM).")
 
 
+def serving_memory_note(r):
+    return SERVING_MEMORY_NOTE if "peak_memory" not in r else "Peak memory: each measuring process's own (VmHWM)."
+
+
 def serving_fewshot_table(r):
     """The exported few-shot predictor vs the in-process one (benchmarks/serving.py --fewshot_workdir)."""
     run = r["fewshot_run"]
@@ -970,7 +974,7 @@ def serving_fewshot_table(r):
         lines.append(f"| {row['request']} ({row['way']} classes) | {row['queries']} | {cell('fewshot_savedmodel')} | "
                      f"{cell('fewshot_keras')} | {row['savedmodel_vs_keras']:.2f}× |")
     lines.append("")
-    lines.append(SERVING_MEMORY_NOTE if "peak_memory" not in r else "Peak memory: each measuring process's own (VmHWM).")
+    lines.append(serving_memory_note(r))
     lines.append("")
     lines.append(f"Each figure: the fastest of {r.get('rounds', 1)} rounds (both kinds in turn per round), each the median "
                  f"of at least {r['repeats']} calls adding up to at least {r.get('min_seconds', 0):g} s.")
