@@ -95,6 +95,10 @@ def test_fewshot_export_has_an_image_signature_matching_the_feature_path(glyphs_
     monkeypatch.chdir(tmp_path / "elsewhere")
     path, module = export.export_fewshot_predictor(run_dir, str(tmp_path / "export"))
     assert module.images is not None and export.load_metadata(path)["backbone_workdir"] == workdir
+    # Five signatures, two label dtypes: the members and the backbone are traced for all of them once
+    # (and once more by tf.saved_model.save itself), not once per signature function.
+    assert module.members_probabilities.experimental_get_tracing_count() <= 2
+    assert module.embed_images.experimental_get_tracing_count() <= 2
     feats, labels = read_features(str(tmp_path / "features" / "novel.h5"))
     # The images behind novel.h5, in its row order (as bin/extract_features read them).
     with open(os.path.join(workdir, "config.json")) as f:

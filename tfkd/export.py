@@ -219,18 +219,26 @@ class FewShotPredictorModule(tf.Module):
                 support, mask, counts = pad_by_label(support_features, tf.cast(support_labels, tf.int32))
             with tf.control_dependencies([tf.debugging.assert_positive(
                     counts, message="every class 0..C-1 needs at least one support example")]):
-                episode = {"support": support[None], "support_mask": mask[None], "query": query_features[None]}
-                shots = tf.reduce_min(counts)
-
-                def variant(ms):
-                    return lambda: tf.reduce_mean(
-                        tf.stack([tf.nn.softmax(tf.cast(m(episode, training=False)[0], tf.float32)) for m in ms]), 0)
-
-                branches = [variant(ms) for _, ms in variants]
-                usable = tf.constant(self.thresholds) <= shots
-                chosen = tf.reduce_max(tf.where(usable, tf.range(len(branches)), 0))
-                probabilities = tf.switch_case(chosen, branches) if len(branches) > 1 else branches[0]()
+                probabilities = self.members_probabilities(support, mask, query_features, tf.reduce_min(counts))
             return {"probabilities": probabilities}
+
+        def members_probabilities(support, mask, query, shots):
+            episode = {"support": support[None], "support_mask": mask[None], "query": query[None]}
+
+            def variant(ms):
+                return lambda: tf.reduce_mean(
+                    tf.stack([tf.nn.softmax(tf.cast(m(episode, training=False)[0], tf.float32)) for m in ms]), 0)
+
+            branches = [variant(ms) for _, ms in variants]
+            usable = tf.constant(self.thresholds) <= shots
+            chosen = tf.reduce_max(tf.where(usable, tf.range(len(branches)), 0))
+            return tf.switch_case(chosen, branches) if len(branches) > 1 else branches[0]()
+
+        # Every signature calls this one function, so the members' graphs (variants x members) are
+        # traced and saved once instead of once per signature and label dtype (8 copies).
+        self.members_probabilities = tf.function(members_probabilities, input_signature=[
+            tf.TensorSpec((None, None, d), tf.float32), tf.TensorSpec((None, None), tf.bool),
+            tf.TensorSpec((None, d), tf.float32), tf.TensorSpec((), tf.int32)])
 
         def by_class_id(predict_fn):
             """predict_fn with any class ids: mapped to 0..C-1 in increasing id order, returned too."""
@@ -269,7 +277,12 @@ class FewShotPredictorModule(tf.Module):
                                                  "got shape", shape])
                 with tf.control_dependencies([check]):
                     images = tf.identity(images)
-                return in_chunks(lambda x: backbone.embed(tf.cast(x, tf.float32)), images, feature_width)
+                return self.embed_images(images)
+
+            # Shared by both image signatures and label dtypes: the backbone's graph is saved once.
+            self.embed_images = tf.function(
+                lambda images: in_chunks(lambda x: backbone.embed(tf.cast(x, tf.float32)), images, feature_width),
+                input_signature=[tf.TensorSpec(image_spec, tf.uint8)])
 
             # uint8 pixels cannot be NaN; the finite check still guards the embedded features.
             def predict_images(support_images, support_labels, query_images):
