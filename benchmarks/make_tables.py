@@ -970,7 +970,9 @@ def serving_fewshot_table(r):
              "in-process |", "| --- | --- | --- | --- | --- |"]
     for row in r["fewshot"]:
         cell = lambda k: (f"{row[k]['requests_per_s']:.1f} requests/s ({row[k]['queries_per_s']:.0f} queries/s), "  # noqa: E731
-                          f"{row[k]['peak_rss_mb']:.0f} MB")
+                          f"{row[k]['peak_rss_mb']:.0f} MB" + (
+                              f"; load {row[k]['setup_s']:.1f} s, first request {row[k]['first_call_s']:.2f} s"
+                              if "setup_s" in row[k] else ""))
         lines.append(f"| {row['request']} ({row['way']} classes) | {row['queries']} | {cell('fewshot_savedmodel')} | "
                      f"{cell('fewshot_keras')} | {row['savedmodel_vs_keras']:.2f}× |")
     lines.append("")

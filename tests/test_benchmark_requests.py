@@ -384,7 +384,8 @@ def test_serving_reports_each_measuring_process_own_peak_memory_not_its_parents(
     finally:
         sys.path.pop(0)
     ballast = np.ones(400 << 20, np.uint8)  # this process now holds 400 MB more than the child will
-    child = "import json, statistics, sys, time\ncall, repeats, min_seconds = (lambda: None), 3, 0.0\n" + serving.TIMED
+    child = ("import json, statistics, sys, time\nstarted = time.perf_counter()\n"
+             "call, repeats, min_seconds = (lambda: None), 3, 0.0\n" + serving.TIMED)
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     result = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
     assert ballast.sum() > 0 and 0 < result["peak_rss_mb"] < 100 and result["calls"] >= 3, proc.stderr
