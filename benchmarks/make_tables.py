@@ -1212,6 +1212,17 @@ HOLDOUT_VARIANTS = (  # (result suffix, student, teacher), the order of the summ
 )
 
 
+def ensemble_replicates(protocol="all_way_1shot_top1"):
+    """[(seed, Dist↓ ensemble − gen ensemble in points on the novel alphabets)], one per seed of the
+    ensemble-vs-ensemble base-holdout files, each seed's two runs paired by their means."""
+    by_seed = {}
+    for suffix in (ENSEMBLES_HOLDOUT, ENSEMBLES_HOLDOUT_SEED_104, ENSEMBLES_HOLDOUT_SEEDS_104_108):
+        for run in (load(f"fewshot_table_glyphs_mid_backbone_base_holdout{suffix}") or {}).get("runs", []):
+            by_seed.setdefault(run["seed"], {})[run["gamma"]] = 100 * run["test"]["novel"][protocol]
+    # Both kinds must have run (seed 100's file also holds a single gen run of seed 101, left from its reference).
+    return [(seed, g[0.5] - g[0.0]) for seed, g in sorted(by_seed.items()) if set(g) == {0.0, 0.5}]
+
+
 def fewshot_base_holdout_summary(table="fewshot_table_glyphs_mid_backbone", gamma="0.5"):
     """One row per base-holdout variant: how strong its teacher is against the student's own
     many-shot classifier, and what the teacher's term at ``gamma`` does, paired with gamma = 0."""
@@ -1375,6 +1386,14 @@ def evidence_fewshot_table():
         seeds = f", seeds {', '.join(map(str, r['seeds']))}" if r else ""
         lines.append(f"| {claim} | mid backbone, a teacher stronger than the student (MLP embedding){seeds} | "
                      + " | ".join(cell(novel.get(p)) for p, _ in protocols) + " |")
+    replicates = ensemble_replicates()
+    if len(replicates) >= 2:
+        diffs = [d for _, d in replicates]
+        lines += ["", "Dist↓ ensemble − Gen ensemble over the independent replicates (one pair of ensembles per seed, "
+                  "members seed … seed + 3, none shared), novel all-way 1-shot: "
+                  + ", ".join(f"seed {seed} {d:+.2f}" for seed, d in replicates)
+                  + f"; mean {statistics.mean(diffs):+.2f} ± {t_interval(diffs):.2f} (95% Student t over the "
+                  f"{len(diffs)} seeds, so seed-to-seed variation is in this CI)."]
     lines += ["", "Novel classes (165 letters of 4 alphabets never seen in training). Difference A − B in points ± 95% CI over the "
               "test queries (all-way) or episodes (20-way), paired on the same ones, each model's hits averaged "
               "over its seeds (3 for the tables, as listed for the rest), so the CI leaves out seed-to-seed "
