@@ -86,51 +86,45 @@ print("RESULT " + json.dumps({"seconds_per_call": statistics.median(times), "cal
                               "peak_rss_mb": peak_kb / 1024, "setup_s": setup_s, "first_call_s": first_call_s}))
 """
 
-CHILD = r"""
+# Both children start here: argv is REPO, kind, their own arguments, then repeats and min_seconds.
+PREAMBLE = r"""
 import json, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np, tensorflow as tf
 started = time.perf_counter()
-kind, path, workdir, batch, repeats = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
-min_seconds = float(sys.argv[7])
+kind, repeats, min_seconds = sys.argv[2], int(sys.argv[-2]), float(sys.argv[-1])
+"""
+
+CHILD = PREAMBLE + r"""
+path, workdir, batch = sys.argv[3], sys.argv[4], int(sys.argv[5])
 if kind.startswith("savedmodel"):
-    signature = "logits" if kind == "savedmodel_logits" else "serving_default"
+    signature, output = ("logits", "logits") if kind == "savedmodel_logits" else ("serving_default", "probabilities")
     fn = tf.saved_model.load(path).signatures[signature]
     shape = fn.structured_input_signature[1]["images"].shape[1:]
     images = tf.constant(np.random.default_rng(0).integers(0, 256, (batch,) + tuple(shape)).astype(np.uint8))
-    output = "logits" if kind == "savedmodel_logits" else "probabilities"
     call = lambda: fn(images=images)[output].numpy()
-elif kind.startswith("module_"):
-    from tfkd import export
-    network = export.restore_network(workdir, "best")[0]
-    module = export.InferenceModule(network)
-    fn, output = (module.logits, "logits") if kind == "module_logits" else (module.serve, "probabilities")
-    images = tf.constant(np.random.default_rng(0).integers(0, 256, (batch,) + tuple(network.image_shape)).astype(np.uint8))
-    call = lambda: fn(images)[output].numpy()
 else:
     from tfkd import export
     network = export.restore_network(workdir, "best")[0]
-    images = np.random.default_rng(0).integers(0, 256, (batch,) + tuple(network.image_shape)).astype(np.float32)
-    if kind == "keras_predict":
+    pixels = np.random.default_rng(0).integers(0, 256, (batch,) + tuple(network.image_shape))
+    if kind.startswith("module_"):
+        module = export.InferenceModule(network)
+        fn, output = (module.logits, "logits") if kind == "module_logits" else (module.serve, "probabilities")
+        images = tf.constant(pixels.astype(np.uint8))
+        call = lambda: fn(images)[output].numpy()
+    elif kind == "keras_predict":
+        images = pixels.astype(np.float32)
         call = lambda: network.predict(images, batch_size=min(batch, 256), verbose=0)
-    elif kind == "final_chunked":
-        final = tf.function(lambda x: export.in_chunks(network.predict_final, x, int(network.num_classes)))
-        x = tf.constant(images)
-        call = lambda: final(x).numpy()
     else:
-        final = tf.function(network.predict_final)
-        x = tf.constant(images)
+        final = tf.function(network.predict_final if kind == "keras_final" else
+                            lambda x: export.in_chunks(network.predict_final, x, int(network.num_classes)))
+        x = tf.constant(pixels.astype(np.float32))
         call = lambda: final(x).numpy()
 """ + TIMED
 
 # One few-shot request (support features + labels, query features) from an .npz the parent wrote.
-FEWSHOT_CHILD = r"""
-import json, statistics, sys, time
-sys.path.insert(0, sys.argv[1])
-import numpy as np, tensorflow as tf
-started = time.perf_counter()
-kind, path, workdir, request, repeats = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
-min_seconds = float(sys.argv[7])
+FEWSHOT_CHILD = PREAMBLE + r"""
+path, workdir, request = sys.argv[3], sys.argv[4], sys.argv[5]
 r = np.load(request)
 if kind == "fewshot_savedmodel":
     fn = tf.saved_model.load(path).signatures["serving_default"]
@@ -191,13 +185,14 @@ def fewshot_rows(tmp):
 
     from tfkd import export, runs
     from tfkd.data.features import read_feature_metadata
-    from tfkd.train_fewshot import FeatureSplits, run_predictor_for_shot
+    from tfkd.train_fewshot import FeatureSplits
 
     workdir = FLAGS.fewshot_workdir
     path = os.path.join(tmp, "fewshot_export")
-    export.export_fewshot_predictor(workdir, path)
-    _, config, _ = run_predictor_for_shot(workdir)
-    features, labels = FeatureSplits(runs.fewshot_features_dir(workdir, config))["novel"]
+    export.export_fewshot_predictor(workdir, path)  # refuses a folder that is not a few-shot run
+    config = runs.read_config(workdir)
+    features_dir = runs.fewshot_features_dir(workdir, config)
+    features, labels = FeatureSplits(features_dir)["novel"]
     rng = np.random.default_rng(0)
     classes = np.unique(labels)
     rows = []
@@ -223,7 +218,6 @@ def fewshot_rows(tmp):
         print(f"{row['request']} ({len(query)} queries): " + ", ".join(
             f"{k} {row[k]['requests_per_s']:7.1f} requests/s {row[k]['peak_rss_mb']:5.0f} MB"
             for k in ("fewshot_savedmodel", "fewshot_keras")), flush=True)
-    features_dir = runs.fewshot_features_dir(workdir, config)
     return rows, {"method": config.method, "dataset": read_feature_metadata(features_dir).get("dataset"),
                   "features_dir": features_dir}
 
