@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Table-1/Table-4-style comparison: baseline, DSN, self-distillation and MetaDistiller.
 
-    python benchmarks/self_boosting_table.py [--regime=short|converge] [--datasets=fashion_mnist,glyphs]
+    python benchmarks/self_boosting_table.py [--regime=short|converge|small_data] [--datasets=fashion_mnist,glyphs]
         [--seeds=0,1,2] [--jobs=2] [--runs_dir=/tmp/tfkd_bench] [--threads=0]
 
 Regimes: ``short`` (configs/bench_<dataset>.py, 6 epochs) and ``converge``
-(configs/bench_<dataset>_converge.py, 40 epochs, step schedule). Every (dataset, method, seed)
+(configs/bench_<dataset>_converge.py, 40 epochs, step schedule) and ``small_data``
+(configs/bench_fashion_mnist_small_data.py: 2,000 training images, 100 epochs). Every (dataset, method, seed)
 is one ``bin/train`` run in its own workdir under --runs_dir. Results go to
 benchmarks/results/<name>.json after *every* finished run, and runs already in that file are not
 run again: a table can be completed over several sessions on different machines from the
@@ -40,11 +41,13 @@ from absl import flags  # noqa: E402
 
 import common  # noqa: E402
 
-REGIMES = {"short": "", "converge": "_converge"}
-DEFAULT_NAMES = {"short": "self_boosting_table", "converge": "self_boosting_converge"}
+REGIMES = {"short": "", "converge": "_converge", "small_data": "_small_data"}
+DEFAULT_NAMES = {"short": "self_boosting_table", "converge": "self_boosting_converge",
+                 "small_data": "self_boosting_small_data"}
 
 flags.DEFINE_enum("regime", "short", list(REGIMES), "short: configs/bench_<dataset>.py (6 epochs); "
-                  "converge: configs/bench_<dataset>_converge.py (40 epochs).")
+                  "converge: configs/bench_<dataset>_converge.py (40 epochs); small_data: "
+                  "configs/bench_<dataset>_small_data.py (a fifth of the data, 100 epochs).")
 flags.DEFINE_list("datasets", ["fashion_mnist", "glyphs"], "Datasets (configs/bench_<name>[_converge].py).")
 flags.DEFINE_list("methods", ["baseline", "dsn", "self_distill", "metadistiller"], "Methods.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
@@ -207,6 +210,12 @@ def main(argv):
     if FLAGS.tune_trials and not FLAGS.name:
         common.refuse("--tune_trials trains tuned runs; expected a --name for their results file (the "
                       "default-knob table keeps its own)")
+    for dataset in FLAGS.datasets:
+        if not os.path.exists(config_path(dataset)):
+            have = sorted(ds for ds in ("fashion_mnist", "glyphs")
+                          if os.path.exists(os.path.join(common.REPO, "configs", f"bench_{ds}{REGIMES[FLAGS.regime]}.py")))
+            common.refuse(f"--datasets={dataset}: the {FLAGS.regime} regime has no config "
+                          f"{os.path.relpath(config_path(dataset), common.REPO)}; expected one of {have}")
     name = FLAGS.name or DEFAULT_NAMES[FLAGS.regime]
     common.hold_results(name)
     try:
