@@ -27,6 +27,9 @@ def assert_one_error_line(rc, err, expected):
 @pytest.mark.parametrize("script,args,expected", [
     ("self_boosting_table.py", ["--regime=converge", "--runs_dir={tmp}/runs", "glyphs"],
      "unexpected argument(s) glyphs"),
+    ("self_boosting_table.py", ["--regime=small_data", "--runs_dir={tmp}/runs", "--name=never_written"],
+     "--datasets=glyphs: the small_data regime has no config configs/bench_glyphs_small_data.py; "
+     "expected one of ['fashion_mnist']"),
     ("step_cost.py", ["--repeats=many"], "--repeats=many"),
     ("first_step.py", ["--against={tmp}", "--against_grappler_off", "--name=never_written"],
      "--against and --against_grappler_off: expected at most one of them"),

@@ -159,3 +159,24 @@ def test_serving_fewshot_table_shows_requests_queries_and_the_ratio():
     row = [line for line in _make_tables().serving_fewshot_table(r).splitlines() if line.startswith("| 5-way")][0]
     assert row == ("| 5-way 1-shot (5 classes) | 75 | 100.0 requests/s (7500 queries/s), 1400 MB | "
                    "50.0 requests/s (3750 queries/s), 1400 MB | 2.00× |")
+
+
+def test_small_data_regime_is_its_own_evidence_column_with_default_knobs(monkeypatch):
+    make_tables = _make_tables()
+
+    def entry(final, exit_1):
+        return {"runs": [{"seed": s, "val": {"final_accuracy": 0.5},
+                          "test": {"final_accuracy": final + d,
+                                   **{f"exit_{k}_accuracy": exit_1 + d for k in (1, 2, 3)}}}
+                         for s, d in ((0, 0.0), (1, 0.01), (2, 0.02))]}
+
+    small = {"datasets": {"fashion_mnist": {"methods": {"self_distill": entry(0.80, 0.70),
+                                                        "metadistiller": entry(0.82, 0.69)}}}}
+    monkeypatch.setattr(make_tables, "load", {"self_boosting_small_data": small}.get)
+    table = make_tables.evidence_self_boosting_table()
+    header = table.splitlines()[0]
+    assert "tfkd, Fashion-MNIST (2k images, 100 epochs), default knobs" in header
+    md_sd = next(line for line in table.splitlines() if line.startswith("| MD > SD, final exit"))
+    assert "+2.00 ± 0.00 (n=3): **holds**" in md_sd
+    exit_1 = next(line for line in table.splitlines() if line.startswith("| MD's exit 1 > SD's exit 1"))
+    assert "-1.00 ± 0.00 (n=3): **reversed**" in exit_1
