@@ -5,20 +5,11 @@ trains 40 epochs with the papers' step schedule (lr / 10 at 50% and 75% of train
 measured epoch on a 2-core CPU: with two runs side by side at one thread each, an epoch takes
 ~20 s (baseline, SD) to ~30 s (MetaDistiller main epoch) and ~90 s (meta epoch), i.e. 8-27 min a run.
 Width stays 0.125: 0.25 measured 2.5x slower per epoch, which would not fit 3 seeds x 4 methods."""
-import importlib.util
-import os
-
-
-def _load_config(name):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from tfkd.config import sibling_config
 
 
 def get_config():
-    c = _load_config("bench_fashion_mnist")
+    c = sibling_config(__file__, "bench_fashion_mnist")
     c.train.epochs = 40
     c.train.lr_boundaries = (20, 30)
     c.metadistiller.meta_every_epochs = 5  # the paper's M: meta epochs 1, 6, ..., 36

@@ -8,20 +8,11 @@ regime: the same network (ResNet18, width 0.125), batch, lr, weight decay and me
 one thread each): ~4 s baseline, ~5 s a MetaDistiller main epoch, ~10 s a meta epoch, most of it
 the 6,000 validation images. Validation (10% of the training split, stratified) and test
 (10,000) are the convergent regime's."""
-import importlib.util
-import os
-
-
-def _load_config(name):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from tfkd.config import sibling_config
 
 
 def get_config():
-    c = _load_config("bench_fashion_mnist_converge")
+    c = sibling_config(__file__, "bench_fashion_mnist_converge")
     c.data.max_train_examples = 2000
     c.train.epochs = 100
     c.train.lr_boundaries = (50, 75)

@@ -7,16 +7,11 @@ configs/glyphs_fewshot.py (loaded from it); k_teacher = 0 takes every base examp
     bin/extract_features --workdir=runs/fashion_mnist_backbone --output=runs/fashion_mnist_features
     bin/train --method=progressive --config=configs/fashion_mnist_fewshot.py --workdir=runs/fmnist_dist_down
 """
-import importlib.util
-import os
+from tfkd.config import sibling_config
 
 
 def get_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "glyphs_fewshot.py")
-    spec = importlib.util.spec_from_file_location("glyphs_fewshot", path)
-    glyphs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(glyphs)
-    c = glyphs.get_config()
+    c = sibling_config(__file__, "glyphs_fewshot")
     c.fewshot.features_dir = "runs/fashion_mnist_features"
     c.fewshot.n_way = 3  # all 3 base classes
     c.fewshot.test_queries = 15

@@ -52,3 +52,24 @@ def test_loading_and_resolving_a_config_imports_no_tensorflow():
               "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_shipped_config_file_loads_and_passes_validation():
+    """configs/*.py, including those built on another (tfkd.config.sibling_config), resolve for
+    their own method and validate: a broken file would otherwise surface hours into a benchmark."""
+    import glob
+    import os
+
+    from tfkd.config import resolve, sibling_config, validate
+
+    paths = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+    assert len(paths) >= 12
+    for path in paths:
+        config = resolve(sibling_config(path, os.path.basename(path)[:-3]))
+        validate(config)
+    small = sibling_config(os.path.join(REPO, "configs", "x.py"), "bench_fashion_mnist_small_data")
+    converge = sibling_config(os.path.join(REPO, "configs", "x.py"), "bench_fashion_mnist_converge")
+    # The small-data regime differs from the convergent one in its data and length only.
+    assert (small.data.max_train_examples, small.train.epochs) == (2000, 100)
+    assert small.model.to_dict() == converge.model.to_dict()
+    assert small.metadistiller.to_dict() == converge.metadistiller.to_dict()

@@ -138,6 +138,19 @@ def base_config():
     return c
 
 
+def sibling_config(config_file, name):
+    """``get_config()`` of ``<name>.py`` in the folder of ``config_file``: a config file built on
+    another (call it with ``__file__``). Loaded by path, as ``--config`` loads it: config files are
+    not a package."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def resolve(config, method=None, seed=None):
     """Applies flag overrides (--method, --seed), validates, and returns a new resolved config."""
     config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
