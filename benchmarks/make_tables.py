@@ -630,22 +630,21 @@ def converge_rows(lines, rows, dataset):
     return entropy_notes
 
 
-def self_boosting_converge_table():
-    """The convergent-regime table: every exit, the ensemble, validation, best epoch and wall time
-    per run; tuned variants (CONVERGE_VARIANTS) as extra rows, the one used for the paper's
-    ordering chosen on validation."""
-    r = load("self_boosting_converge")
+def self_boosting_converge_table(name="self_boosting_converge", variants=CONVERGE_VARIANTS, regime="converge"):
+    """A long-regime table (the convergent one by default; the small-data one has no variants):
+    every exit, the ensemble, validation, best epoch and wall time per run; tuned variants as extra
+    rows, the one used for the paper's ordering chosen on validation."""
+    r = load(name)
     if r is None:
-        return "_Not measured yet: run `python benchmarks/self_boosting_table.py --regime=converge`._"
-    variants = [(load(name), method, label, change) for name, method, label, change in CONVERGE_VARIANTS]
+        return f"_Not measured yet: run `python benchmarks/self_boosting_table.py --regime={regime}`._"
+    variants = [(load(v), method, label, change) for v, method, label, change in variants]
     lines = []
     for dataset, d in r["datasets"].items():
         methods = d["methods"]
         if not methods:
             continue
         lines += converge_header(dataset, d)
-        rows = [(METHOD_LABELS[n], n, methods[n]) for n in ("baseline", "dsn", "self_distill", "metadistiller")
-                if n in methods]
+        rows = [(METHOD_LABELS[n], n, methods[n]) for n in SELF_BOOSTING_ORDER if n in methods]
         for v, method, label, _ in variants:
             if v and dataset in v["datasets"] and method in v["datasets"][dataset]["methods"]:
                 rows.append((label, method, v["datasets"][dataset]["methods"][method]))
@@ -670,28 +669,6 @@ def self_boosting_converge_table():
     for v, _, label, _ in variants:
         if v:
             lines.append(f"\n{label}: " + provenance(v) + run_revisions(v))
-    return "\n".join(lines)
-
-
-def self_boosting_small_data_table():
-    """The four methods with default knobs where the network overfits (a fifth of the convergent
-    regime's Fashion-MNIST images, everything else the same)."""
-    r = load("self_boosting_small_data")
-    if r is None:
-        return "_Not measured yet: run `python benchmarks/self_boosting_table.py --regime=small_data --datasets=fashion_mnist`._"
-    lines = []
-    for dataset, d in r["datasets"].items():
-        methods = d["methods"]
-        if not methods:
-            continue
-        lines += converge_header(dataset, d)
-        rows = [(METHOD_LABELS[n], n, methods[n]) for n in SELF_BOOSTING_ORDER if n in methods]
-        entropy_notes = converge_rows(lines, rows, dataset)
-        lines.append("")
-        lines += [n + "\n" for n in entropy_notes]
-        lines += paper_targets(methods)
-    lines.append(provenance(r) + run_revisions(r) + " Wall time: two runs side by side, one TensorFlow thread each; "
-                 "other work shared the 2 cores at times, so it is an upper bound.")
     return "\n".join(lines)
 
 
@@ -1439,7 +1416,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "fewshot_glyphs_mid_backbone_mlp_teacher_fixed_temperature": lambda: fewshot_tuned_table(FIXED_T_TABLE),
           "fewshot_glyphs_weak_backbone": lambda: fewshot_table("glyphs", "fewshot_table_glyphs_weak_backbone"),
           "self_boosting": self_boosting_table, "self_boosting_converge": self_boosting_converge_table,
-          "self_boosting_small_data": self_boosting_small_data_table,
+          "self_boosting_small_data": lambda: self_boosting_converge_table("self_boosting_small_data", (), "small_data"),
           "self_boosting_tuned": self_boosting_tuned_table,
           "step_cost": step_cost_table, "step_cost_meta_batch": step_cost_meta_batch_table,
           "first_step": first_step_table, "first_step_idle": first_step_idle_table,
