@@ -1310,13 +1310,15 @@ SELF_BOOSTING_CLAIMS = (  # (claim, A, B, head, at_least)
 
 def evidence_self_boosting_table():
     """MetaDistiller's Table 1 / 4 claims at the convergent regime, in tfkd and the PyTorch reference."""
-    columns = [(f"tfkd, {label}", self_boosting_chosen(dataset), lambda run, head: run["test"][f"{head}_accuracy"])
+    def tfkd_accuracy(run, head):
+        return run["test"][f"{head}_accuracy"]
+
+    columns = [(f"tfkd, {label}", self_boosting_chosen(dataset), tfkd_accuracy)
                for dataset, label in (("fashion_mnist", "Fashion-MNIST (10k)"), ("glyphs", "glyphs (761 classes)"))]
     small = (load("self_boosting_small_data") or {}).get("datasets", {}).get("fashion_mnist")
     if small:
         columns.append(("tfkd, Fashion-MNIST (2k images, 100 epochs), default knobs",
-                        {n: ("default knobs", e) for n, e in small["methods"].items()},
-                        lambda run, head: run["test"][f"{head}_accuracy"]))
+                        {n: ("default knobs", e) for n, e in small["methods"].items()}, tfkd_accuracy))
     ref = load("reference_converge")
     if ref:
         columns.append(("the PyTorch reference, Fashion-MNIST (10k), default knobs",

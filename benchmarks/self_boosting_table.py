@@ -48,7 +48,7 @@ DEFAULT_NAMES = {"short": "self_boosting_table", "converge": "self_boosting_conv
 flags.DEFINE_enum("regime", "short", list(REGIMES), "short: configs/bench_<dataset>.py (6 epochs); "
                   "converge: configs/bench_<dataset>_converge.py (40 epochs); small_data: "
                   "configs/bench_<dataset>_small_data.py (a fifth of the data, 100 epochs).")
-flags.DEFINE_list("datasets", ["fashion_mnist", "glyphs"], "Datasets (configs/bench_<name>[_converge].py).")
+flags.DEFINE_list("datasets", ["fashion_mnist", "glyphs"], "Datasets (configs/bench_<name>[_<regime>].py).")
 flags.DEFINE_list("methods", ["baseline", "dsn", "self_distill", "metadistiller"], "Methods.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_string("runs_dir", "/tmp/tfkd_bench", "Where the runs' workdirs go (not committed).")
@@ -212,8 +212,7 @@ def main(argv):
                       "default-knob table keeps its own)")
     for dataset in FLAGS.datasets:
         if not os.path.exists(config_path(dataset)):
-            have = sorted(ds for ds in ("fashion_mnist", "glyphs")
-                          if os.path.exists(os.path.join(common.REPO, "configs", f"bench_{ds}{REGIMES[FLAGS.regime]}.py")))
+            have = [ds for ds in ("fashion_mnist", "glyphs") if os.path.exists(config_path(ds))]
             common.refuse(f"--datasets={dataset}: the {FLAGS.regime} regime has no config "
                           f"{os.path.relpath(config_path(dataset), common.REPO)}; expected one of {have}")
     name = FLAGS.name or DEFAULT_NAMES[FLAGS.regime]

@@ -10,6 +10,7 @@ Needs no TensorFlow, so a config mistake is reported before seconds of imports; 
 needs the backbones' registry (``model.arch``) is tfkd.train.resolve's.
 Layer: just above the base (errors, io, method_config); below the run folder and the drivers.
 """
+import importlib.util
 import json
 import os
 
@@ -142,8 +143,6 @@ def sibling_config(config_file, name):
     """``get_config()`` of ``<name>.py`` in the folder of ``config_file``: a config file built on
     another (call it with ``__file__``). Loaded by path, as ``--config`` loads it: config files are
     not a package."""
-    import importlib.util
-
     path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
