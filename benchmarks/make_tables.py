@@ -1015,13 +1015,13 @@ def _exits(s_of):
     return " / ".join(f"{100 * s_of(k)['mean']:.1f}" if s_of(k) else "–" for k in ("exit_1", "exit_2", "exit_3"))
 
 
-def reference_converge_table():
-    """tfkd's convergent Fashion-MNIST rows next to the PyTorch reference trained at the same config's
+def reference_converge_table(ours_name="self_boosting_converge", ref_name="reference_converge", command_flags=""):
+    """tfkd's Fashion-MNIST rows of one regime next to the PyTorch reference trained at the same config's
     regime (benchmarks/reference_table.py): tells "no effect at this scale" from "tfkd differs"."""
-    ours, ref = load("self_boosting_converge"), load("reference_converge")
+    ours, ref = load(ours_name), load(ref_name)
     if ours is None or ref is None or not ref["methods"]:
         return ("_Not measured yet: run `python benchmarks/reference_table.py "
-                "--reference_python=/tmp/torchref/bin/python`._")
+                f"--reference_python=/tmp/torchref/bin/python{command_flags}`._")
     dataset = "fashion_mnist"
     d = ours["datasets"][dataset]
     if d["config_file"] != ref["config_file"]:
@@ -1319,11 +1319,13 @@ def evidence_self_boosting_table():
     if small:
         columns.append(("tfkd, Fashion-MNIST (2k images, 100 epochs), default knobs",
                         {n: ("default knobs", e) for n, e in small["methods"].items()}, tfkd_accuracy))
-    ref = load("reference_converge")
-    if ref:
-        columns.append(("the PyTorch reference, Fashion-MNIST (10k), default knobs",
-                        {n: ("default knobs", e) for n, e in ref["methods"].items()},
-                        lambda run, head: run["test"][head]))
+    for ref_name, label in (("reference_converge", "Fashion-MNIST (10k)"),
+                            ("reference_small_data", "Fashion-MNIST (2k images, 100 epochs)")):
+        ref = load(ref_name)
+        if ref and ref["methods"]:
+            columns.append((f"the PyTorch reference, {label}, default knobs",
+                            {n: ("default knobs", e) for n, e in ref["methods"].items()},
+                            lambda run, head: run["test"][head]))
     lines = ["| paper's claim | " + " | ".join(c[0] for c in columns) + " |", "| --- |" + " --- |" * len(columns)]
     for claim, a, b, head, at_least in SELF_BOOSTING_CLAIMS:
         cells = []
@@ -1433,7 +1435,11 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
               "serving_fewshot", "python benchmarks/serving.py --fewshot_workdir=FEWSHOT_RUN --rounds=3 --min_seconds=1 "
               "--name=serving_fewshot")(serving_fewshot_table),
           "reference_targets": reference_targets_table,
-          "reference_converge": reference_converge_table, "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
+          "reference_converge": reference_converge_table,
+          "reference_small_data": lambda: reference_converge_table(
+              "self_boosting_small_data", "reference_small_data",
+              " --config=configs/bench_fashion_mnist_small_data.py --name=reference_small_data"),
+          "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
           "fewshot_base_holdout": fewshot_base_holdout_table,
           "fewshot_base_holdout_summary": fewshot_base_holdout_summary,
           "fewshot_base_holdout_no_f": lambda: fewshot_base_holdout_table("_embedding_units_none"),
