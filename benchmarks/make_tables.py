@@ -1308,24 +1308,41 @@ SELF_BOOSTING_CLAIMS = (  # (claim, A, B, head, at_least)
 )
 
 
+def _tfkd_accuracy(run, head):
+    return run["test"][f"{head}_accuracy"]
+
+
+def _reference_accuracy(run, head):
+    return run["test"][head]
+
+
+def self_boosting_default_columns():
+    """[(header, {method: results entry}, accuracy(run, head))] of every regime measured with the
+    methods' default knobs, in tfkd and in the PyTorch reference."""
+    columns = []
+    for name, dataset, label in (("self_boosting_converge", "fashion_mnist", "tfkd, Fashion-MNIST (10k)"),
+                                 ("self_boosting_converge", "glyphs", "tfkd, glyphs (761 classes)"),
+                                 ("self_boosting_small_data", "fashion_mnist",
+                                  "tfkd, Fashion-MNIST (2k images, 100 epochs)")):
+        methods = (load(name) or {}).get("datasets", {}).get(dataset, {}).get("methods")
+        if methods:
+            columns.append((label, methods, _tfkd_accuracy))
+    for name, label in (("reference_converge", "Fashion-MNIST (10k)"),
+                        ("reference_small_data", "Fashion-MNIST (2k images, 100 epochs)")):
+        ref = load(name)
+        if ref and ref["methods"]:
+            columns.append((f"the PyTorch reference, {label}", ref["methods"], _reference_accuracy))
+    return columns
+
+
 def evidence_self_boosting_table():
     """MetaDistiller's Table 1 / 4 claims at the convergent regime, in tfkd and the PyTorch reference."""
-    def tfkd_accuracy(run, head):
-        return run["test"][f"{head}_accuracy"]
-
-    columns = [(f"tfkd, {label}", self_boosting_chosen(dataset), tfkd_accuracy)
+    columns = [(f"tfkd, {label}", self_boosting_chosen(dataset), _tfkd_accuracy)
                for dataset, label in (("fashion_mnist", "Fashion-MNIST (10k)"), ("glyphs", "glyphs (761 classes)"))]
-    small = (load("self_boosting_small_data") or {}).get("datasets", {}).get("fashion_mnist")
-    if small:
-        columns.append(("tfkd, Fashion-MNIST (2k images, 100 epochs), default knobs",
-                        {n: ("default knobs", e) for n, e in small["methods"].items()}, tfkd_accuracy))
-    for ref_name, label in (("reference_converge", "Fashion-MNIST (10k)"),
-                            ("reference_small_data", "Fashion-MNIST (2k images, 100 epochs)")):
-        ref = load(ref_name)
-        if ref and ref["methods"]:
-            columns.append((f"the PyTorch reference, {label}, default knobs",
-                            {n: ("default knobs", e) for n, e in ref["methods"].items()},
-                            lambda run, head: run["test"][head]))
+    # The other regimes were run with default knobs only (the first two are also in the chosen columns).
+    columns += [(f"{header}, default knobs", {n: ("default knobs", e) for n, e in methods.items()}, accuracy)
+                for header, methods, accuracy in self_boosting_default_columns()
+                if header not in {c[0] for c in columns}]
     lines = ["| paper's claim | " + " | ".join(c[0] for c in columns) + " |", "| --- |" + " --- |" * len(columns)]
     for claim, a, b, head, at_least in SELF_BOOSTING_CLAIMS:
         cells = []
@@ -1345,6 +1362,30 @@ def evidence_self_boosting_table():
               f"Each method is its variant with the best mean validation among those measured ({picks})."]
     return "\n".join(lines)
 
+
+def exit_soft_terms_table():
+    """Each exit of SD and of MetaDistiller against DSN's (the same exits trained on the labels alone):
+    what the soft half of the exits' loss, SD's final output or MD's generated targets, adds."""
+    columns = self_boosting_default_columns()
+    if not columns:
+        return "_Not measured yet: run `python benchmarks/self_boosting_table.py --regime=converge`._"
+    lines = ["| exit | soft targets of the exits | " + " | ".join(c[0] for c in columns) + " |",
+             "| --- | --- |" + " --- |" * len(columns)]
+    for head in ("exit_1", "exit_2", "exit_3"):
+        for method, targets in (("self_distill", "SD: the final output"), ("metadistiller", "MD: the generator's")):
+            cells = []
+            for _, methods, accuracy in columns:
+                if method not in methods or "dsn" not in methods:
+                    cells.append("not measured")
+                    continue
+                mean, ci, n = seed_paired(methods[method], methods["dsn"], lambda run: accuracy(run, head))
+                cells.append(f"{mean:+.2f} ± {ci:.2f} (n={n})" if n else "no shared seeds")
+            lines.append(f"| {head.replace('_', ' ')} | {targets} | " + " | ".join(cells) + " |")
+    lines += ["", "Test accuracy of the exit minus DSN's same exit, points, mean over the seeds both ran ± 95% CI "
+              "(Student t over seeds); every method with its default knobs (α = 0.5: half of each exit's loss is "
+              "the soft term), each run's checkpoint chosen on validation. DSN trains the exits on the labels "
+              "alone, so a negative difference means the soft targets cost the exit accuracy."]
+    return "\n".join(lines)
 
 MLP_TEACHER_TABLE = "fewshot_table_glyphs_mid_backbone_mlp_teacher"
 FIXED_T_TABLE = MLP_TEACHER_TABLE + "_fixed_temperature"  # the same with learn_temperature=False
@@ -1435,7 +1476,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
               "serving_fewshot", "python benchmarks/serving.py --fewshot_workdir=FEWSHOT_RUN --rounds=3 --min_seconds=1 "
               "--name=serving_fewshot")(serving_fewshot_table),
           "reference_targets": reference_targets_table,
-          "reference_converge": reference_converge_table,
+          "reference_converge": reference_converge_table, "exit_soft_terms": exit_soft_terms_table,
           "reference_small_data": lambda: reference_converge_table(
               "self_boosting_small_data", "reference_small_data",
               " --config=configs/bench_fashion_mnist_small_data.py --name=reference_small_data"),

@@ -180,3 +180,27 @@ def test_small_data_regime_is_its_own_evidence_column_with_default_knobs(monkeyp
     assert "+2.00 ± 0.00 (n=3): **holds**" in md_sd
     exit_1 = next(line for line in table.splitlines() if line.startswith("| MD's exit 1 > SD's exit 1"))
     assert "-1.00 ± 0.00 (n=3): **reversed**" in exit_1
+
+
+def test_exit_soft_terms_pairs_each_exit_with_dsns_in_tfkd_and_the_reference(monkeypatch):
+    make_tables = _make_tables()
+    seeds = ((0, 0.0), (1, 0.01), (2, 0.03))
+
+    def tfkd(exit_accuracy):
+        return {"runs": [{"seed": s, "test": {f"exit_{k}_accuracy": exit_accuracy + d for k in (1, 2, 3)}}
+                         for s, d in seeds]}
+
+    def reference(exit_accuracy):  # the reference's records name the heads without "_accuracy"
+        return {"runs": [{"seed": s, "test": {f"exit_{k}": exit_accuracy + d for k in (1, 2, 3)}} for s, d in seeds]}
+
+    files = {"self_boosting_small_data": {"datasets": {"fashion_mnist": {"methods": {
+                 "dsn": tfkd(0.80), "self_distill": tfkd(0.81), "metadistiller": tfkd(0.77)}}}},
+             "reference_small_data": {"methods": {"dsn": reference(0.70), "metadistiller": reference(0.72)}}}
+    monkeypatch.setattr(make_tables, "load", files.get)
+    lines = make_tables.exit_soft_terms_table().splitlines()
+    assert lines[0] == ("| exit | soft targets of the exits | tfkd, Fashion-MNIST (2k images, 100 epochs) | "
+                        "the PyTorch reference, Fashion-MNIST (2k images, 100 epochs) |")
+    md_exit_2 = next(line for line in lines if line.startswith("| exit 2 | MD"))
+    assert "| -3.00 ± 0.00 (n=3) | +2.00 ± 0.00 (n=3) |" in md_exit_2
+    sd_exit_1 = next(line for line in lines if line.startswith("| exit 1 | SD"))
+    assert "| +1.00 ± 0.00 (n=3) | not measured |" in sd_exit_1  # the reference has no SD runs here
