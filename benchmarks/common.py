@@ -68,13 +68,22 @@ def machine():
             "python": platform.python_version(), "tensorflow": tf.__version__}
 
 
+def invocation():
+    """This benchmark's command line, as results files record it."""
+    return " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+
+
+def now_utc():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def write_result(name, payload):
     """Writes benchmarks/results/<name>.json with command, date, machine and git revision."""
     from tfkd import io
 
     payload = dict(payload)
-    payload.setdefault("command", " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
-    payload.setdefault("date_utc", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    payload.setdefault("command", invocation())
+    payload.setdefault("date_utc", now_utc())
     payload.setdefault("machine", machine())
     payload.setdefault("git_revision", io.git_revision())
     path = os.path.join(RESULTS, f"{name}.json")

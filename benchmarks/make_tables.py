@@ -603,6 +603,12 @@ def _wall_time(runs):
     return f"{statistics.mean(times) / 60:.0f} min{left_out}"
 
 
+def _mean_entropies(curves, epoch):
+    """'exit 1 2.21, exit 2 ...': each exit's entropy at ``epoch`` (an index), averaged over runs."""
+    return ", ".join(f"{k.replace('_', ' ')} {sum(c[k][epoch] for c in curves) / len(curves):.2f}"
+                     for k in sorted(curves[0]))
+
+
 def converge_rows(lines, rows, dataset):
     """Appends one table line per (label, method name, results entry); returns the notes on the
     generated targets' entropy."""
@@ -616,17 +622,19 @@ def converge_rows(lines, rows, dataset):
         wall = _wall_time(e["runs"])
         lines.append(f"| {label} | {pct(e.get('final'))} | {' | '.join(exits)} | {ens} | {val} | {best} | "
                      f"{wall} | {seeds} |")
-        curves = [run["target_entropy_curve"] for run in e["runs"] if run.get("target_entropy_curve")]
-        if curves:
-            exits_named = sorted(curves[0])
-            first = ", ".join(f"{k.replace('_', ' ')} {sum(c[k][0] for c in curves) / len(curves):.2f}"
-                              for k in exits_named)
-            last = ", ".join(f"{k.replace('_', ' ')} {sum(c[k][-1] for c in curves) / len(curves):.2f}"
-                             for k in exits_named)
-            classes = NUM_CLASSES.get(dataset)
-            uniform = f"; uniform over {classes} classes = {math.log(classes):.2f}" if classes else ""
-            entropy_notes.append(f"{label}: mean entropy of the generated soft targets on validation (nats"
-                                 f"{uniform}), first epoch {first}; last epoch {last} ({len(curves)} run(s)).")
+        classes = NUM_CLASSES.get(dataset)
+        uniform = f"; uniform over {classes} classes = {math.log(classes):.2f}" if classes else ""
+        where = []
+        for key, said in (("train_target_entropy_curve", "on the training batches, the targets the exits learned "
+                                                         "from (training-mode BatchNorm)"),
+                          ("target_entropy_curve", "on validation after each epoch (inference mode)")):
+            curves = [run[key] for run in e["runs"] if run.get(key)]
+            if curves:
+                where.append(f"{said}: first epoch {_mean_entropies(curves, 0)}; last epoch "
+                             f"{_mean_entropies(curves, -1)} ({len(curves)} run(s))")
+        if where:
+            entropy_notes.append(f"{label}: mean entropy of the generated soft targets (nats{uniform}), "
+                                 + "; ".join(where) + ".")
     return entropy_notes
 
 

@@ -58,6 +58,9 @@ flags.DEFINE_multi_string("override", [], "Extra --config.* flags for every run,
 flags.DEFINE_string("name", "", "Result file name under benchmarks/results/ ('' = by regime).")
 flags.DEFINE_integer("tune_trials", 0, "Random-search trials per (dataset, method) before the seed runs (0 = no search).")
 flags.DEFINE_integer("tune_seed", 100, "Seed of the search and its trials (kept apart from --seeds).")
+flags.DEFINE_bool("refresh_history", False, "Re-read the per-epoch fields (curves, meta loss) of the runs "
+                  "already in the results file from their run folders under --runs_dir, where present: "
+                  "fields added to the table after those runs finished. Trains nothing more by itself.")
 flags.DEFINE_multi_string("tune_override", [], "--config.* flags of the trials only: the proxy regime, "
                           "e.g. train.epochs=10 and train.lr_boundaries=(5,8).")
 FLAGS = flags.FLAGS
@@ -65,7 +68,7 @@ FLAGS = flags.FLAGS
 RELATIVE_COST = {"metadistiller": 3, "self_distill": 2, "dsn": 1, "baseline": 0}  # per epoch, measured
 RUN_KEYS = ("seed", "best_epoch", "test", "val", "command", "num_train_examples", "num_test_examples",
             "meta_loss_first_last", "git_revision", "seconds", "val_curve", "epochs_in_history", "resumed",
-            "target_entropy_curve")
+            "target_entropy_curve", "train_target_entropy_curve")
 
 
 def config_path(dataset):
@@ -149,9 +152,54 @@ def tuned_overrides(search):
     return [f"{field}={value!r}" for field, value in sorted(search["best"]["values"].items())]
 
 
-def run_one(dataset, method, seed, tuned=()):
+def run_workdir(dataset, method, seed):
     # A named table (e.g. one with --override) gets its own runs: finished ones are reused by path.
-    workdir = os.path.join(FLAGS.runs_dir, FLAGS.name or FLAGS.regime, dataset, method, f"seed{seed}")
+    return os.path.join(FLAGS.runs_dir, FLAGS.name or FLAGS.regime, dataset, method, f"seed{seed}")
+
+
+def history_fields(workdir):
+    """What the table reads from a finished run's per-epoch history.csv."""
+    with open(os.path.join(workdir, "history.csv")) as f:
+        history = list(csv.DictReader(f))
+    fields = {"val_curve": [round(float(h["val_final_accuracy"]), 5) for h in history],
+              "epochs_in_history": len(history)}
+    # MetaDistiller's outer (meta) loss at its first and last meta epoch: a diverging or flat
+    # curve flags a generator learning rate problem.
+    meta = [float(h["meta_loss"]) for h in history if h.get("meta_loss")]
+    if meta:
+        fields["meta_loss_first_last"] = [meta[0], meta[-1]]
+    # MetaDistiller: mean entropy (nats) of each exit's generated soft targets per epoch; near
+    # ln(num_classes) means the targets are close to uniform (label smoothing). On the training
+    # batches (training-mode BatchNorm): the targets the exits learned from that epoch; on
+    # validation (inference mode, after the epoch).
+    for prefix, key in (("target_entropy_", "train_target_entropy_curve"),
+                        ("val_target_entropy_", "target_entropy_curve")):
+        curve = {column[len(prefix):]: [round(float(h[column]), 4) for h in history if h.get(column)]
+                 for column in (history[0] if history else {}) if column.startswith(prefix)}
+        if curve:
+            fields[key] = curve
+    return fields
+
+
+def refresh_history(results):
+    """history_fields of every recorded run whose folder is still under --runs_dir; the rest of
+    each record (test, validation, command, wall time, revision) stays as it was recorded."""
+    refreshed, missing = 0, []
+    for dataset, d in results["datasets"].items():
+        for method, entry in d["methods"].items():
+            for run in entry["runs"]:
+                workdir = run_workdir(dataset, method, run["seed"])
+                if os.path.exists(os.path.join(workdir, "history.csv")):
+                    run.update(history_fields(workdir))
+                    refreshed += 1
+                else:
+                    missing.append(f"{dataset}/{method}/seed{run['seed']}")
+    print(f"refreshed the history fields of {refreshed} runs" +
+          (f"; no run folder for {', '.join(missing)}" if missing else ""), flush=True)
+
+
+def run_one(dataset, method, seed, tuned=()):
+    workdir = run_workdir(dataset, method, seed)
     metrics_path = os.path.join(workdir, "metrics.json")
     cmd = [sys.executable, os.path.join(common.REPO, "bin", "train"), f"--config={config_path(dataset)}",
            f"--method={method}", f"--seed={seed}", f"--workdir={workdir}", "--config.export.enabled=False"]
@@ -159,26 +207,12 @@ def run_one(dataset, method, seed, tuned=()):
     seconds = run_command(cmd, workdir, metrics_path, f"{dataset}/{method}/seed{seed}")
     with open(metrics_path) as f:
         metrics = json.load(f)
-    with open(os.path.join(workdir, "history.csv")) as f:
-        history = list(csv.DictReader(f))
-    # MetaDistiller's outer (meta) loss at its first and last meta epoch: a diverging or flat
-    # curve flags a generator learning rate problem.
-    meta = [float(h["meta_loss"]) for h in history if h.get("meta_loss")]
-    if meta:
-        metrics["meta_loss_first_last"] = [meta[0], meta[-1]]
-    metrics["val_curve"] = [round(float(h["val_final_accuracy"]), 5) for h in history]
-    # MetaDistiller: mean entropy (nats) of each exit's generated soft targets on validation, per
-    # epoch; near ln(num_classes) means the targets are close to uniform (label smoothing).
-    entropy = {key[len("val_target_entropy_"):]: [round(float(h[key]), 4) for h in history if h.get(key)]
-               for key in (history[0] if history else {}) if key.startswith("val_target_entropy_")}
-    if entropy:
-        metrics["target_entropy_curve"] = entropy
+    metrics.update(history_fields(workdir))
     with open(os.path.join(workdir, "run_info.json")) as f:
         starts = json.load(f)
     metrics["git_revision"] = starts[0]["git_revision"]  # the code that trained this run
     metrics["resumed"] = len(starts) > 1
     metrics["command"] = pretty(cmd)
-    metrics["epochs_in_history"] = len(history)
     metrics["seconds"] = seconds
     return metrics
 
@@ -224,14 +258,19 @@ def main(argv):
     results.update({"regime_name": FLAGS.regime, "seeds": sorted({int(s) for s in FLAGS.seeds} |
                                                                     set(results.get("seeds", []))),
                     "overrides": FLAGS.override, "threads": FLAGS.threads, "jobs": FLAGS.jobs})
-    for key in ("command", "date_utc", "machine", "git_revision"):
-        results.pop(key, None)  # rewritten for this invocation
+    # Rewritten for this invocation once it records a run.
+    provenance = {key: results.pop(key) for key in ("command", "date_utc", "machine", "git_revision")
+                  if key in results}
     for dataset in FLAGS.datasets:
         d = results["datasets"].setdefault(dataset, {"methods": {}})
         d["config_file"] = os.path.relpath(config_path(dataset), common.REPO)
         d["regime"] = regime(dataset)
     done = {(ds, m, r["seed"]) for ds, d in results["datasets"].items() for m, e in d["methods"].items()
             for r in e["runs"]}
+    if FLAGS.refresh_history:
+        refresh_history(results)
+        results["history_refreshed"] = {"command": common.invocation(), "date_utc": common.now_utc()}
+        common.write_result(name, {**results, **provenance})  # still the runs' measuring invocation
     # Seed-major: a partial table still covers every method.
     todo = [(ds, m, int(s)) for s in FLAGS.seeds for ds in FLAGS.datasets for m in FLAGS.methods
             if (ds, m, int(s)) not in done]

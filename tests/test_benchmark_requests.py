@@ -392,3 +392,45 @@ def test_serving_reports_each_measuring_process_own_peak_memory_not_its_parents(
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     result = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
     assert ballast.sum() > 0 and 0 < result["peak_rss_mb"] < 100 and result["calls"] >= 3, proc.stderr
+
+
+def test_refresh_history_rereads_the_curves_and_keeps_the_recorded_results(tmp_path):
+    """A field added to the table after its runs finished (the training-batch target entropy) is
+    read from the run folders that are still there; test results, command and wall time stay as
+    recorded, a run without a folder is named, and nothing trains."""
+    name = f"refresh_test_{os.getpid()}"
+    path = os.path.join(REPO, "benchmarks", "results", f"{name}.json")
+
+    def run(seed):
+        return {"seed": seed, "best_epoch": 2, "test": {"final_accuracy": 0.5 + seed / 100}, "val": {},
+                "command": f"python bin/train --seed={seed}", "seconds": 60.0 + seed,
+                "target_entropy_curve": {"exit_1": [9.0]}}
+
+    with open(path, "w") as f:
+        json.dump({"benchmark": "self_boosting_table", "command": "the invocation that trained the runs",
+                   "datasets": {"fashion_mnist": {"methods": {"metadistiller": {"runs": [run(0), run(1)]}}}}}, f)
+    workdir = tmp_path / "runs" / name / "fashion_mnist" / "metadistiller" / "seed0"
+    workdir.mkdir(parents=True)
+    (workdir / "history.csv").write_text(
+        "epoch,meta_loss,target_entropy_exit_1,val_final_accuracy,val_target_entropy_exit_1\n"
+        "1,3.5,2.25,0.4,1.25\n2,,2.0,0.5,2.0\n")
+    try:
+        rc, err = run_benchmark("self_boosting_table.py", "--regime=small_data", "--datasets=fashion_mnist",
+                                "--methods=metadistiller", "--seeds=0,1", f"--name={name}",
+                                f"--runs_dir={tmp_path}/runs", "--refresh_history")
+        assert rc == 0, err[-3000:]
+        with open(path) as f:
+            results = json.load(f)
+        assert results["command"] == "the invocation that trained the runs"  # the table's provenance
+        assert "--refresh_history" in results["history_refreshed"]["command"]
+        runs = results["datasets"]["fashion_mnist"]["methods"]["metadistiller"]["runs"]
+        assert runs[0]["train_target_entropy_curve"] == {"exit_1": [2.25, 2.0]}
+        assert runs[0]["target_entropy_curve"] == {"exit_1": [1.25, 2.0]}
+        assert runs[0]["val_curve"] == [0.4, 0.5] and runs[0]["meta_loss_first_last"] == [3.5, 3.5]
+        assert runs[0]["test"] == {"final_accuracy": 0.5} and runs[0]["seconds"] == 60.0
+        assert runs[1] == run(1)  # its folder is gone: left as recorded
+        assert sorted(os.listdir(tmp_path / "runs" / name / "fashion_mnist" / "metadistiller")) == ["seed0"]
+    finally:
+        for leftover in (path, os.path.join(REPO, "benchmarks", "results", f".{name}.lock")):
+            if os.path.exists(leftover):
+                os.remove(leftover)
