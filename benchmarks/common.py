@@ -84,7 +84,8 @@ def write_result(name, payload):
     payload = dict(payload)
     payload.setdefault("command", invocation())
     payload.setdefault("date_utc", now_utc())
-    payload.setdefault("machine", machine())
+    if "machine" not in payload:  # machine() imports TensorFlow
+        payload["machine"] = machine()
     payload.setdefault("git_revision", io.git_revision())
     path = os.path.join(RESULTS, f"{name}.json")
     io.write_json_atomic(path, payload)
