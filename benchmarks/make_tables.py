@@ -1325,8 +1325,8 @@ def _reference_accuracy(run, head):
 
 
 def self_boosting_default_columns():
-    """[(header, {method: results entry}, accuracy(run, head))] of every regime measured with the
-    methods' default knobs, in tfkd and in the PyTorch reference."""
+    """[(header, {method: results entry}, accuracy(run, head), (results name, dataset))] of every
+    regime measured with the methods' default knobs, in tfkd and in the PyTorch reference."""
     columns = []
     for name, dataset, label in (("self_boosting_converge", "fashion_mnist", "tfkd, Fashion-MNIST (10k)"),
                                  ("self_boosting_converge", "glyphs", "tfkd, glyphs (761 classes)"),
@@ -1334,12 +1334,12 @@ def self_boosting_default_columns():
                                   "tfkd, Fashion-MNIST (2k images, 100 epochs)")):
         methods = (load(name) or {}).get("datasets", {}).get(dataset, {}).get("methods")
         if methods:
-            columns.append((label, methods, _tfkd_accuracy))
+            columns.append((label, methods, _tfkd_accuracy, (name, dataset)))
     for name, label in (("reference_converge", "Fashion-MNIST (10k)"),
                         ("reference_small_data", "Fashion-MNIST (2k images, 100 epochs)")):
         ref = load(name)
         if ref and ref["methods"]:
-            columns.append((f"the PyTorch reference, {label}", ref["methods"], _reference_accuracy))
+            columns.append((f"the PyTorch reference, {label}", ref["methods"], _reference_accuracy, (name, None)))
     return columns
 
 
@@ -1349,7 +1349,7 @@ def evidence_self_boosting_table():
                for dataset, label in (("fashion_mnist", "Fashion-MNIST (10k)"), ("glyphs", "glyphs (761 classes)"))]
     # The other regimes were run with default knobs only (the first two are also in the chosen columns).
     columns += [(f"{header}, default knobs", {n: ("default knobs", e) for n, e in methods.items()}, accuracy)
-                for header, methods, accuracy in self_boosting_default_columns()
+                for header, methods, accuracy, _ in self_boosting_default_columns()
                 if header not in {c[0] for c in columns}]
     lines = ["| paper's claim | " + " | ".join(c[0] for c in columns) + " |", "| --- |" + " --- |" * len(columns)]
     for claim, a, b, head, at_least in SELF_BOOSTING_CLAIMS:
@@ -1373,26 +1373,42 @@ def evidence_self_boosting_table():
 
 def exit_soft_terms_table():
     """Each exit of SD and of MetaDistiller against DSN's (the same exits trained on the labels alone):
-    what the soft half of the exits' loss, SD's final output or MD's generated targets, adds."""
+    what the soft half of the exits' loss, SD's final output or MD's generated targets, adds. The
+    MetaDistiller variants of the convergent table get rows of their own where they were run."""
     columns = self_boosting_default_columns()
     if not columns:
         return "_Not measured yet: run `python benchmarks/self_boosting_table.py --regime=converge`._"
+
+    def variant(name):
+        def entry(methods, source):
+            if source[0] != "self_boosting_converge":
+                return None
+            return (load(name) or {}).get("datasets", {}).get(source[1], {}).get("methods", {}).get("metadistiller")
+        return entry
+
+    rows = [("SD: the final output", lambda methods, source: methods.get("self_distill")),
+            ("MD: the generator's", lambda methods, source: methods.get("metadistiller"))]
+    rows += [(f"MD with `{change}`: the generator's", variant(name)) for name, method, _, change in CONVERGE_VARIANTS
+             if method == "metadistiller"]
     lines = ["| exit | soft targets of the exits | " + " | ".join(c[0] for c in columns) + " |",
              "| --- | --- |" + " --- |" * len(columns)]
     for head in ("exit_1", "exit_2", "exit_3"):
-        for method, targets in (("self_distill", "SD: the final output"), ("metadistiller", "MD: the generator's")):
+        for targets, entry_of in rows:
             cells = []
-            for _, methods, accuracy in columns:
-                if method not in methods or "dsn" not in methods:
+            for _, methods, accuracy, source in columns:
+                entry = entry_of(methods, source)
+                if entry is None or "dsn" not in methods:
                     cells.append("not measured")
                     continue
-                mean, ci, n = seed_paired(methods[method], methods["dsn"], lambda run: accuracy(run, head))
+                mean, ci, n = seed_paired(entry, methods["dsn"], lambda run: accuracy(run, head))
                 cells.append(f"{mean:+.2f} ± {ci:.2f} (n={n})" if n else "no shared seeds")
-            lines.append(f"| {head.replace('_', ' ')} | {targets} | " + " | ".join(cells) + " |")
+            if set(cells) != {"not measured"}:
+                lines.append(f"| {head.replace('_', ' ')} | {targets} | " + " | ".join(cells) + " |")
     lines += ["", "Test accuracy of the exit minus DSN's same exit, points, mean over the seeds both ran ± 95% CI "
-              "(Student t over seeds); every method with its default knobs (α = 0.5: half of each exit's loss is "
-              "the soft term), each run's checkpoint chosen on validation. DSN trains the exits on the labels "
-              "alone, so a negative difference means the soft targets cost the exit accuracy."]
+              "(Student t over seeds); each run's checkpoint chosen on validation. SD and MD with their default "
+              "knobs (α = 0.5: half of each exit's loss is the soft term); the MD variants are the convergent "
+              "table's rows, each with the one change it names. DSN trains the exits on the labels alone, "
+              "so a negative difference means the soft targets cost the exit accuracy."]
     return "\n".join(lines)
 
 MLP_TEACHER_TABLE = "fewshot_table_glyphs_mid_backbone_mlp_teacher"
