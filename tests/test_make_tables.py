@@ -204,3 +204,12 @@ def test_exit_soft_terms_pairs_each_exit_with_dsns_in_tfkd_and_the_reference(mon
     assert "| -3.00 ± 0.00 (n=3) | +2.00 ± 0.00 (n=3) |" in md_exit_2
     sd_exit_1 = next(line for line in lines if line.startswith("| exit 1 | SD"))
     assert "| +1.00 ± 0.00 (n=3) | not measured |" in sd_exit_1  # the reference has no SD runs here
+    assert not any("| MD with `" in line for line in lines)  # no variant was run: no variant rows
+
+    # A MetaDistiller variant of the convergent table is paired with that regime's DSN only.
+    variant_name, _, _, change = next(v for v in make_tables.CONVERGE_VARIANTS if v[1] == "metadistiller")
+    files["self_boosting_converge"] = {"datasets": {"fashion_mnist": {"methods": {"dsn": tfkd(0.85)}}}}
+    files[variant_name] = {"datasets": {"fashion_mnist": {"methods": {"metadistiller": tfkd(0.84)}}}}
+    lines = make_tables.exit_soft_terms_table().splitlines()
+    variant_exit_3 = next(line for line in lines if line.startswith(f"| exit 3 | MD with `{change}`"))
+    assert variant_exit_3.endswith("| -1.00 ± 0.00 (n=3) | not measured | not measured |")
