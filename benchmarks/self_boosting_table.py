@@ -21,6 +21,11 @@ regime does not fit a 2-core CPU. The seed runs then train the full regime with 
 values. A finished search is written to the results file and is reused from it on any machine
 (same trials, tuning seed, proxy and space): only the seed runs still missing are trained.
 
+``--refresh_history`` re-reads the per-epoch fields of runs already recorded (validation curve,
+meta loss, the generated targets' entropy on training batches and on validation) from their run
+folders, where --runs_dir still holds them: a field added to the table after its runs finished
+reaches them without training again; what the runs measured (test, validation, wall time) stays.
+
 ``--jobs=N`` runs N trainings side by side (each with ``--threads`` TensorFlow threads; on a
 2-core CPU two 1-thread runs have more throughput than one 2-thread run). The checkpoint is
 chosen on validation; the table reports test accuracy of the final exit, each exit and the exit
