@@ -1291,6 +1291,15 @@ def t_interval(values):
     return T95.get(len(values), 2.0) * statistics.stdev(values) / math.sqrt(len(values))
 
 
+def paired_cell(mean, ci, n):
+    """A seed-paired difference as a table cell; one shared seed gives no interval."""
+    if n == 0:
+        return "no shared seeds"
+    if n == 1:
+        return f"{mean:+.2f} (n=1: one shared seed, no CI yet)"
+    return f"{mean:+.2f} ± {ci:.2f} (n={n})"
+
+
 def self_boosting_chosen(dataset):
     """Each self-boosting method's variant with the best mean validation among all measured at the
     convergent regime on ``dataset`` (default knobs, the equal-budget search's winner, the extra
@@ -1359,7 +1368,7 @@ def evidence_self_boosting_table():
                 cells.append("not measured")
                 continue
             mean, ci, n = seed_paired(chosen[a][1], chosen[b][1], lambda run: accuracy(run, head))
-            cells.append(f"{mean:+.2f} ± {ci:.2f} (n={n}): {verdict(mean, ci, at_least)}" if n else "no shared seeds")
+            cells.append(f"{paired_cell(mean, ci, n)}: {verdict(mean, ci, at_least)}" if n > 1 else paired_cell(mean, ci, n))
         lines.append(f"| {claim} | " + " | ".join(cells) + " |")
     picks = "; ".join(f"{header[len('tfkd, '):]}: " + ", ".join(f"{METHOD_LABELS[n].split(' (')[0]} {label}"
                                                                 for n, (label, _) in chosen.items())
@@ -1401,7 +1410,7 @@ def exit_soft_terms_table():
                     cells.append("not measured")
                     continue
                 mean, ci, n = seed_paired(entry, methods["dsn"], lambda run: accuracy(run, head))
-                cells.append(f"{mean:+.2f} ± {ci:.2f} (n={n})" if n else "no shared seeds")
+                cells.append(paired_cell(mean, ci, n))
             if set(cells) != {"not measured"}:
                 lines.append(f"| {head.replace('_', ' ')} | {targets} | " + " | ".join(cells) + " |")
     lines += ["", "Test accuracy of the exit minus DSN's same exit, points, mean over the seeds both ran ± 95% CI "

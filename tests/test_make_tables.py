@@ -213,3 +213,20 @@ def test_exit_soft_terms_pairs_each_exit_with_dsns_in_tfkd_and_the_reference(mon
     lines = make_tables.exit_soft_terms_table().splitlines()
     variant_exit_3 = next(line for line in lines if line.startswith(f"| exit 3 | MD with `{change}`"))
     assert variant_exit_3.endswith("| -1.00 ± 0.00 (n=3) | not measured | not measured |")
+
+
+def test_a_single_shared_seed_gets_no_interval_and_no_verdict(monkeypatch):
+    make_tables = _make_tables()
+    assert make_tables.paired_cell(float("nan"), float("inf"), 0) == "no shared seeds"
+    assert make_tables.paired_cell(2.2, float("inf"), 1) == "+2.20 (n=1: one shared seed, no CI yet)"
+    assert make_tables.paired_cell(2.2, 0.5, 2) == "+2.20 ± 0.50 (n=2)"
+
+    def entry(final, seeds):
+        return {"runs": [{"seed": s, "test": {head: final for head in ("final", "exit_1", "exit_2", "exit_3")}}
+                         for s in seeds]}
+
+    monkeypatch.setattr(make_tables, "load", {"reference_small_data": {"methods": {
+        "metadistiller": entry(0.83, [0]), "self_distill": entry(0.81, [0, 1])}}}.get)
+    row = next(line for line in make_tables.evidence_self_boosting_table().splitlines()
+               if line.startswith("| MD > SD, final exit"))
+    assert row.endswith("| +2.00 (n=1: one shared seed, no CI yet) |") and "inf" not in row
