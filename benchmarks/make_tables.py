@@ -1420,6 +1420,7 @@ def exit_soft_terms_table():
               "so a negative difference means the soft targets cost the exit accuracy."]
     return "\n".join(lines)
 
+
 MLP_TEACHER_TABLE = "fewshot_table_glyphs_mid_backbone_mlp_teacher"
 FIXED_T_TABLE = MLP_TEACHER_TABLE + "_fixed_temperature"  # the same with learn_temperature=False
 FEWSHOT_CLAIMS = (("Gen > cosine", "gen - cosine"), ("Dist > Gen", "dist - gen"), ("Dist↓ ≥ Dist", "dist_down - dist"),
