@@ -230,3 +230,23 @@ def test_a_single_shared_seed_gets_no_interval_and_no_verdict(monkeypatch):
     row = next(line for line in make_tables.evidence_self_boosting_table().splitlines()
                if line.startswith("| MD > SD, final exit"))
     assert row.endswith("| +2.00 (n=1: one shared seed, no CI yet) |") and "inf" not in row
+
+
+def test_reference_table_shows_the_last_epoch_beside_the_chosen_checkpoint(monkeypatch):
+    """The reference chooses its checkpoint on a small validation split; its last epoch's accuracy
+    (no choice) is shown beside it, so selection noise can be told from a real drop."""
+    make_tables = _make_tables()
+
+    def run(seed, best, last):
+        return {"seed": seed, "best_epoch": 9, "test": {"final": best}, "last_test": {"final": last}}
+
+    ref = {"config_file": "configs/x.py", "reference_args": [], "threads": 1, "torch": "t",
+           "reference_sha256": "0" * 64, "methods": {"baseline": {
+               "runs": [run(0, 0.80, 0.83), run(1, 0.82, 0.85)],
+               "final": {"mean": 0.81, "std": 0.01, "n": 2}, "seconds": {"mean": 60.0}}}}
+    ours = {"datasets": {"fashion_mnist": {"config_file": "configs/x.py", "methods": {}}}}
+    monkeypatch.setattr(make_tables, "load", {"self_boosting_small_data": ours, "reference_small_data": ref}.get)
+    table = make_tables.reference_converge_table("self_boosting_small_data", "reference_small_data")
+    header, _, baseline = table.splitlines()[:3]
+    assert header.split(" | ")[3] == "PyTorch final exit, last epoch"
+    assert baseline.split(" | ")[3] == "84.00"
