@@ -1040,12 +1040,8 @@ def reference_converge_table(ours_name="self_boosting_converge", ref_name="refer
         """The method's mean minus the baseline's, over the seeds both have (n of them)."""
         if name == "baseline" or "baseline" not in methods:
             return "–"
-        finals = [{run["seed"]: final_of(run) for run in methods[n]["runs"]} for n in (name, "baseline")]
-        seeds = sorted(set(finals[0]) & set(finals[1]))
-        if not seeds:
-            return "–"
-        diff = sum(finals[0][k] - finals[1][k] for k in seeds) / len(seeds)
-        return f"{100 * diff:+.2f} (n={len(seeds)})"
+        mean, _, n = seed_paired(methods[name], methods["baseline"], final_of)
+        return f"{mean:+.2f} (n={n})" if n else "–"
 
     lines = ["| method | tfkd final exit | PyTorch final exit | PyTorch final exit, last epoch | tfkd − baseline | "
              "PyTorch − baseline | tfkd exits 1 / 2 / 3 | PyTorch exits 1 / 2 / 3 | PyTorch best epochs | "
@@ -1392,24 +1388,23 @@ def exit_soft_terms_table():
     if not columns:
         return "_Not measured yet: run `python benchmarks/self_boosting_table.py --regime=converge`._"
 
-    def variant(name):
-        def entry(methods, source):
-            if source[0] != "self_boosting_converge":
-                return None
-            return (load(name) or {}).get("datasets", {}).get(source[1], {}).get("methods", {}).get("metadistiller")
-        return entry
-
-    rows = [("SD: the final output", lambda methods, source: methods.get("self_distill")),
-            ("MD: the generator's", lambda methods, source: methods.get("metadistiller"))]
-    rows += [(f"MD with `{change}`: the generator's", variant(name)) for name, method, _, change in CONVERGE_VARIANTS
-             if method == "metadistiller"]
+    # Each row: its label and its results entry in every column (None where it was not run). A
+    # MetaDistiller variant of the convergent table only has entries in that regime's columns.
+    rows = [("SD: the final output", [methods.get("self_distill") for _, methods, _, _ in columns]),
+            ("MD: the generator's", [methods.get("metadistiller") for _, methods, _, _ in columns])]
+    for name, method, _, change in CONVERGE_VARIANTS:
+        if method != "metadistiller":
+            continue
+        datasets = (load(name) or {}).get("datasets", {})
+        rows.append((f"MD with `{change}`: the generator's",
+                     [datasets.get(dataset, {}).get("methods", {}).get("metadistiller")
+                      if results == "self_boosting_converge" else None for _, _, _, (results, dataset) in columns]))
     lines = ["| exit | soft targets of the exits | " + " | ".join(c[0] for c in columns) + " |",
              "| --- | --- |" + " --- |" * len(columns)]
     for head in ("exit_1", "exit_2", "exit_3"):
-        for targets, entry_of in rows:
+        for targets, entries in rows:
             cells = []
-            for _, methods, accuracy, source in columns:
-                entry = entry_of(methods, source)
+            for (_, methods, accuracy, _), entry in zip(columns, entries):
                 if entry is None or "dsn" not in methods:
                     cells.append("not measured")
                     continue
