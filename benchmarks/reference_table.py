@@ -13,11 +13,18 @@ reproduce (another dataset, schedule or weight decay) is refused before anything
 *every* finished run, and runs already in that file are not run again, so the table can be
 completed over several sessions. The reference's data subset and augmentation draws are not
 tfkd's: compare means over seeds, not single runs. Nothing of the reference is imported here.
+
+``--reference_edits=FILE`` runs an edited copy of the reference, to measure what one of its
+differences from tfkd does (e.g. ``benchmarks/reference_edits/black_crop_borders.json``): a JSON
+object {"why": ..., "edits": [{"file": ..., "old": ..., "new": ...}]}, each ``old`` a text that
+occurs exactly once in its file. The copy lives under --runs_dir; the shared reference is never
+changed, and the results file records the edits beside the edited script's checksum.
 """
 import concurrent.futures
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +47,8 @@ flags.DEFINE_integer("threads", 1, "PyTorch threads per run.")
 flags.DEFINE_integer("jobs", 1, "Runs trained side by side.")
 flags.DEFINE_string("runs_dir", "/tmp/tfkd_reference", "Where the runs' logs go (not committed).")
 flags.DEFINE_string("name", "reference_converge", "Result file name under benchmarks/results/.")
+flags.DEFINE_string("reference_edits", None, "JSON file of text edits applied to a copy of the reference "
+                    "before it runs (see the module docstring); none by default.")
 FLAGS = flags.FLAGS
 
 METHODS = ("baseline", "dsn", "self_distill", "metadistiller")
@@ -73,6 +82,50 @@ def reference_args(config):
             "--gen-lr", str(config.metadistiller.generator_lr)]
 
 
+def read_edits(path):
+    """The edits of --reference_edits, or a refusal naming what is wrong with the file."""
+    try:
+        with open(path) as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as e:
+        common.refuse(f"--reference_edits={path}: {e}; expected a JSON file")
+    edits = spec.get("edits") if isinstance(spec, dict) else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("why"), str) or not edits or not all(
+            isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("file", "old", "new")) for e in edits):
+        common.refuse(f"--reference_edits={path}: expected {{\"why\": text, \"edits\": [{{\"file\", \"old\", "
+                      "\"new\"}, ...]}")
+    return spec
+
+
+def edited_reference(reference_dir, spec, destination):
+    """A copy of the reference's Python files in ``destination`` with ``spec``'s edits applied;
+    refuses (before anything trains) an edit whose text is not found exactly once."""
+    sources = {}
+    for edit in spec["edits"]:
+        name = edit["file"]
+        if name not in sources:
+            source = os.path.join(reference_dir, name)
+            if os.path.dirname(name) or not os.path.isfile(source):
+                common.refuse(f"--reference_edits: {name!r} is not a file of {reference_dir}")
+            with open(source) as f:
+                sources[name] = f.read()
+        count = sources[name].count(edit["old"])
+        if count != 1:
+            common.refuse(f"--reference_edits: the text {edit['old']!r} occurs {count} times in {name}; "
+                          "expected exactly once")
+        sources[name] = sources[name].replace(edit["old"], edit["new"])
+    staging = destination + ".partial"
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(reference_dir, staging, ignore=lambda d, names: [n for n in names if not n.endswith(".py")])
+    for name, text in sources.items():
+        with open(os.path.join(staging, name), "w") as f:
+            f.write(text)
+    shutil.rmtree(destination, ignore_errors=True)
+    os.rename(staging, destination)
+    return destination
+
+
 def check_flags(config_path):
     """Every bad request fails here, before any training, with what was expected."""
     if not FLAGS.reference_python or not os.access(FLAGS.reference_python, os.X_OK):
@@ -92,9 +145,15 @@ def check_flags(config_path):
         common.refuse("the reference takes one --alpha/--tau for SD and MetaDistiller; the config "
                       "gives them different values")
     try:
-        return script, config, reference_args(config)
+        args = reference_args(config)
     except ValueError as e:
         common.refuse(f"--config={FLAGS.config}: {e}")
+    edits = read_edits(FLAGS.reference_edits) if FLAGS.reference_edits else None
+    if edits:
+        copy = edited_reference(FLAGS.reference_dir, edits,
+                                os.path.join(FLAGS.runs_dir, f"{FLAGS.name}_reference"))
+        script = os.path.join(copy, "byot_train.py")
+    return script, config, args, edits
 
 
 def run_one(script, args, method, seed):
@@ -106,7 +165,7 @@ def run_one(script, args, method, seed):
         os.remove(out + ".jsonl")  # an interrupted earlier attempt: the reference does not resume
     start = time.time()
     with open(out + ".log", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=FLAGS.reference_dir)
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=os.path.dirname(script))
     if proc.returncode != 0:
         raise RuntimeError(f"reference run failed ({proc.returncode}): {' '.join(cmd)}; see {out}.log")
     with open(out + ".jsonl") as f:
@@ -134,7 +193,7 @@ def add_run(results, method, record):
 def main(argv):
     del argv
     config_path = os.path.join(common.REPO, FLAGS.config) if not os.path.isabs(FLAGS.config) else FLAGS.config
-    script, config, args = check_flags(config_path)
+    script, config, args, edits = check_flags(config_path)
     common.hold_results(FLAGS.name)
     try:
         results = common.read_result(FLAGS.name)
@@ -150,6 +209,11 @@ def main(argv):
                       "give another --name")
     version = subprocess.run([FLAGS.reference_python, "-c", "import torch; print(torch.__version__)"],
                              capture_output=True, text=True, check=True).stdout.strip()
+    if results.get("reference_edits") != edits and results.get("methods"):
+        common.refuse(f"benchmarks/results/{FLAGS.name}.json holds runs of the reference "
+                      f"{'with other edits' if results.get('reference_edits') else 'unedited'}; give another --name")
+    if edits:
+        results["reference_edits"] = edits
     results.update({"config_file": os.path.relpath(config_path, common.REPO), "reference_args": args,
                     "reference_sha256": script_sha, "torch": version, "threads": FLAGS.threads,
                     "seeds": sorted({int(s) for s in FLAGS.seeds} | set(results.get("seeds", [])))})

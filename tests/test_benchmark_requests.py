@@ -434,3 +434,73 @@ def test_refresh_history_rereads_the_curves_and_keeps_the_recorded_results(tmp_p
         for leftover in (path, os.path.join(REPO, "benchmarks", "results", f".{name}.lock")):
             if os.path.exists(leftover):
                 os.remove(leftover)
+
+
+FAKE_REFERENCE = '''import json
+import sys
+
+BORDERS = "grey"
+args = sys.argv[1:]
+value = {name: args[args.index(name) + 1] for name in ("--method", "--seed", "--json")}
+test = {"final": 0.5, "exit_1": 0.4}
+with open(value["--json"], "a") as f:
+    f.write(json.dumps({"method": value["--method"], "seed": int(value["--seed"]), "best_epoch": 1,
+                        "val": test, "test": test, "last_test": test, "seconds": 1.0, "borders": BORDERS}) + "\\n")
+'''
+
+
+def _fake_reference(tmp_path):
+    """A reference that trains nothing and writes one record naming its crop borders, and a
+    'python' that answers the torch version check without torch."""
+    folder = tmp_path / "fake_reference"
+    folder.mkdir()
+    (folder / "byot_train.py").write_text(FAKE_REFERENCE)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nif [ "$1" = "-c" ]; then echo 0.0-fake; else exec {sys.executable} "$@"; fi\n')
+    python.chmod(0o755)
+    return str(folder), str(python)
+
+
+def _edits_file(tmp_path, old):
+    path = tmp_path / "edits.json"
+    path.write_text(json.dumps({"why": "test", "edits": [
+        {"file": "byot_train.py", "old": old, "new": 'BORDERS = "black"\n'}]}))
+    return str(path)
+
+
+def test_reference_edits_run_an_edited_copy_and_are_recorded(tmp_path):
+    reference, python = _fake_reference(tmp_path)
+    name = f"edits_test_{os.getpid()}"
+    result = os.path.join(REPO, "benchmarks", "results", f"{name}.json")
+    try:
+        edits = _edits_file(tmp_path, 'BORDERS = "grey"\n')
+        rc, err = run_benchmark("reference_table.py", f"--reference_python={python}", f"--reference_dir={reference}",
+                                f"--reference_edits={edits}",
+                                f"--runs_dir={tmp_path}/runs", f"--name={name}", "--methods=baseline,dsn",
+                                "--seeds=0")
+        assert rc == 0, err[-2000:]
+        with open(result) as f:
+            results = json.load(f)
+        runs = [r for m in ("baseline", "dsn") for r in results["methods"][m]["runs"]]
+        assert [r["borders"] for r in runs] == ["black", "black"]  # the edited copy ran
+        assert results["reference_edits"]["edits"][0]["new"] == 'BORDERS = "black"\n'
+        assert 'BORDERS = "grey"' in open(os.path.join(reference, "byot_train.py")).read()  # original untouched
+        # The same results file cannot take runs of the unedited reference.
+        rc, err = run_benchmark("reference_table.py", f"--reference_python={python}", f"--reference_dir={reference}",
+                                f"--runs_dir={tmp_path}/runs", f"--name={name}", "--methods=baseline", "--seeds=1")
+        assert_one_error_line(rc, err, "give another --name")
+        with open(result) as f:
+            assert json.load(f)["methods"]["baseline"]["runs"] == results["methods"]["baseline"]["runs"]
+    finally:
+        if os.path.exists(result):
+            os.remove(result)
+
+
+def test_reference_edits_whose_text_is_not_found_are_refused_before_any_run(tmp_path):
+    reference, python = _fake_reference(tmp_path)
+    rc, err = run_benchmark("reference_table.py", f"--reference_python={python}", f"--reference_dir={reference}",
+                            f"--reference_edits={_edits_file(tmp_path, 'BORDERS = 0')}",
+                            f"--runs_dir={tmp_path}/runs", "--name=never_written")
+    assert_one_error_line(rc, err, "the text 'BORDERS = 0' occurs 0 times in byot_train.py; expected exactly once")
+    assert not os.path.exists(tmp_path / "runs")
+    assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
