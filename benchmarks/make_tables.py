@@ -1074,6 +1074,64 @@ def reference_converge_table(ours_name="self_boosting_converge", ref_name="refer
     return "\n".join(lines)
 
 
+def reference_edit_table(shipped_name, edited_name, command_flags):
+    """The PyTorch reference as shipped next to an edited copy (benchmarks/reference_table.py
+    --reference_edits) at one regime. A seed draws the same subset, initialisation, batch order and
+    augmentation in both, so the edit's effect is paired by seed."""
+    shipped, edited = load(shipped_name), load(edited_name)
+    if not shipped or not edited or not edited.get("methods"):
+        return ("_Not measured yet: run `python benchmarks/reference_table.py "
+                f"--reference_python=/tmp/torchref/bin/python{command_flags}`._")
+    if shipped["reference_args"] != edited["reference_args"]:
+        return "_The two reference tables ran different regimes: not comparable._"
+
+    def final(run):
+        return run["test"]["final"]
+
+    def last(e):
+        values = [run["last_test"]["final"] for run in e["runs"]]
+        return f"{100 * statistics.mean(values):.2f}"
+
+    def over_baseline(methods, name):
+        if name == "baseline" or "baseline" not in methods:
+            return "–"
+        return paired_cell(*seed_paired(methods[name], methods["baseline"], final))
+
+    seeds = {run["seed"] for e in edited["methods"].values() for run in e["runs"]}
+    # The as-shipped runs over the edited runs' seeds only, so the two columns describe the same draws.
+    same = {k: {"runs": [run for run in e["runs"] if run["seed"] in seeds]} for k, e in shipped["methods"].items()}
+
+    def summary(e, head):
+        values = [run["test"][head] for run in e["runs"]]
+        return {"mean": statistics.mean(values), "n": len(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0} if values else None
+
+    lines = ["| method | as shipped: final exit | edited: final exit | edited − as shipped (paired by seed) | "
+             "last epoch, as shipped / edited | − baseline, as shipped | − baseline, edited | "
+             "exits 1 / 2 / 3, as shipped | exits 1 / 2 / 3, edited |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in ("baseline", "dsn", "self_distill", "metadistiller"):
+        a, b = same.get(name), edited["methods"].get(name)
+        if not b:
+            continue
+        a = a if a and a["runs"] else None
+        exits = ["–" if name == "baseline" or not e else _exits(lambda k, e=e: summary(e, k)) for e in (a, b)]
+        lines.append(
+            f"| {METHOD_LABELS[name]} | {pct(summary(a, 'final')) if a else '–'} | {pct(summary(b, 'final'))} | "
+            f"{paired_cell(*seed_paired(b, a, final)) if a else '–'} | {last(a) if a else '–'} / {last(b)} | "
+            f"{over_baseline(same, name)} | {over_baseline(edited['methods'], name)} | {exits[0]} | {exits[1]} |")
+    spec = edited["reference_edits"]
+    changes = "; ".join(f"in `{e['file']}`, `{e['old'].strip()}` → `{e['new'].strip()}`" for e in spec["edits"])
+    lines.append("")
+    lines.append(f"The edit: {changes}. Why: {spec['why']} Test accuracy %, mean ± std over the edited runs' seeds "
+                 "(the as-shipped columns over the same seeds); differences in points ± 95% CI (Student t over "
+                 f"seeds). The regime's flags: `{' '.join(edited['reference_args'])}`.")
+    lines.append("")
+    lines.append(f"Edited PyTorch reference ({edited['torch']}, sha256 of the edited script "
+                 f"{edited['reference_sha256'][:12]}): " + provenance(edited))
+    return "\n".join(lines)
+
+
 def fewshot_gamma_sweep_table(table="fewshot_table_glyphs_mid_backbone"):
     """dist's validation accuracy against gamma, from dist's own searched knobs and from gen's
     (benchmarks/fewshot_gamma_sweep.py), next to gen's tuned config at the same seeds."""
@@ -1513,6 +1571,10 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "reference_small_data": lambda: reference_converge_table(
               "self_boosting_small_data", "reference_small_data",
               " --config=configs/bench_fashion_mnist_small_data.py --name=reference_small_data"),
+          "reference_small_data_black_crop_borders": lambda: reference_edit_table(
+              "reference_small_data", "reference_small_data_black_crop_borders",
+              " --config=configs/bench_fashion_mnist_small_data.py --name=reference_small_data_black_crop_borders "
+              "--reference_edits=benchmarks/reference_edits/black_crop_borders.json --methods=baseline,self_distill"),
           "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
           "fewshot_base_holdout": fewshot_base_holdout_table,
           "fewshot_base_holdout_summary": fewshot_base_holdout_summary,

@@ -250,3 +250,30 @@ def test_reference_table_shows_the_last_epoch_beside_the_chosen_checkpoint(monke
     header, _, baseline = table.splitlines()[:3]
     assert header.split(" | ")[3] == "PyTorch final exit, last epoch"
     assert baseline.split(" | ")[3] == "84.00"
+
+
+def test_reference_edit_table_pairs_the_edit_by_seed_over_the_edited_seeds(monkeypatch):
+    """The edited reference's runs against the shipped reference's runs of the same seeds (same
+    subset and draws): the difference is paired by seed, and shipped seeds the edit did not run are
+    left out of both columns."""
+    make_tables = _make_tables()
+
+    def run(seed, final):
+        test = {"final": final, "exit_1": final, "exit_2": final, "exit_3": final}
+        return {"seed": seed, "best_epoch": 9, "test": test, "last_test": test}
+
+    args = ["--epochs", "100"]
+    shipped = {"reference_args": args, "methods": {
+        "baseline": {"runs": [run(0, 0.80), run(1, 0.82), run(5, 0.10)]},
+        "self_distill": {"runs": [run(0, 0.79), run(1, 0.80), run(5, 0.10)]}}}
+    edited = {"reference_args": args, "torch": "t", "reference_sha256": "1" * 64,
+              "reference_edits": {"why": "Grey borders.", "edits": [{"file": "f.py", "old": "a\n", "new": "b\n"}]},
+              "methods": {"baseline": {"runs": [run(0, 0.84), run(1, 0.86)]},
+                          "self_distill": {"runs": [run(0, 0.85), run(1, 0.88)]}}}
+    monkeypatch.setattr(make_tables, "load", {"shipped": shipped, "edited": edited}.get)
+    lines = make_tables.reference_edit_table("shipped", "edited", "").splitlines()
+    baseline, sd = (line.split(" | ") for line in lines[2:4])
+    assert baseline[1:4] == ["81.00 ± 1.41", "85.00 ± 1.41", "+4.00 ± 0.00 (n=2)"]
+    assert sd[1:4] == ["79.50 ± 0.71", "86.50 ± 2.12", "+7.00 ± 12.71 (n=2)"]
+    assert sd[5].startswith("-1.50 ± 6.3") and sd[6].startswith("+1.50 ± 6.3")  # shipped seed 5 left out
+    assert "in `f.py`, `a` → `b`. Why: Grey borders." in lines[5]
