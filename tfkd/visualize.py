@@ -204,6 +204,7 @@ def tsne_data(method, novel_features, novel_labels, num_classes=4, real_per_clas
     """
     import tensorflow as tf
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(seed)
     classes = np.unique(novel_labels)[:num_classes]
@@ -221,7 +222,10 @@ def tsne_data(method, novel_features, novel_labels, num_classes=4, real_per_clas
     feats = np.concatenate(feats).astype(np.float64)
     feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
     perplexity = min(30.0, (len(feats) - 1) / 3.0)  # t-SNE needs perplexity < number of points
-    points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(feats)
+    # One OpenMP/BLAS thread: a few hundred points take ~1 s that way, and with TensorFlow (or any
+    # other job) on the cores, sklearn's spinning worker threads took 5-30 s (measured on 2 cores).
+    with threadpool_limits(1):
+        points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(feats)
     return {"points": points, "labels": np.concatenate(labels), "generated": np.concatenate(generated),
             "seed_example": np.concatenate(seeds), "classes": classes}
 
