@@ -97,9 +97,9 @@ def read_edits(path):
     return spec
 
 
-def edited_reference(reference_dir, spec, destination):
-    """A copy of the reference's Python files in ``destination`` with ``spec``'s edits applied;
-    refuses (before anything trains) an edit whose text is not found exactly once."""
+def edited_sources(reference_dir, spec):
+    """{file name: edited text} for ``spec``'s edits; refuses (before anything trains) an edit whose
+    text is not found exactly once."""
     sources = {}
     for edit in spec["edits"]:
         name = edit["file"]
@@ -114,6 +114,12 @@ def edited_reference(reference_dir, spec, destination):
             common.refuse(f"--reference_edits: the text {edit['old']!r} occurs {count} times in {name}; "
                           "expected exactly once")
         sources[name] = sources[name].replace(edit["old"], edit["new"])
+    return sources
+
+
+def write_edited_copy(reference_dir, sources, destination):
+    """The reference's Python files in ``destination`` with ``sources`` written over them (staged,
+    then renamed: a killed invocation never leaves a half-edited copy to run)."""
     staging = destination + ".partial"
     os.makedirs(os.path.dirname(destination), exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
@@ -123,7 +129,7 @@ def edited_reference(reference_dir, spec, destination):
             f.write(text)
     shutil.rmtree(destination, ignore_errors=True)
     os.rename(staging, destination)
-    return destination
+    return os.path.join(destination, "byot_train.py")
 
 
 def check_flags(config_path):
@@ -149,11 +155,8 @@ def check_flags(config_path):
     except ValueError as e:
         common.refuse(f"--config={FLAGS.config}: {e}")
     edits = read_edits(FLAGS.reference_edits) if FLAGS.reference_edits else None
-    if edits:
-        copy = edited_reference(FLAGS.reference_dir, edits,
-                                os.path.join(FLAGS.runs_dir, f"{FLAGS.name}_reference"))
-        script = os.path.join(copy, "byot_train.py")
-    return script, config, args, edits
+    sources = edited_sources(FLAGS.reference_dir, edits) if edits else None
+    return script, config, args, edits, sources
 
 
 def run_one(script, args, method, seed):
@@ -193,8 +196,11 @@ def add_run(results, method, record):
 def main(argv):
     del argv
     config_path = os.path.join(common.REPO, FLAGS.config) if not os.path.isabs(FLAGS.config) else FLAGS.config
-    script, config, args, edits = check_flags(config_path)
+    script, config, args, edits, sources = check_flags(config_path)
     common.hold_results(FLAGS.name)
+    if edits:  # written only while this invocation holds the results file (a second one is refused above)
+        script = write_edited_copy(FLAGS.reference_dir, sources,
+                                   os.path.join(FLAGS.runs_dir, f"{FLAGS.name}_reference"))
     try:
         results = common.read_result(FLAGS.name)
     except FileNotFoundError:

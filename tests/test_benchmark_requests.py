@@ -135,6 +135,14 @@ def test_a_second_invocation_on_the_same_results_file_is_refused(tmp_path):
                                 f"--runs_dir={tmp_path}/runs")
         assert rc == 2 and f"benchmarks/results/{name}.json is being written by pid {os.getpid()}" in err, err[-2000:]
         assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", f"{name}.json"))
+        # With --reference_edits: the running invocation's edited copy of the reference is not rewritten.
+        reference, python = _fake_reference(tmp_path)
+        edits = _edits_file(tmp_path, 'BORDERS = "grey"\n')
+        rc, err = run_benchmark("reference_table.py", f"--reference_python={python}", f"--name={name}",
+                                f"--reference_dir={reference}", f"--runs_dir={tmp_path}/runs",
+                                f"--reference_edits={edits}")
+        assert rc == 2 and "is being written by pid" in err, err[-2000:]
+        assert not os.path.exists(tmp_path / "runs")
     finally:
         common._HELD_LOCKS.pop(name).close()
         os.remove(lock)
