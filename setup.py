@@ -26,7 +26,7 @@ setup(
         # bin/visualize (diagnostic figures; t-SNE of few-shot features).
         "matplotlib>=3.7,<4",
         "scikit-learn>=1.3,<2",
-        "threadpoolctl>=3",  # scikit-learn's own dependency; tfkd.visualize calls it directly
+        "threadpoolctl>=3,<4",  # scikit-learn's own dependency; tfkd.visualize calls it directly
     ],
     extras_require={
         "cpu": ["tensorflow-cpu>=2.20,<3; platform_machine=='x86_64'", "tensorflow>=2.20,<3; platform_machine!='x86_64'"],
