@@ -9,14 +9,8 @@ os.environ["TF_CONFIG"] = sys.argv[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tensorflow as tf  # noqa: E402
-
 from tests.conftest import tiny_config  # noqa: E402
 from tfkd import train  # noqa: E402
-
-# Two workers share the machine's cores: one thread pool each, or their spinning threads contend.
-tf.config.threading.set_intra_op_parallelism_threads(1)
-tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 def main():
