@@ -208,6 +208,9 @@ def main(argv):
     if results.get("reference_args", args) != args:
         common.refuse(f"benchmarks/results/{FLAGS.name}.json holds runs of another regime "
                       f"({results['reference_args']}); give another --name")
+    if results.get("reference_edits") != edits and results.get("methods"):
+        common.refuse(f"benchmarks/results/{FLAGS.name}.json holds runs of the reference "
+                      f"{'with other edits' if results.get('reference_edits') else 'unedited'}; give another --name")
     with open(script, "rb") as f:
         script_sha = hashlib.sha256(f.read()).hexdigest()
     if results.get("reference_sha256", script_sha) != script_sha:
@@ -215,9 +218,6 @@ def main(argv):
                       "give another --name")
     version = subprocess.run([FLAGS.reference_python, "-c", "import torch; print(torch.__version__)"],
                              capture_output=True, text=True, check=True).stdout.strip()
-    if results.get("reference_edits") != edits and results.get("methods"):
-        common.refuse(f"benchmarks/results/{FLAGS.name}.json holds runs of the reference "
-                      f"{'with other edits' if results.get('reference_edits') else 'unedited'}; give another --name")
     if edits:
         results["reference_edits"] = edits
     results.update({"config_file": os.path.relpath(config_path, common.REPO), "reference_args": args,
