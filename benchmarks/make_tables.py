@@ -1074,6 +1074,15 @@ def reference_converge_table(ours_name="self_boosting_converge", ref_name="refer
     return "\n".join(lines)
 
 
+def small_data_reference_edit(edit):
+    """The table of one edit of the reference (benchmarks/reference_edits/EDIT.json) at the small-data
+    regime, baseline and SD, next to the reference as shipped."""
+    name = f"reference_small_data_{edit}"
+    return lambda: reference_edit_table(
+        "reference_small_data", name, f" --config=configs/bench_fashion_mnist_small_data.py --name={name} "
+        f"--reference_edits=benchmarks/reference_edits/{edit}.json --methods=baseline,self_distill")
+
+
 def reference_edit_table(shipped_name, edited_name, command_flags):
     """The PyTorch reference as shipped next to an edited copy (benchmarks/reference_table.py
     --reference_edits) at one regime. A seed draws the same subset, initialisation, batch order and
@@ -1571,10 +1580,8 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "reference_small_data": lambda: reference_converge_table(
               "self_boosting_small_data", "reference_small_data",
               " --config=configs/bench_fashion_mnist_small_data.py --name=reference_small_data"),
-          "reference_small_data_black_crop_borders": lambda: reference_edit_table(
-              "reference_small_data", "reference_small_data_black_crop_borders",
-              " --config=configs/bench_fashion_mnist_small_data.py --name=reference_small_data_black_crop_borders "
-              "--reference_edits=benchmarks/reference_edits/black_crop_borders.json --methods=baseline,self_distill"),
+          "reference_small_data_black_crop_borders": small_data_reference_edit("black_crop_borders"),
+          "reference_small_data_tfkd_init": small_data_reference_edit("tfkd_init"),
           "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
           "fewshot_base_holdout": fewshot_base_holdout_table,
           "fewshot_base_holdout_summary": fewshot_base_holdout_summary,
@@ -1610,16 +1617,34 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "evidence_self_boosting": evidence_self_boosting_table, "evidence_fewshot": evidence_fewshot_table}
 
 
+def unmatched_markers(text):
+    """Problems with the README's marker pairs, one line each: a table with no pair (it would never
+    be written), a pair naming no table (it would never be filled), an opening with no closing."""
+    opened = re.findall(r"<!-- table:([\w.-]+) -->", text)
+    closed = set(re.findall(r"<!-- /table:([\w.-]+) -->", text))
+    return ([f"table {name!r} has no <!-- table:{name} --> marker pair in README.md" for name in TABLES
+             if name not in opened] +
+            [f"README.md marker table:{name} names no table in benchmarks/make_tables.py TABLES"
+             for name in opened if name not in TABLES] +
+            [f"README.md marker table:{name} has no closing <!-- /table:{name} -->" for name in opened
+             if name not in closed])
+
+
 def render(text):
     for name, fn in TABLES.items():
-        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(\n<!-- /table:{name} -->)", re.S)
-        text = pattern.sub(lambda m: m.group(1) + fn() + m.group(2), text)
+        # The body may be empty: a new marker pair is filled on the first run.
+        pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)", re.S)
+        text = pattern.sub(lambda m: m.group(1) + fn() + "\n" + m.group(2), text)
     return text
 
 
 def main():
     with open(README) as f:
         old = f.read()
+    problems = unmatched_markers(old)
+    if problems:
+        print("\n".join(problems))
+        sys.exit(1)
     new = render(old)
     if "--check" in sys.argv:
         if new != old:

@@ -20,6 +20,21 @@ def test_readme_tables_match_the_committed_results():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_a_new_empty_marker_pair_is_filled_and_unmatched_markers_are_named(monkeypatch):
+    make_tables = _make_tables()
+    monkeypatch.setattr(make_tables, "TABLES", {"alpha": lambda: "| a |", "beta": lambda: "| b |"})
+    readme = "x\n<!-- table:alpha -->\n<!-- /table:alpha -->\ny\n<!-- table:beta -->\nold\n<!-- /table:beta -->\n"
+    assert make_tables.unmatched_markers(readme) == []
+    rendered = make_tables.render(readme)
+    assert rendered == ("x\n<!-- table:alpha -->\n| a |\n<!-- /table:alpha -->\n"
+                        "y\n<!-- table:beta -->\n| b |\n<!-- /table:beta -->\n")
+    assert make_tables.render(rendered) == rendered
+    problems = make_tables.unmatched_markers("<!-- table:alpha -->\n<!-- table:gamma -->\n<!-- /table:gamma -->\n")
+    assert problems == ["table 'beta' has no <!-- table:beta --> marker pair in README.md",
+                        "README.md marker table:gamma names no table in benchmarks/make_tables.py TABLES",
+                        "README.md marker table:alpha has no closing <!-- /table:alpha -->"]
+
+
 def test_wall_time_leaves_out_resumed_runs_and_says_so():
     wall_time = _make_tables()._wall_time
     runs = [{"seconds": 600, "resumed": False}, {"seconds": 1200, "resumed": False},
