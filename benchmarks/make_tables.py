@@ -1130,11 +1130,18 @@ def reference_edit_table(shipped_name, edited_name, command_flags):
             f"{paired_cell(*seed_paired(b, a, final)) if a else '–'} | {last(a) if a else '–'} / {last(b)} | "
             f"{over_baseline(same, name)} | {over_baseline(edited['methods'], name)} | {exits[0]} | {exits[1]} |")
     spec = edited["reference_edits"]
-    changes = "; ".join(f"in `{e['file']}`, `{e['old'].strip()}` → `{e['new'].strip()}`" for e in spec["edits"])
+    one_line = [e for e in spec["edits"] if "\n" not in e["old"].strip() + e["new"].strip()]
+    # A multi-line edit reads as a diff block (inline code would lose its lines and indentation).
+    blocks = [e for e in spec["edits"] if e not in one_line]
+    changes = "; ".join([f"in `{e['file']}`, `{e['old'].strip()}` → `{e['new'].strip()}`" for e in one_line] +
+                        [f"in `{e['file']}`, the diff below" for e in blocks])
     lines.append("")
     lines.append(f"The edit: {changes}. Why: {spec['why']} Test accuracy %, mean ± std over the edited runs' seeds "
                  "(the as-shipped columns over the same seeds); differences in points ± 95% CI (Student t over "
                  f"seeds). The regime's flags: `{' '.join(edited['reference_args'])}`.")
+    for e in blocks:
+        lines += ["", "```diff"] + [f"-{line}" for line in e["old"].rstrip("\n").split("\n")] + \
+            [f"+{line}" for line in e["new"].rstrip("\n").split("\n")] + ["```"]
     lines.append("")
     lines.append(f"Edited PyTorch reference ({edited['torch']}, sha256 of the edited script "
                  f"{edited['reference_sha256'][:12]}): " + provenance(edited))

@@ -292,3 +292,11 @@ def test_reference_edit_table_pairs_the_edit_by_seed_over_the_edited_seeds(monke
     assert sd[1:4] == ["79.50 ± 0.71", "86.50 ± 2.12", "+7.00 ± 12.71 (n=2)"]
     assert sd[5].startswith("-1.50 ± 6.3") and sd[6].startswith("+1.50 ± 6.3")  # shipped seed 5 left out
     assert "in `f.py`, `a` → `b`. Why: Grey borders." in lines[5]
+    assert "```diff" not in lines
+
+    # A multi-line edit is shown as a diff block, its lines and indentation kept.
+    edited["reference_edits"]["edits"].append({"file": "g.py", "old": "    x = 1\n", "new": "    x = 1\n    y = 2\n"})
+    lines = make_tables.reference_edit_table("shipped", "edited", "").splitlines()
+    assert "in `f.py`, `a` → `b`; in `g.py`, the diff below. Why: Grey borders." in lines[5]
+    start = lines.index("```diff")
+    assert lines[start + 1:start + 5] == ["-    x = 1", "+    x = 1", "+    y = 2", "```"]
