@@ -1,0 +1,60 @@
+"""A copy of the PyTorch reference with text edits (``--reference_edits`` of
+benchmarks/reference_table.py and benchmarks/reference_step_match.py): each edit measures one of
+its differences from tfkd. The file is a JSON object {"why": ..., "edits": [{"file": ..., "old":
+..., "new": ...}]}, each ``old`` a text that occurs exactly once in its file; the shared reference
+is never changed."""
+import json
+import os
+import shutil
+
+import common
+
+
+def read_edits(path):
+    """The edits of --reference_edits, or a refusal naming what is wrong with the file."""
+    try:
+        with open(path) as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as e:
+        common.refuse(f"--reference_edits={path}: {e}; expected a JSON file")
+    edits = spec.get("edits") if isinstance(spec, dict) else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("why"), str) or not edits or not all(
+            isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("file", "old", "new")) for e in edits):
+        common.refuse(f"--reference_edits={path}: expected {{\"why\": text, \"edits\": [{{\"file\", \"old\", "
+                      "\"new\"}, ...]}")
+    return spec
+
+
+def edited_sources(reference_dir, spec):
+    """{file name: edited text} for ``spec``'s edits; refuses (before anything trains) an edit whose
+    text is not found exactly once."""
+    sources = {}
+    for edit in spec["edits"]:
+        name = edit["file"]
+        if name not in sources:
+            source = os.path.join(reference_dir, name)
+            if os.path.dirname(name) or not os.path.isfile(source):
+                common.refuse(f"--reference_edits: {name!r} is not a file of {reference_dir}")
+            with open(source) as f:
+                sources[name] = f.read()
+        count = sources[name].count(edit["old"])
+        if count != 1:
+            common.refuse(f"--reference_edits: the text {edit['old']!r} occurs {count} times in {name}; "
+                          "expected exactly once")
+        sources[name] = sources[name].replace(edit["old"], edit["new"])
+    return sources
+
+
+def write_edited_copy(reference_dir, sources, destination):
+    """The reference's Python files in ``destination`` with ``sources`` written over them (staged,
+    then renamed: a killed invocation never leaves a half-edited copy to run)."""
+    staging = destination + ".partial"
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(reference_dir, staging, ignore=lambda d, names: [n for n in names if not n.endswith(".py")])
+    for name, text in sources.items():
+        with open(os.path.join(staging, name), "w") as f:
+            f.write(text)
+    shutil.rmtree(destination, ignore_errors=True)
+    os.rename(staging, destination)
+    return os.path.join(destination, "byot_train.py")
