@@ -37,13 +37,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
-from reference_copy import edited_sources, read_edits, write_edited_copy  # noqa: E402
+from reference_support import (edited_sources, read_edits, reference_name, to_torch_layout,  # noqa: E402
+                               write_edited_copy)
 
 flags.DEFINE_string("reference_python", None, "Python of a virtual environment with PyTorch.")
 flags.DEFINE_string("reference_dir", os.path.join(os.path.dirname(common.REPO), "shared", "reference"),
                     "Folder holding byot_bench.py.")
 flags.DEFINE_string("reference_edits", None, "JSON file of text edits applied to a copy of the reference "
-                    "(benchmarks/reference_copy.py); none by default.")
+                    "(benchmarks/reference_support.py); none by default.")
 flags.DEFINE_string("config", "configs/bench_fashion_mnist_small_data.py", "tfkd config whose regime is run.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (tfkd's initialisation and input pipeline).")
 flags.DEFINE_integer("epochs", 0, "Epochs (0: the config's); fewer for a quick check.")
@@ -107,38 +108,6 @@ np.savez(sys.argv[3], losses=np.array(losses), initial_logits=initial,
          test_accuracy=np.array(float((final.argmax(1) == y_test).mean())))
 print(torch.__version__)
 """
-
-
-def reference_name(path):
-    """tfkd variable path -> the reference's state_dict key (stem, stages, BatchNorm statistics,
-    final classifier), or None for the exits, which the baseline does not train."""
-    parts = path.split("/")
-    if "multi_exit_res_net" not in parts:
-        return None
-    layer, leaf = parts[parts.index("multi_exit_res_net") + 1:-1], parts[-1]
-    if not layer or layer[0].startswith("exit_"):
-        return None
-    bn_leaf = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
-    if layer[0] == "classifier":
-        return {"kernel": "fc.weight", "bias": "fc.bias"}[leaf]
-    if layer[0] == "stem_conv":
-        return "stem.0.weight"
-    if layer[0] == "stem_bn":
-        return f"stem.1.{bn_leaf[leaf]}"
-    stage, block = layer[0].split("_")  # e.g. stage2_block0
-    prefix = f"stages.{int(stage[len('stage'):]) - 1}.{int(block[len('block'):])}"
-    sub = {"conv1": "conv1", "conv2": "conv2", "bn1": "bn1", "bn2": "bn2", "shortcut_conv": "shortcut.0",
-           "shortcut_bn": "shortcut.1"}[layer[1]]
-    return f"{prefix}.{sub}.{'weight' if leaf == 'kernel' else bn_leaf[leaf]}"
-
-
-def to_torch_layout(value):
-    """Conv kernels HWIO -> OIHW, dense kernels (in, out) -> (out, in); vectors unchanged."""
-    if value.ndim == 4:
-        return value.transpose(3, 2, 0, 1)
-    if value.ndim == 2:
-        return value.T
-    return value
 
 
 def check_flags(config_path):

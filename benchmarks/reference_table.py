@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
-from reference_copy import edited_sources, read_edits, write_edited_copy  # noqa: E402
+from reference_support import edited_sources, read_edits, write_edited_copy  # noqa: E402
 
 flags.DEFINE_string("reference_python", None, "Python of a virtual environment with PyTorch.")
 flags.DEFINE_string("reference_dir", os.path.join(os.path.dirname(common.REPO), "shared", "reference"),

@@ -512,3 +512,48 @@ def test_reference_edits_whose_text_is_not_found_are_refused_before_any_run(tmp_
     assert_one_error_line(rc, err, "the text 'BORDERS = 0' occurs 0 times in byot_train.py; expected exactly once")
     assert not os.path.exists(tmp_path / "runs")
     assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
+
+
+def test_reference_step_match_refuses_a_regime_the_reference_cannot_run(tmp_path):
+    """The lockstep comparison trains the reference with its own fixed optimizer: another weight
+    decay is refused before tfkd loads data or trains."""
+    (tmp_path / "byot_bench.py").write_text("raise SystemExit('the reference must not run in this test')\n")
+    rc, err = run_benchmark("reference_step_match.py", f"--reference_python={sys.executable}",
+                            f"--reference_dir={tmp_path}",
+                            f"--config={_config_file(tmp_path, 'c.train.weight_decay = 1e-4')}",
+                            "--name=never_written")
+    assert_one_error_line(rc, err, "train.weight_decay=0.0001; the reference runs only 0.0005")
+    assert not os.path.exists(os.path.join(REPO, "benchmarks", "results", "never_written.json"))
+
+
+def test_reference_step_match_maps_every_backbone_weight_onto_the_reference_once():
+    """tfkd's ResNet18 (stem, stages, BatchNorm statistics, final classifier) onto the reference's
+    state_dict keys: each of its 102 tensors exactly once, the exits left out, kernels transposed
+    to PyTorch's layout."""
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import reference_support
+    finally:
+        sys.path.remove(os.path.join(REPO, "benchmarks"))
+    from tfkd.models import MultiExitResNet
+
+    network = MultiExitResNet(depth=18, num_classes=10, width=0.125, input_shape=(28, 28, 1))
+    network(np.zeros((1, 28, 28, 1), "float32"))
+    mapped = {v.path: reference_support.reference_name(v.path) for v in network.variables}
+    assert all(name is None for path, name in mapped.items() if "/exit_" in path)
+    names = [name for name in mapped.values() if name]
+    bn = ("weight", "bias", "running_mean", "running_var")
+    expected = {"stem.0.weight", "fc.weight", "fc.bias"} | {f"stem.1.{leaf}" for leaf in bn}
+    for stage in range(4):
+        for block in range(2):
+            prefix = f"stages.{stage}.{block}"
+            expected |= {f"{prefix}.conv1.weight", f"{prefix}.conv2.weight"}
+            expected |= {f"{prefix}.bn{i}.{leaf}" for i in (1, 2) for leaf in bn}
+            if stage and not block:
+                expected |= {f"{prefix}.shortcut.0.weight"} | {f"{prefix}.shortcut.1.{leaf}" for leaf in bn}
+    assert len(names) == len(set(names)) == len(expected) == 102 and set(names) == expected
+    kernel = np.zeros((3, 3, 8, 16))
+    assert reference_support.to_torch_layout(kernel).shape == (16, 8, 3, 3)
+    assert reference_support.to_torch_layout(np.zeros((64, 10))).shape == (10, 64)

@@ -1,6 +1,8 @@
-"""A copy of the PyTorch reference with text edits (``--reference_edits`` of
-benchmarks/reference_table.py and benchmarks/reference_step_match.py): each edit measures one of
-its differences from tfkd. The file is a JSON object {"why": ..., "edits": [{"file": ..., "old":
+"""What the benchmarks that run the PyTorch reference share: an edited copy of it, and the
+mapping of tfkd's ResNet18 weights onto its network.
+
+Edits (``--reference_edits`` of benchmarks/reference_table.py and
+benchmarks/reference_step_match.py) each measure one of the reference's differences from tfkd. The file is a JSON object {"why": ..., "edits": [{"file": ..., "old":
 ..., "new": ...}]}, each ``old`` a text that occurs exactly once in its file; the shared reference
 is never changed."""
 import json
@@ -58,3 +60,35 @@ def write_edited_copy(reference_dir, sources, destination):
     shutil.rmtree(destination, ignore_errors=True)
     os.rename(staging, destination)
     return os.path.join(destination, "byot_train.py")
+
+
+def reference_name(path):
+    """tfkd variable path -> the reference's state_dict key (stem, stages, BatchNorm statistics,
+    final classifier), or None for the exits, which the baseline does not train."""
+    parts = path.split("/")
+    if "multi_exit_res_net" not in parts:
+        return None
+    layer, leaf = parts[parts.index("multi_exit_res_net") + 1:-1], parts[-1]
+    if not layer or layer[0].startswith("exit_"):
+        return None
+    bn_leaf = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
+    if layer[0] == "classifier":
+        return {"kernel": "fc.weight", "bias": "fc.bias"}[leaf]
+    if layer[0] == "stem_conv":
+        return "stem.0.weight"
+    if layer[0] == "stem_bn":
+        return f"stem.1.{bn_leaf[leaf]}"
+    stage, block = layer[0].split("_")  # e.g. stage2_block0
+    prefix = f"stages.{int(stage[len('stage'):]) - 1}.{int(block[len('block'):])}"
+    sub = {"conv1": "conv1", "conv2": "conv2", "bn1": "bn1", "bn2": "bn2", "shortcut_conv": "shortcut.0",
+           "shortcut_bn": "shortcut.1"}[layer[1]]
+    return f"{prefix}.{sub}.{'weight' if leaf == 'kernel' else bn_leaf[leaf]}"
+
+
+def to_torch_layout(value):
+    """Conv kernels HWIO -> OIHW, dense kernels (in, out) -> (out, in); vectors unchanged."""
+    if value.ndim == 4:
+        return value.transpose(3, 2, 0, 1)
+    if value.ndim == 2:
+        return value.T
+    return value
