@@ -1074,6 +1074,40 @@ def reference_converge_table(ours_name="self_boosting_converge", ref_name="refer
     return "\n".join(lines)
 
 
+def reference_step_match_table(name):
+    """tfkd and the PyTorch reference trained in lockstep (benchmarks/reference_step_match.py): the
+    same initial weights and batches, one row per seed, then the difference paired by seed."""
+    r = load(name)
+    if not r or not r.get("runs"):
+        return ("_Not measured yet: run `python benchmarks/reference_step_match.py "
+                f"--reference_python=/tmp/torchref/bin/python --name={name}`._")
+    runs, epochs = r["runs"], r["regime"]["epochs"]
+    marks = sorted({1, epochs // 2, 3 * epochs // 4, epochs})
+    lines = ["| seed | initial logits, largest difference (of their largest value) | first step's loss, tfkd / reference | "
+             + " | ".join(f"training loss, epoch {e}, tfkd / reference" for e in marks)
+             + " | test, final exit after the last step: tfkd | reference | tfkd − reference |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in marks) + " | --- | --- | --- |"]
+    for run in runs:
+        losses = " | ".join(f"{run['tfkd_epoch_loss'][e - 1]:.3f} / {run['reference_epoch_loss'][e - 1]:.3f}"
+                            for e in marks)
+        lines.append(f"| {run['seed']} | {run['initial_logits_max_abs_diff']:.1e} ({run['initial_logits_scale']:.1f}) | "
+                     f"{run['first_step_loss']['tfkd']:.5f} / {run['first_step_loss']['reference']:.5f} | {losses} | "
+                     f"{100 * run['tfkd_test_final']:.2f} | {100 * run['reference_test_final']:.2f} | "
+                     f"{100 * (run['tfkd_test_final'] - run['reference_test_final']):+.2f} |")
+    diffs = [100 * (run["tfkd_test_final"] - run["reference_test_final"]) for run in runs]
+    summary = paired_cell(statistics.mean(diffs), t_interval(diffs) if len(diffs) > 1 else float("inf"), len(diffs))
+    regime = r["regime"]
+    edits = r.get("reference_edits")
+    lines += ["", f"tfkd − reference, paired by seed: **{summary}** points (95% CI, Student t over seeds). "
+              f"`{regime['config_file']}`'s baseline: {regime['epochs']} epochs, lr {regime['learning_rate']} ÷10 at "
+              f"epochs {', '.join(str(b) for b in regime['lr_boundaries'])}, batch {regime['batch_size']}, "
+              f"{regime['max_train_examples']} training images from tfkd's pipeline (its subset, order, crop and flip), "
+              "test on 10,000 images after the last step. "
+              + (f"The reference edited: {edits['why']} " if edits else "The reference as shipped. ")
+              + f"PyTorch {runs[0]['torch']}, {r.get('threads', 1)} thread(s).", "", provenance(r)]
+    return "\n".join(lines)
+
+
 def small_data_reference_edit(edit):
     """The table of one edit of the reference (benchmarks/reference_edits/EDIT.json) at the small-data
     regime, baseline and SD, next to the reference as shipped."""
@@ -1591,7 +1625,8 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "reference_small_data_tfkd_init": small_data_reference_edit("tfkd_init"),
           "reference_small_data_tfkd_split": small_data_reference_edit("tfkd_split"),
           "reference_small_data_drop_last_batch": small_data_reference_edit("drop_last_batch"),
-          "reference_small_data_tf_same_padding": small_data_reference_edit("tf_same_padding"),
+          "reference_step_match_tf_same_padding": lambda: reference_step_match_table(
+              "reference_step_match_tf_same_padding"),
           "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
           "fewshot_base_holdout": fewshot_base_holdout_table,
           "fewshot_base_holdout_summary": fewshot_base_holdout_summary,

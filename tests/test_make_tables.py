@@ -300,3 +300,24 @@ def test_reference_edit_table_pairs_the_edit_by_seed_over_the_edited_seeds(monke
     assert "in `f.py`, `a` → `b`; in `g.py`, the diff below. Why: Grey borders." in lines[5]
     start = lines.index("```diff")
     assert lines[start + 1:start + 5] == ["-    x = 1", "+    x = 1", "+    y = 2", "```"]
+
+
+def test_reference_step_match_table_pairs_the_two_implementations_by_seed(monkeypatch):
+    make_tables = _make_tables()
+
+    def run(seed, tfkd, reference):
+        return {"seed": seed, "torch": "t", "initial_logits_max_abs_diff": 1.2e-5, "initial_logits_scale": 18.0,
+                "first_step_loss": {"tfkd": 2.5, "reference": 2.5}, "tfkd_test_final": tfkd,
+                "reference_test_final": reference, "tfkd_epoch_loss": [2.0, 1.0, 0.5, 0.4],
+                "reference_epoch_loss": [2.1, 1.1, 0.6, 0.5]}
+
+    result = {"regime": {"config_file": "c.py", "epochs": 4, "learning_rate": 0.1, "lr_boundaries": [2, 3],
+                         "batch_size": 128, "max_train_examples": 2000},
+              "runs": [run(0, 0.87, 0.86), run(1, 0.88, 0.86)], "reference_edits": None}
+    monkeypatch.setattr(make_tables, "load", {"lockstep": result}.get)
+    lines = make_tables.reference_step_match_table("lockstep").splitlines()
+    assert "epoch 1" in lines[0] and "epoch 2" in lines[0] and "epoch 3" in lines[0] and "epoch 4" in lines[0]
+    assert lines[2].split(" | ")[-3:] == ["87.00", "86.00", "+1.00 |"]
+    assert "**+1.50 ± 6.36 (n=2)** points" in lines[5] and "The reference as shipped." in lines[5]
+    monkeypatch.setattr(make_tables, "load", {}.get)
+    assert make_tables.reference_step_match_table("lockstep").startswith("_Not measured yet")
