@@ -1627,6 +1627,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "reference_small_data_drop_last_batch": small_data_reference_edit("drop_last_batch"),
           "reference_step_match_tf_same_padding": lambda: reference_step_match_table(
               "reference_step_match_tf_same_padding"),
+          "reference_step_match": lambda: reference_step_match_table("reference_step_match"),
           "fewshot_gamma_sweep": fewshot_gamma_sweep_table,
           "fewshot_base_holdout": fewshot_base_holdout_table,
           "fewshot_base_holdout_summary": fewshot_base_holdout_summary,
