@@ -57,6 +57,9 @@ REFERENCE_FIXED = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.neste
                    "train.weight_decay": 5e-4, "train.lr_schedule": "step", "train.lr_decay": 0.1,
                    "model.arch": "resnet18", "data.name": "fashion_mnist"}
 
+# The stem, stages, BatchNorm statistics and final classifier of a ResNet18 (exits left out).
+BACKBONE_TENSORS = 102
+
 # Runs in the reference's python, in the (edited) reference folder.
 TORCH_SIDE = r"""
 import json, sys
@@ -151,6 +154,9 @@ def run_seed(config, seed, folder, work):
     network = method.network
     shared = {v.path: reference_name(v.path) for v in network.variables}
     shared = {path: name for path, name in shared.items() if name}
+    if len(set(shared.values())) != BACKBONE_TENSORS:  # else the reference would keep its own initialisation
+        raise RuntimeError(f"{len(set(shared.values()))} of the network's tensors map onto the reference's; "
+                           f"expected {BACKBONE_TENSORS}")
     initial = {shared[v.path]: to_torch_layout(keras.ops.convert_to_numpy(v))
                for v in network.variables if v.path in shared}
 

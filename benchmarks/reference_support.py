@@ -7,6 +7,7 @@ benchmarks/reference_step_match.py) each measure one of the reference's differen
 is never changed."""
 import json
 import os
+import re
 import shutil
 
 import common
@@ -66,9 +67,11 @@ def reference_name(path):
     """tfkd variable path -> the reference's state_dict key (stem, stages, BatchNorm statistics,
     final classifier), or None for the exits, which the baseline does not train."""
     parts = path.split("/")
-    if "multi_exit_res_net" not in parts:
+    # Keras numbers the names of later models in a process: multi_exit_res_net_1, ...
+    roots = [i for i, part in enumerate(parts) if re.fullmatch(r"multi_exit_res_net(_\d+)?", part)]
+    if not roots:
         return None
-    layer, leaf = parts[parts.index("multi_exit_res_net") + 1:-1], parts[-1]
+    layer, leaf = parts[roots[0] + 1:-1], parts[-1]
     if not layer or layer[0].startswith("exit_"):
         return None
     bn_leaf = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
