@@ -2,9 +2,9 @@
 mapping of tfkd's ResNet18 weights onto its network.
 
 Edits (``--reference_edits`` of benchmarks/reference_table.py and
-benchmarks/reference_step_match.py) each measure one of the reference's differences from tfkd. The file is a JSON object {"why": ..., "edits": [{"file": ..., "old":
-..., "new": ...}]}, each ``old`` a text that occurs exactly once in its file; the shared reference
-is never changed."""
+benchmarks/reference_step_match.py) each measure one of the reference's differences from tfkd.
+The file is a JSON object {"why": ..., "edits": [{"file": ..., "old": ..., "new": ...}]}, each
+``old`` a text that occurs exactly once in its file; the shared reference is never changed."""
 import json
 import os
 import re
