@@ -47,7 +47,8 @@ flags.DEFINE_string("reference_edits", None, "JSON file of text edits applied to
                     "(benchmarks/reference_support.py); none by default.")
 flags.DEFINE_string("config", "configs/bench_fashion_mnist_small_data.py", "tfkd config whose regime is run.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (tfkd's initialisation and input pipeline).")
-flags.DEFINE_integer("epochs", 0, "Epochs (0: the config's); fewer for a quick check.")
+flags.DEFINE_integer("epochs", 0, "Epochs (0: the config's); fewer for a quick check, with the learning-rate steps "
+                     "at 50 % and 75 % of them.")
 flags.DEFINE_integer("threads", 1, "PyTorch threads.")
 flags.DEFINE_string("name", "reference_step_match", "Result file name under benchmarks/results/.")
 FLAGS = flags.FLAGS
