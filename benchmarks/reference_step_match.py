@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
-from reference_support import (edited_sources, read_edits, reference_name, to_torch_layout,  # noqa: E402
+from reference_support import (check_reference_python, edited_sources, read_edits, reference_name, to_torch_layout,  # noqa: E402
                                write_edited_copy)
 
 flags.DEFINE_string("reference_python", None, "Python of a virtual environment with PyTorch.")
@@ -116,9 +116,7 @@ print(torch.__version__)
 
 def check_flags(config_path):
     """Every bad request fails here, before any training, with what was expected."""
-    if not FLAGS.reference_python or not os.access(FLAGS.reference_python, os.X_OK):
-        common.refuse(f"--reference_python={FLAGS.reference_python!r} is not an executable; expected "
-                      "the python of a virtual environment with torch and numpy")
+    check_reference_python(FLAGS.reference_python)
     if not os.path.isfile(os.path.join(FLAGS.reference_dir, "byot_bench.py")):
         common.refuse(f"--reference_dir={FLAGS.reference_dir!r} has no byot_bench.py")
     if not os.path.isfile(config_path):

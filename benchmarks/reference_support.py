@@ -13,6 +13,13 @@ import shutil
 import common
 
 
+def check_reference_python(path):
+    """Refuses (one line, exit 2) a --reference_python that cannot be run."""
+    if not path or not os.access(path, os.X_OK):
+        common.refuse(f"--reference_python={path!r} is not an executable; expected "
+                      "the python of a virtual environment with torch and numpy")
+
+
 def read_edits(path):
     """The edits of --reference_edits, or a refusal naming what is wrong with the file."""
     try:

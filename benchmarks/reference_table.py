@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
-from reference_support import edited_sources, read_edits, write_edited_copy  # noqa: E402
+from reference_support import check_reference_python, edited_sources, read_edits, write_edited_copy  # noqa: E402,E501
 
 flags.DEFINE_string("reference_python", None, "Python of a virtual environment with PyTorch.")
 flags.DEFINE_string("reference_dir", os.path.join(os.path.dirname(common.REPO), "shared", "reference"),
@@ -84,9 +84,7 @@ def reference_args(config):
 
 def check_flags(config_path):
     """Every bad request fails here, before any training, with what was expected."""
-    if not FLAGS.reference_python or not os.access(FLAGS.reference_python, os.X_OK):
-        common.refuse(f"--reference_python={FLAGS.reference_python!r} is not an executable; expected "
-                      "the python of a virtual environment with torch and numpy")
+    check_reference_python(FLAGS.reference_python)
     script = os.path.join(FLAGS.reference_dir, "byot_train.py")
     if not os.path.isfile(script):
         common.refuse(f"--reference_dir={FLAGS.reference_dir!r} has no byot_train.py")
