@@ -24,6 +24,7 @@ def test_every_method_class_uses_its_registered_section():
 
 @pytest.mark.parametrize("name,field,value", [("self_distill", "alpha", 1.5), ("metadistiller", "meta_every_steps", 0),
                                               ("metadistiller", "meta_batch_size", -1),
+                                              ("metadistiller", "fusion_norm", None),
                                               ("kd", "temperature", 0.0), ("dist", "gamma", -1.0),
                                               ("progressive", "direction", "up")])
 def test_a_method_class_rejects_what_its_section_rejects(name, field, value):

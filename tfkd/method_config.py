@@ -90,6 +90,9 @@ class MetaDistillerConfig(MethodConfig):
             "meta_every_steps": 1,  # within a meta epoch: a meta step after every n-th main step
             "generator_lr": 1e-3,  # Adam
             "fusion_channels": 0,  # 0 = the main model's first-stage width
+            # BatchNorm + ReLU after each 3x3 fusion conv of the label generator (tfkd's addition);
+            # False = Eq. 5 as written: linear 1x1 / 3x3 convolutions with biases.
+            "fusion_norm": True,
             "outer_outputs": "all",  # all | final
             # In a meta step, train on the D_train batch with the lookahead's own gradient instead
             # of a separate main step on a batch of D (one forward/backward fewer; see
@@ -110,6 +113,7 @@ class MetaDistillerConfig(MethodConfig):
             (cfg.meta_every_steps >= 1, "meta_every_steps", ">= 1"),
             (cfg.generator_lr > 0, "generator_lr", "> 0"),
             (cfg.fusion_channels >= 0, "fusion_channels", ">= 0"),
+            (isinstance(cfg.fusion_norm, bool), "fusion_norm", "True or False"),
             (cfg.outer_outputs in ("all", "final"), "outer_outputs", "'all' or 'final'"),
             (cfg.meta_batch_size >= 0, "meta_batch_size", ">= 0 (0 = the whole batch)")], cfg)
 

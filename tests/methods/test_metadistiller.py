@@ -39,9 +39,10 @@ def float64():
     keras.config.set_dtype_policy(policy)
 
 
-def test_meta_gradient_matches_finite_differences(float64):
+@pytest.mark.parametrize("fusion_norm", [True, False])
+def test_meta_gradient_matches_finite_differences(float64, fusion_norm):
     keras.utils.set_random_seed(0)  # seeds Keras' initializers too (tf.random.set_seed does not)
-    method = _tiny_method()
+    method = _tiny_method(fusion_norm=fusion_norm)
     meta_train, meta_test = _batches(tf.float64)
     zeta = tf.constant(0.5, tf.float64)  # a large step makes the second-order term matter
     loss, grads = method.meta_gradient(meta_train, meta_test, zeta)

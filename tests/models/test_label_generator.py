@@ -37,3 +37,34 @@ def test_top_down_dependence():
     c = gen(feats[:3] + [feats[3] + 1.0], training=False)  # the deepest map reaches every target
     for name in ("exit_1", "exit_2", "exit_3"):
         assert not np.allclose(a[name], c[name])
+
+
+def test_linear_fusion_is_eq5_as_written():
+    """fusion_norm=False: F^_K = conv1x1(F_K), F^_k = conv3x3(Up(F^_{k+1}) + conv1x1(F_k)), with
+    biases and nothing else (no BatchNorm, no ReLU), checked against the equation computed by hand."""
+    rng = np.random.default_rng(1)
+    shapes = [(2, 7, 7, 4), (2, 4, 4, 8), (2, 2, 2, 16)]  # odd sizes: the upsampling goes to F_k's exact size
+    feats = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in shapes]
+    gen = LabelGenerator([4, 8, 16], 5, fusion_channels=6, fusion_norm=False)
+    gen(feats, training=True)
+    for conv in gen.lateral + gen.smooth:  # non-zero biases, so a dropped bias would show
+        conv.bias.assign(rng.normal(size=conv.bias.shape).astype(np.float32))
+    assert gen.smooth_bn == []
+
+    def conv(layer, x):
+        return tf.nn.conv2d(x, layer.kernel, 1, "SAME") + layer.bias
+
+    expected = conv(gen.lateral[2], feats[2])
+    by_hand = {}
+    for k in (1, 0):
+        up = tf.image.resize(expected, shapes[k][1:3], method="bilinear")
+        expected = conv(gen.smooth[k], up + conv(gen.lateral[k], feats[k]))
+        by_hand[k] = expected
+    fused = gen.fuse(feats, training=True)
+    for k in (0, 1):
+        np.testing.assert_allclose(fused[k], by_hand[k], rtol=1e-5, atol=1e-5)
+    assert float(tf.reduce_min(by_hand[0])) < 0  # linear: no ReLU clipped it
+    default = LabelGenerator([4, 8, 16], 5, fusion_channels=6)
+    default(feats, training=True)
+    assert len(default.smooth_bn) == 2 and all(c.bias is None for c in default.lateral + default.smooth)
+    assert LabelGenerator.from_config(gen.get_config()).fusion_norm is False

@@ -51,12 +51,14 @@ class MetaDistiller(MultiExitMethod):
     config_section = method_config.MetaDistillerConfig
 
     def __init__(self, network, alpha=0.5, tau=1.0, meta_every_epochs=5, meta_every_steps=1, generator_lr=1e-3,
-                 fusion_channels=0, outer_outputs="all", share_inner_gradient=False, meta_batch_size=0, **kwargs):
+                 fusion_channels=0, outer_outputs="all", share_inner_gradient=False, meta_batch_size=0,
+                 fusion_norm=True, **kwargs):
         cfg = self.default_config()
         cfg.update({"alpha": alpha, "tau": tau, "meta_every_epochs": meta_every_epochs,
                     "meta_every_steps": meta_every_steps, "generator_lr": generator_lr,
                     "fusion_channels": fusion_channels, "outer_outputs": outer_outputs,
-                    "share_inner_gradient": bool(share_inner_gradient), "meta_batch_size": int(meta_batch_size)})
+                    "share_inner_gradient": bool(share_inner_gradient), "meta_batch_size": int(meta_batch_size),
+                    "fusion_norm": fusion_norm})
         self.check_config(cfg)
         super().__init__(network, **kwargs)
         self.alpha, self.tau = float(alpha), float(tau)
@@ -64,10 +66,11 @@ class MetaDistiller(MultiExitMethod):
         self.generator_lr, self.outer_outputs = float(generator_lr), outer_outputs
         self.share_inner_gradient = bool(share_inner_gradient)
         self.meta_batch_size = int(meta_batch_size)
+        self.fusion_norm = bool(fusion_norm)
         channels = network.stage_channels
         self.generator = LabelGenerator(channels, network.num_classes, fusion_channels or channels[0],
                                         sync_bn=getattr(network, "sync_bn", False), dtype=network.dtype_policy,
-                                        exits=network.exits, name="label_generator")
+                                        exits=network.exits, fusion_norm=self.fusion_norm, name="label_generator")
         self.meta_loss_tracker = keras.metrics.Mean(name="meta_loss")
         # Mean entropy (nats) of each exit's soft targets T_k, logged train and validation: shows
         # how soft the generator's targets are and how that changes as it is meta-trained.
@@ -278,7 +281,8 @@ class MetaDistiller(MultiExitMethod):
         return {**super().get_config(), "alpha": self.alpha, "tau": self.tau,
                 "meta_every_epochs": self.meta_every_epochs, "meta_every_steps": self.meta_every_steps,
                 "generator_lr": self.generator_lr, "outer_outputs": self.outer_outputs,
-                "share_inner_gradient": self.share_inner_gradient, "meta_batch_size": self.meta_batch_size}
+                "share_inner_gradient": self.share_inner_gradient, "meta_batch_size": self.meta_batch_size,
+                "fusion_norm": self.fusion_norm}
 
 
 def target_entropy(probs):

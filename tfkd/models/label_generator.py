@@ -6,7 +6,10 @@
 Upsampling is bilinear to the exact spatial size of F_k (not a blind x2), so odd sizes (7 -> 4
 at 28 px input, VGG's 5 pooling levels, ...) work. Each early stage k then gets a bottleneck head
 (the same BYOT-style module as the main model's exits) producing logits; the method turns them
-into soft targets T_k = softmax(logits_k / tau). The generator works on any backbone that exposes
+into soft targets T_k = softmax(logits_k / tau).
+
+``fusion_norm``: BatchNorm + ReLU after each 3x3 fusion conv (True, tfkd's addition) or Eq. 5 as
+written, linear convolutions with biases (False; the PyTorch reference's generator too). The generator works on any backbone that exposes
 its stage feature maps; it is used only during training and never exported.
 """
 import keras
@@ -22,14 +25,23 @@ class LabelGenerator(keras.Model):
       num_classes: classes of the soft targets.
       fusion_channels: width of the fused maps F^_k (the 1x1 convs match channels to it).
       bn_momentum: BatchNorm momentum of the fusion and head layers.
+      fusion_norm: BatchNorm + ReLU after each 3x3 fusion conv; False: Eq. 5's linear fusion.
     """
 
     def __init__(self, stage_channels, num_classes, fusion_channels=64, bn_momentum=BN_MOMENTUM, sync_bn=False,
-                 exits=None, **kwargs):
+                 exits=None, fusion_norm=True, **kwargs):
         super().__init__(**kwargs)
         self.sync_bn = bool(sync_bn)
+        self.fusion_norm = bool(fusion_norm)
         with synchronized_batchnorm(self.sync_bn):
             self._create_layers(stage_channels, num_classes, fusion_channels, bn_momentum, exits)
+
+    def _fusion_conv(self, kernel, name):
+        if self.fusion_norm:
+            return _conv(self.fusion_channels, kernel, 1, name)
+        # No BatchNorm follows, so the conv carries its own bias, as a plain conv layer of Eq. 5 would.
+        return layers.Conv2D(self.fusion_channels, kernel, padding="same", use_bias=True,
+                             kernel_initializer="he_normal", name=name)
 
     def _create_layers(self, stage_channels, num_classes, fusion_channels, bn_momentum, exits):
         self.stage_channels = tuple(int(c) for c in stage_channels)
@@ -42,9 +54,10 @@ class LabelGenerator(keras.Model):
             raise ValueError(f"exits must be stages in 1..{k_stages - 1}, got {self.exits}")
         self.num_classes, self.fusion_channels, self.bn_momentum = num_classes, int(fusion_channels), bn_momentum
         k_stages = len(self.stage_channels)
-        self.lateral = [_conv(self.fusion_channels, 1, 1, f"lateral_{k + 1}") for k in range(k_stages)]
-        self.smooth = [_conv(self.fusion_channels, 3, 1, f"smooth_{k + 1}") for k in range(k_stages - 1)]
-        self.smooth_bn = [_bn(f"smooth_bn_{k + 1}", bn_momentum) for k in range(k_stages - 1)]
+        self.lateral = [self._fusion_conv(1, f"lateral_{k + 1}") for k in range(k_stages)]
+        self.smooth = [self._fusion_conv(3, f"smooth_{k + 1}") for k in range(k_stages - 1)]
+        self.smooth_bn = ([_bn(f"smooth_bn_{k + 1}", bn_momentum) for k in range(k_stages - 1)]
+                          if self.fusion_norm else [])
         # Head for stage k: (K - k) stride-2 bottleneck blocks, pooling, dense -> logits.
         self.heads = [ExitHead((self.fusion_channels,) * (k_stages - k), num_classes, bn_momentum,
                                name=f"target_{k}") for k in self.exits]
@@ -61,7 +74,9 @@ class LabelGenerator(keras.Model):
         for k in range(k_stages - 2, -1, -1):
             h, w = features[k].shape[1], features[k].shape[2]
             up = ops.image.resize(fused, (h, w), interpolation="bilinear")
-            fused = ops.relu(self.smooth_bn[k](self.smooth[k](up + self.lateral[k](features[k])), training=training))
+            fused = self.smooth[k](up + self.lateral[k](features[k]))
+            if self.fusion_norm:
+                fused = ops.relu(self.smooth_bn[k](fused, training=training))
             out[k] = fused
         return out
 
@@ -74,4 +89,4 @@ class LabelGenerator(keras.Model):
     def get_config(self):
         return {**super().get_config(), "stage_channels": self.stage_channels, "num_classes": self.num_classes,
                 "fusion_channels": self.fusion_channels, "bn_momentum": self.bn_momentum, "sync_bn": self.sync_bn,
-                "exits": self.exits}
+                "exits": self.exits, "fusion_norm": self.fusion_norm}
