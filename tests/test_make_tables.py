@@ -321,3 +321,37 @@ def test_reference_step_match_table_pairs_the_two_implementations_by_seed(monkey
     assert "**+1.50 ± 6.36 (n=2)** points" in lines[5] and "The reference as shipped." in lines[5]
     monkeypatch.setattr(make_tables, "load", {}.get)
     assert make_tables.reference_step_match_table("lockstep").startswith("_Not measured yet")
+
+
+def test_the_reference_without_its_last_batch_is_a_column_once_every_method_ran_in_it(monkeypatch):
+    make_tables = _make_tables()
+
+    def entry(final):
+        return {"runs": [{"seed": s, "test": {head: final + d for head in ("final", "exit_1", "exit_2", "exit_3")}}
+                         for s, d in ((0, 0.0), (1, 0.01), (2, 0.02))]}
+
+    edited = {"methods": {"baseline": entry(0.85), "self_distill": entry(0.86)}}
+    monkeypatch.setattr(make_tables, "load", {"reference_small_data_drop_last_batch": edited}.get)
+    assert make_tables.self_boosting_default_columns() == []  # half the methods: no column yet
+    edited["methods"].update(dsn=entry(0.855), metadistiller=entry(0.87))
+    table = make_tables.evidence_self_boosting_table()
+    assert "without its last batch of 8 images, default knobs |" in table.splitlines()[0]
+    md_sd = next(line for line in table.splitlines() if line.startswith("| MD > SD, final exit"))
+    assert md_sd.endswith("| +1.00 ± 0.00 (n=3): **holds** (CI above 0) |")
+
+
+def test_a_small_data_variant_gets_exit_rows_paired_with_the_small_data_dsn_only(monkeypatch):
+    make_tables = _make_tables()
+
+    def tfkd(exit_accuracy):
+        return {"runs": [{"seed": s, "test": {f"exit_{k}_accuracy": exit_accuracy + d for k in (1, 2, 3)}}
+                         for s, d in ((0, 0.0), (1, 0.01), (2, 0.03))]}
+
+    name, _, _, change = make_tables.SMALL_DATA_VARIANTS[0]
+    files = {"self_boosting_converge": {"datasets": {"fashion_mnist": {"methods": {"dsn": tfkd(0.90)}}}},
+             "self_boosting_small_data": {"datasets": {"fashion_mnist": {"methods": {"dsn": tfkd(0.80)}}}},
+             name: {"datasets": {"fashion_mnist": {"methods": {"metadistiller": tfkd(0.79)}}}}}
+    monkeypatch.setattr(make_tables, "load", files.get)
+    lines = make_tables.exit_soft_terms_table().splitlines()
+    row = next(line for line in lines if line.startswith(f"| exit 1 | MD with `{change}`"))
+    assert row.endswith("| not measured | -1.00 ± 0.00 (n=3) |")  # 10k column: not run there
