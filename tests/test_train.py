@@ -121,6 +121,7 @@ def test_run_writes_provenance_and_logs(straight_run):
     (["--config.model.arch=resnet7"], "config.model.arch"),
     (["--method=self_distill", "--config.self_distill.alpha=1.5"], "config.self_distill.alpha"),
     (["--config.metadistiller.outer_outputs=exits"], "config.metadistiller.outer_outputs"),
+    (["--config.model.exit_head=residual"], "config.model.exit_head='residual': expected 'auto', 'bottleneck'"),
     (["--config.data.name=glyphz"], "glyphz"),
 ])
 def test_bad_input_fails_fast_with_clear_error(tmp_path, flags, expected):

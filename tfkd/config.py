@@ -57,6 +57,9 @@ def base_config():
     c.model.builder = ""  # or "package.module:function" returning your functional model
     c.model.stage_layers = ()  # layer names of the stage outputs, in order
     c.model.head = "linear"  # linear | cosine (few-shot "cosine" pre-trained features, Chen et al. 2019)
+    # The exits' design: auto (the backbone's own: ResNets' residual bottleneck blocks, VGG's pooling)
+    # | bottleneck | conv_chain (1x1, a 3x3 stride-2 conv per later stage, 1x1; not residual) | pool.
+    c.model.exit_head = "auto"
 
     # Few-shot backbones (data.class_split=base): each epoch, the validation *classes* are embedded
     # and scored on seeded N-way k-shot prototype episodes -> val_fewshot_accuracy, which
@@ -215,6 +218,8 @@ def validate(config):
     # config.model.arch is checked by tfkd.train.resolve: the backbones register with Keras imported.
     if config.model.head not in ("linear", "cosine"):
         fail("model.head", "'linear' or 'cosine'")
+    if config.model.exit_head not in ("auto", "bottleneck", "conv_chain", "pool"):
+        fail("model.exit_head", "'auto', 'bottleneck', 'conv_chain' or 'pool'")
     if config.model.stem not in ("auto", "cifar", "imagenet"):
         fail("model.stem", "'auto', 'cifar' or 'imagenet'")
     if not config.model.width > 0:

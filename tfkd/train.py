@@ -46,6 +46,8 @@ def build_network(config, data):
     kwargs = {"num_classes": data.num_classes, "width": config.model.width, "input_shape": data.image_shape,
               "mean": data.mean, "std": data.std, "stem": stem, "sync_bn": config.model.sync_bn,
               "head": config.model.head}
+    if config.model.exit_head != "auto":
+        kwargs["exit_style"] = config.model.exit_head
     for option in getattr(BACKBONES.get(config.model.arch), "options", ()):  # e.g. keras_application's
         kwargs[option] = config.model[option]
     return build_backbone(config.model.arch, **kwargs), kwargs

@@ -120,6 +120,7 @@ def test_exit_selection():
     (dict(depth=0), "depth"),
     (dict(stem="vit"), "stem"),
     (dict(exits=(0, 4)), "exits"),
+    (dict(exit_style="residual"), "exit_style"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -130,3 +131,48 @@ def test_registry_builds_each_depth():
     for depth in RESNET_SPECS:
         model = build_backbone(f"resnet{depth}", num_classes=3, width=SMALL)
         assert isinstance(model, MultiExitResNet) and model.depth == depth
+
+
+def test_conv_chain_exits_are_the_plain_reading_of_the_bottleneck_exit():
+    """exit_style='conv_chain': 1x1 to the second stage's width, one 3x3 stride-2 conv per later
+    stage, 1x1 to the last stage's width (no shortcut), features of the last stage's shape; the
+    choice survives get_config, so a rebuilt network has the same exits."""
+    from tfkd.models.layers import ConvChainExit
+
+    model = MultiExitResNet(depth=18, num_classes=5, width=SMALL, input_shape=(28, 28, 1), exit_style="conv_chain")
+    logits, feats = model(images((2, 28, 28, 1)), training=False, return_features=True)
+    assert all(isinstance(head, ConvChainExit) for head in model.exit_heads)
+    for k, head in zip((1, 2, 3), model.exit_heads):
+        assert [c.kernel_size[0] for c in head.convs] == [1] + [3] * (4 - k) + [1]
+        assert [c.strides[0] for c in head.convs] == [1] + [2] * (4 - k) + [1]
+        assert [c.filters for c in head.convs] == [8] * (5 - k) + [32]
+        assert tuple(feats[f"exit_{k}_features"].shape) == tuple(feats["stage_4"].shape)  # 28 -> 4 px, 32 wide
+        assert tuple(logits[f"exit_{k}"].shape) == (2, 5)
+    # Thinner than the residual bottleneck exits, with the same backbone.
+    default = MultiExitResNet(depth=18, num_classes=5, width=SMALL, input_shape=(28, 28, 1)).ensure_built()
+    assert count_without_exits(model) == count_without_exits(default)
+    assert len(model.trainable_weights) != len(default.trainable_weights)
+    clone = MultiExitResNet.from_config(model.get_config()).ensure_built()
+    assert clone.exit_style == "conv_chain" and default.exit_style == "bottleneck"
+    clone.set_weights(model.get_weights())
+    x = images((2, 28, 28, 1), seed=4)
+    np.testing.assert_array_equal(np.asarray(clone(x, training=False)["exit_1"]),
+                                  np.asarray(model(x, training=False)["exit_1"]))
+
+
+def test_config_exit_head_reaches_the_network():
+    from tfkd import config as config_lib
+    from tfkd import train
+
+    config = config_lib.base_config()
+    config.model.width = SMALL
+    config.model.exit_head = "conv_chain"
+    network, kwargs = train.build_network(config, _FakeData())
+    assert kwargs["exit_style"] == "conv_chain" and network.exit_style == "conv_chain"
+    config.model.exit_head = "auto"
+    network, kwargs = train.build_network(config, _FakeData())
+    assert "exit_style" not in kwargs and network.exit_style == "bottleneck"
+
+
+class _FakeData:
+    num_classes, image_shape, mean, std = 3, (28, 28, 1), (0.5,), (0.5,)

@@ -190,8 +190,36 @@ class ExitHead(layers.Layer):
 
 
 @keras.saving.register_keras_serializable("tfkd")
+class ConvChainExit(layers.Layer):
+    """A plain (non-residual) exit: 1x1 conv to ``mid_channels``, one 3x3 stride-2 conv per later
+    stage, 1x1 conv to the final stage's width (each conv + BatchNorm + ReLU), pool, dense. The
+    other reading of the papers' "bottleneck" exit (the PyTorch reference's); thinner than
+    ``ExitHead``'s residual bottleneck blocks."""
+
+    def __init__(self, out_channels, num_classes, mid_channels, bn_momentum=BN_MOMENTUM, **kwargs):
+        super().__init__(**kwargs)
+        self.out_channels = tuple(int(c) for c in out_channels)
+        self.num_classes, self.mid_channels, self.bn_momentum = num_classes, int(mid_channels), bn_momentum
+        widths = [self.mid_channels] * (1 + len(self.out_channels)) + [self.out_channels[-1]]
+        kernels = [1] + [3] * len(self.out_channels) + [1]
+        strides = [1] + [2] * len(self.out_channels) + [1]
+        self.convs = [_conv(w, k, s, f"conv{i}") for i, (w, k, s) in enumerate(zip(widths, kernels, strides))]
+        self.bns = [_bn(f"bn{i}", bn_momentum) for i in range(len(self.convs))]
+        self.pool = layers.GlobalAveragePooling2D(name="pool")
+        self.classifier = layers.Dense(num_classes, dtype=logits_dtype(), name="classifier")
+
+    def call(self, x, training=None, return_features=False):
+        for conv, bn in zip(self.convs, self.bns):
+            x = ops.relu(bn(conv(x), training=training))
+        logits = self.classifier(self.pool(x))
+        return (logits, x) if return_features else logits
+
+    def get_config(self):
+        return {**super().get_config(), "out_channels": self.out_channels, "num_classes": self.num_classes,
+                "mid_channels": self.mid_channels, "bn_momentum": self.bn_momentum}
 
 
+@keras.saving.register_keras_serializable("tfkd")
 class PoolExit(layers.Layer):
     """VGG-style exit (MetaDistiller Sec. 4.2): global average pooling and one dense layer."""
 

@@ -9,14 +9,18 @@ which is all an export keeps.
 Subclasses implement ``_create_backbone`` (setting ``stage_channels``) and ``backbone(images,
 training) -> [F_1 .. F_K]``, and may override ``head_features`` (what happens between the last
 stage and the classifier: e.g. MobileNetV2's 1x1 conv to 1280, VGG's pooling / FC layers).
-Exits are BYOT bottleneck heads (``exit_style = "bottleneck"``) or average pooling + one dense
-layer (``"pool"``, VGG).
+Exits are BYOT bottleneck heads (``exit_style = "bottleneck"``), average pooling + one dense
+layer (``"pool"``, VGG's default) or a plain conv chain (``"conv_chain"``: ``ConvChainExit``); a
+backbone's class sets its default and the ``exit_style`` argument (``config.model.exit_head``)
+replaces it.
 """
 import keras
 from keras import layers, ops
 
 from tfkd.models.heads import classifier_head
-from tfkd.models.layers import BN_MOMENTUM, ExitHead, PoolExit, logits_dtype, synchronized_batchnorm
+from tfkd.models.layers import BN_MOMENTUM, ConvChainExit, ExitHead, PoolExit, logits_dtype, synchronized_batchnorm
+
+EXIT_STYLES = ("bottleneck", "pool", "conv_chain")
 
 
 class MultiExitNetwork(keras.Model):
@@ -26,8 +30,14 @@ class MultiExitNetwork(keras.Model):
     supports_feature_hint = True  # exit features reach the last stage's shape (BYOT hint)
 
     def __init__(self, num_classes=10, input_shape=(32, 32, 3), mean=None, std=None, exits=None,
-                 bn_momentum=BN_MOMENTUM, sync_bn=False, head="linear", **kwargs):
+                 bn_momentum=BN_MOMENTUM, sync_bn=False, head="linear", exit_style=None, **kwargs):
         super().__init__(**kwargs)
+        if exit_style is not None:
+            if exit_style not in EXIT_STYLES:
+                raise ValueError(f"exit_style must be one of {EXIT_STYLES}, got {exit_style!r}")
+            self.exit_style = exit_style
+            # The feature hint needs exit features of the last stage's shape; a pool exit has none.
+            self.supports_feature_hint = type(self).supports_feature_hint and exit_style != "pool"
         self.num_classes = int(num_classes)
         self.image_shape = tuple(int(s) for s in input_shape)
         channels = self.image_shape[-1]
@@ -63,6 +73,9 @@ class MultiExitNetwork(keras.Model):
     def _create_exit(self, k):
         if self.exit_style == "pool":
             return PoolExit(self.num_classes, name=f"exit_{k}")
+        if self.exit_style == "conv_chain":  # the middle width is the second stage's (the reference's choice)
+            return ConvChainExit(self.stage_channels[k:], self.num_classes, self.stage_channels[1], self.bn_momentum,
+                                 name=f"exit_{k}")
         return ExitHead(self.stage_channels[k:], self.num_classes, self.bn_momentum, name=f"exit_{k}")
 
     # ------------------------------------------------------------------ shared
@@ -112,4 +125,4 @@ class MultiExitNetwork(keras.Model):
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "input_shape": self.image_shape,
                 "mean": self.mean, "std": self.std, "exits": self.exits, "bn_momentum": self.bn_momentum,
-                "sync_bn": self.sync_bn, "head": self.head, **self.arch_config()}
+                "sync_bn": self.sync_bn, "head": self.head, "exit_style": self.exit_style, **self.arch_config()}
