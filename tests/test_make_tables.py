@@ -355,3 +355,26 @@ def test_a_small_data_variant_gets_exit_rows_paired_with_the_small_data_dsn_only
     lines = make_tables.exit_soft_terms_table().splitlines()
     row = next(line for line in lines if line.startswith(f"| exit 1 | MD with `{change}`"))
     assert row.endswith("| not measured | -1.00 ± 0.00 (n=3) |")  # 10k column: not run there
+
+
+def test_exit_head_table_pairs_md_with_sd_within_each_exit_design_over_the_chain_seeds(monkeypatch):
+    make_tables = _make_tables()
+
+    def entry(final, exit_1, seeds=(0, 1, 2)):
+        return {"runs": [{"seed": s, "seconds": 60, "val": {"final_accuracy": 0.8},
+                          "test": {"final_accuracy": final + d, "exit_1_accuracy": exit_1 + d,
+                                   "exit_2_accuracy": exit_1 + d, "exit_3_accuracy": exit_1 + d}}
+                         for s, d in zip(seeds, (0.0, 0.01, 0.02, 0.03))]}
+
+    chain = {"datasets": {"fashion_mnist": {"methods": {"self_distill": entry(0.85, 0.78, (0, 1)),
+                                                        "metadistiller": entry(0.86, 0.80, (0, 1))}}}}
+    default = {"datasets": {"fashion_mnist": {"methods": {"self_distill": entry(0.87, 0.83, (0, 1, 2, 3)),
+                                                          "metadistiller": entry(0.87, 0.81, (0, 1, 2, 3))}}}}
+    monkeypatch.setattr(make_tables, "load", {make_tables.EXIT_HEAD_RUNS: chain,
+                                              "self_boosting_small_data": default}.get)
+    lines = make_tables.exit_head_table().splitlines()
+    default_sd = next(line for line in lines if line.startswith("| residual bottleneck (default) | SD"))
+    assert default_sd.endswith("| 1 min | 0, 1 |")  # only the seeds the chain exits ran
+    paired = lines[lines.index("| MD − SD, paired by seed | final exit | exit 1 | exit 2 | exit 3 |") + 2:]
+    assert paired[0].startswith("| plain conv chain | +1.00 ± 0.00 (n=2) | +2.00 ± 0.00 (n=2) |")
+    assert paired[1].startswith("| residual bottleneck (default) | +0.00 ± 0.00 (n=2) | -2.00 ± 0.00 (n=2) |")
