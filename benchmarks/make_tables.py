@@ -1556,7 +1556,7 @@ def exit_soft_terms_table():
     """Each exit of SD and of MetaDistiller against DSN's (the same exits trained on the labels alone):
     what the soft half of the exits' loss, SD's final output or MD's generated targets, adds. The
     MetaDistiller variants of the convergent table get rows of their own where they were run."""
-    columns = self_boosting_default_columns()
+    columns = [c for c in self_boosting_default_columns() if "dsn" in c[1]]  # DSN is what each exit is paired with
     if not columns:
         return "_Not measured yet: run `python benchmarks/self_boosting_table.py --regime=converge`._"
 
