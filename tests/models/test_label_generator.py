@@ -68,3 +68,23 @@ def test_linear_fusion_is_eq5_as_written():
     default(feats, training=True)
     assert len(default.smooth_bn) == 2 and all(c.bias is None for c in default.lateral + default.smooth)
     assert LabelGenerator.from_config(gen.get_config()).fusion_norm is False
+
+
+def test_generator_heads_follow_conv_chain_exits():
+    """The paper's T_k head is the same bottleneck module as the exits': a network with conv-chain
+    exits gets a generator with conv-chain heads (fusion width throughout), others keep BYOT's."""
+    from tfkd.methods import build_method
+    from tfkd.models.layers import ConvChainExit, ExitHead
+
+    net = MultiExitResNet(depth=10, num_classes=3, width=0.0625, input_shape=(8, 8, 1), exit_style="conv_chain")
+    net.ensure_built()
+    method = build_method("metadistiller", net, {"fusion_channels": 4}, weight_decay=5e-4)
+    method.build()
+    heads = method.generator.heads
+    assert all(isinstance(h, ConvChainExit) for h in heads)
+    assert [[c.filters for c in h.convs] for h in heads] == [[4] * 5, [4] * 4, [4] * 3]
+    targets = method.generator(method.stage_features(net(tf.zeros((2, 8, 8, 1)), return_features=True)[1]))
+    assert all(t.shape == (2, 3) for t in targets.values())
+    plain = LabelGenerator([4, 8, 16, 32], 5, fusion_channels=8)
+    assert all(isinstance(h, ExitHead) for h in plain.heads)
+    assert LabelGenerator.from_config(method.generator.get_config()).exit_style == "conv_chain"

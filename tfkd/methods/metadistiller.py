@@ -70,7 +70,8 @@ class MetaDistiller(MultiExitMethod):
         channels = network.stage_channels
         self.generator = LabelGenerator(channels, network.num_classes, fusion_channels or channels[0],
                                         sync_bn=getattr(network, "sync_bn", False), dtype=network.dtype_policy,
-                                        exits=network.exits, fusion_norm=self.fusion_norm, name="label_generator")
+                                        exits=network.exits, fusion_norm=self.fusion_norm,
+                                        exit_style=getattr(network, "exit_style", "bottleneck"), name="label_generator")
         self.meta_loss_tracker = keras.metrics.Mean(name="meta_loss")
         # Mean entropy (nats) of each exit's soft targets T_k, logged train and validation: shows
         # how soft the generator's targets are and how that changes as it is meta-trained.

@@ -15,7 +15,7 @@ its stage feature maps; it is used only during training and never exported.
 import keras
 from keras import layers, ops
 
-from tfkd.models.layers import BN_MOMENTUM, ExitHead, _bn, _conv, synchronized_batchnorm
+from tfkd.models.layers import BN_MOMENTUM, ConvChainExit, ExitHead, _bn, _conv, synchronized_batchnorm
 
 
 @keras.saving.register_keras_serializable("tfkd")
@@ -26,13 +26,16 @@ class LabelGenerator(keras.Model):
       fusion_channels: width of the fused maps F^_k (the 1x1 convs match channels to it).
       bn_momentum: BatchNorm momentum of the fusion and head layers.
       fusion_norm: BatchNorm + ReLU after each 3x3 fusion conv; False: Eq. 5's linear fusion.
+      exit_style: the main model's exit design. The paper's T_k head is the same "bottleneck module"
+        as the exits', so ``"conv_chain"`` exits get conv-chain heads here too; otherwise BYOT's
+        residual bottleneck blocks (also under VGG's pooling exits: a pool alone on F^_k is no head).
     """
 
     def __init__(self, stage_channels, num_classes, fusion_channels=64, bn_momentum=BN_MOMENTUM, sync_bn=False,
-                 exits=None, fusion_norm=True, **kwargs):
+                 exits=None, fusion_norm=True, exit_style="bottleneck", **kwargs):
         super().__init__(**kwargs)
         self.sync_bn = bool(sync_bn)
-        self.fusion_norm = bool(fusion_norm)
+        self.fusion_norm, self.exit_style = bool(fusion_norm), exit_style
         with synchronized_batchnorm(self.sync_bn):
             self._create_layers(stage_channels, num_classes, fusion_channels, bn_momentum, exits)
 
@@ -59,8 +62,13 @@ class LabelGenerator(keras.Model):
         self.smooth_bn = ([_bn(f"smooth_bn_{k + 1}", bn_momentum) for k in range(k_stages - 1)]
                           if self.fusion_norm else [])
         # Head for stage k: (K - k) stride-2 bottleneck blocks, pooling, dense -> logits.
-        self.heads = [ExitHead((self.fusion_channels,) * (k_stages - k), num_classes, bn_momentum,
-                               name=f"target_{k}") for k in self.exits]
+        self.heads = [self._head(k_stages - k, num_classes, bn_momentum, f"target_{k}") for k in self.exits]
+
+    def _head(self, downsamples, num_classes, bn_momentum, name):
+        widths = (self.fusion_channels,) * downsamples
+        if self.exit_style == "conv_chain":
+            return ConvChainExit(widths, num_classes, self.fusion_channels, bn_momentum, name=name)
+        return ExitHead(widths, num_classes, bn_momentum, name=name)
 
     @property
     def target_names(self):
@@ -89,4 +97,4 @@ class LabelGenerator(keras.Model):
     def get_config(self):
         return {**super().get_config(), "stage_channels": self.stage_channels, "num_classes": self.num_classes,
                 "fusion_channels": self.fusion_channels, "bn_momentum": self.bn_momentum, "sync_bn": self.sync_bn,
-                "exits": self.exits, "fusion_norm": self.fusion_norm}
+                "exits": self.exits, "fusion_norm": self.fusion_norm, "exit_style": self.exit_style}
