@@ -1147,7 +1147,7 @@ def reference_edit_table(shipped_name, edited_name, command_flags):
         return f"{100 * statistics.mean(values):.2f}"
 
     def over_baseline(methods, name):
-        if name == "baseline" or "baseline" not in methods:
+        if name == "baseline" or "baseline" not in methods or name not in methods:
             return "–"
         return paired_cell(*seed_paired(methods[name], methods["baseline"], final))
 
@@ -1174,6 +1174,17 @@ def reference_edit_table(shipped_name, edited_name, command_flags):
             f"| {METHOD_LABELS[name]} | {pct(summary(a, 'final')) if a else '–'} | {pct(summary(b, 'final'))} | "
             f"{paired_cell(*seed_paired(b, a, final)) if a else '–'} | {last(a) if a else '–'} / {last(b)} | "
             f"{over_baseline(same, name)} | {over_baseline(edited['methods'], name)} | {exits[0]} | {exits[1]} |")
+    methods = edited["methods"]
+    if "metadistiller" in methods and "self_distill" in methods:
+        # The paper's exit claim at the chosen checkpoint and after the last epoch: the 200-image
+        # validation choice moves single runs by points, the last epoch has no choice in it.
+        heads = ("final", "exit_1", "exit_2", "exit_3")
+        lines += ["", "| MD − SD, edited, paired by seed | final exit | exit 1 | exit 2 | exit 3 |",
+                  "| --- | --- | --- | --- | --- |"]
+        for label, key in (("checkpoint chosen on validation", "test"), ("after the last epoch", "last_test")):
+            cells = [paired_cell(*seed_paired(methods["metadistiller"], methods["self_distill"],
+                                              lambda run, h=h, k=key: run[k][h])) for h in heads]
+            lines.append(f"| {label} | {' | '.join(cells)} |")
     spec = edited["reference_edits"]
     one_line = [e for e in spec["edits"] if "\n" not in e["old"].strip() + e["new"].strip()]
     # A multi-line edit reads as a diff block (inline code would lose its lines and indentation).

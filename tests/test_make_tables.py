@@ -301,6 +301,15 @@ def test_reference_edit_table_pairs_the_edit_by_seed_over_the_edited_seeds(monke
     start = lines.index("```diff")
     assert lines[start + 1:start + 5] == ["-    x = 1", "+    x = 1", "+    y = 2", "```"]
 
+    # With MetaDistiller beside SD, MD − SD at the chosen checkpoint and after the last epoch.
+    md = [run(0, 0.87), run(1, 0.90)]
+    for r in md:
+        r["last_test"] = {h: v - 0.03 for h, v in r["test"].items()}
+    edited["methods"]["metadistiller"] = {"runs": md}
+    lines = make_tables.reference_edit_table("shipped", "edited", "").splitlines()
+    assert "| checkpoint chosen on validation | +2.00 ± 0.00 (n=2) | +2.00 ± 0.00 (n=2) |" in "\n".join(lines)
+    assert "| after the last epoch | -1.00 ± 0.00 (n=2) |" in "\n".join(lines)
+
 
 def test_reference_step_match_table_pairs_the_two_implementations_by_seed(monkeypatch):
     make_tables = _make_tables()
