@@ -1208,9 +1208,9 @@ EXIT_HEAD_RUNS = "self_boosting_small_data_conv_chain_exits"
 
 
 def exit_head_table():
-    """SD and MetaDistiller at the small-data regime with the plain conv-chain exits
-    (``model.exit_head=conv_chain``) next to the same seeds with tfkd's residual bottleneck exits:
-    does the paper's "MD's exits above SD's" depend on the exits' design?"""
+    """SD and MetaDistiller (and DSN where run) at the small-data regime with the plain conv-chain
+    exits (``model.exit_head=conv_chain``) next to the same seeds with tfkd's residual bottleneck
+    exits: does the paper's "MD's exits above SD's" depend on the exits' design?"""
     chain, default = load(EXIT_HEAD_RUNS), load("self_boosting_small_data")
     if not chain or not default:
         return ("_Not measured yet: run `python benchmarks/self_boosting_table.py --regime=small_data "
@@ -1223,8 +1223,8 @@ def exit_head_table():
     lines = ["| exits | method | final exit | exit 1 | exit 2 | exit 3 | validation (final) | wall time per run | seeds |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for exits, methods in variants.items():
-        for name in ("self_distill", "metadistiller"):
-            if name not in methods:
+        for name in ("dsn", "self_distill", "metadistiller"):
+            if name not in methods or name not in variants["plain conv chain"]:
                 continue
             runs = [run for run in methods[name]["runs"] if run["seed"] in seeds]
             cells = []
