@@ -1246,7 +1246,7 @@ def exit_head_table():
         lines.append(f"| {exits} | {' | '.join(cells)} |")
     lines += ["", "Test accuracy %, mean ± std over the conv-chain runs' seeds (the default rows over the same seeds); "
               "differences in points ± 95% CI (Student t over seeds). Everything else is the small-data regime "
-              "above, default knobs; the label generator's own heads are unchanged.", "",
+              "above, default knobs; MetaDistiller's label generator then has conv-chain target heads too.", "",
               provenance(chain) + run_revisions(chain)]
     return "\n".join(lines)
 
