@@ -9,8 +9,10 @@ at 28 px input, VGG's 5 pooling levels, ...) work. Each early stage k then gets 
 into soft targets T_k = softmax(logits_k / tau).
 
 ``fusion_norm``: BatchNorm + ReLU after each 3x3 fusion conv (True, tfkd's addition) or Eq. 5 as
-written, linear convolutions with biases (False; the PyTorch reference's generator too). The generator works on any backbone that exposes
-its stage feature maps; it is used only during training and never exported.
+written, linear convolutions with biases (False; the PyTorch reference's generator too).
+
+The generator works on any backbone that exposes its stage feature maps; it is used only during
+training and never exported.
 """
 import keras
 from keras import layers, ops
@@ -61,7 +63,7 @@ class LabelGenerator(keras.Model):
         self.smooth = [self._fusion_conv(3, f"smooth_{k + 1}") for k in range(k_stages - 1)]
         self.smooth_bn = ([_bn(f"smooth_bn_{k + 1}", bn_momentum) for k in range(k_stages - 1)]
                           if self.fusion_norm else [])
-        # Head for stage k: (K - k) stride-2 bottleneck blocks, pooling, dense -> logits.
+        # Head for stage k: (K - k) stride-2 downsamplings (the exits' module), pooling, dense -> logits.
         self.heads = [self._head(k_stages - k, num_classes, bn_momentum, f"target_{k}") for k in self.exits]
 
     def _head(self, downsamples, num_classes, bn_momentum, name):
