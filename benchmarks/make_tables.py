@@ -50,6 +50,14 @@ def run_revisions(r):
     return f" Runs trained at git {', '.join(revisions)} (per-run commands in the JSON)."
 
 
+def summarize(values):
+    """{mean, n, std} of accuracies (fractions), the summary ``pct`` shows; None for no values."""
+    if not values:
+        return None
+    return {"mean": statistics.mean(values), "n": len(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
 def pct(s):
     """mean ± std (%) of a summary; one value has no std to show."""
     if not s:
@@ -1156,9 +1164,7 @@ def reference_edit_table(shipped_name, edited_name, command_flags):
     same = {k: {"runs": [run for run in e["runs"] if run["seed"] in seeds]} for k, e in shipped["methods"].items()}
 
     def summary(e, head):
-        values = [run["test"][head] for run in e["runs"]]
-        return {"mean": statistics.mean(values), "n": len(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0} if values else None
+        return summarize([run["test"][head] for run in e["runs"]])
 
     lines = ["| method | as shipped: final exit | edited: final exit | edited − as shipped (paired by seed) | "
              "last epoch, as shipped / edited | − baseline, as shipped | − baseline, edited | "
@@ -1178,12 +1184,10 @@ def reference_edit_table(shipped_name, edited_name, command_flags):
     if "metadistiller" in methods and "self_distill" in methods:
         # The paper's exit claim at the chosen checkpoint and after the last epoch: the 200-image
         # validation choice moves single runs by points, the last epoch has no choice in it.
-        heads = ("final", "exit_1", "exit_2", "exit_3")
         lines += ["", "| MD − SD, edited, paired by seed | final exit | exit 1 | exit 2 | exit 3 |",
                   "| --- | --- | --- | --- | --- |"]
         for label, key in (("checkpoint chosen on validation", "test"), ("after the last epoch", "last_test")):
-            cells = [paired_cell(*seed_paired(methods["metadistiller"], methods["self_distill"],
-                                              lambda run, h=h, k=key: run[k][h])) for h in heads]
+            cells = paired_heads(methods["metadistiller"], methods["self_distill"], lambda run, h, k=key: run[k][h])
             lines.append(f"| {label} | {' | '.join(cells)} |")
     spec = edited["reference_edits"]
     one_line = [e for e in spec["edits"] if "\n" not in e["old"].strip() + e["new"].strip()]
@@ -1216,34 +1220,27 @@ def exit_head_table():
         return ("_Not measured yet: run `python benchmarks/self_boosting_table.py --regime=small_data "
                 "--datasets=fashion_mnist --methods=self_distill,metadistiller --override=model.exit_head=conv_chain "
                 f"--name={EXIT_HEAD_RUNS}`._")
-    variants = {"plain conv chain": chain["datasets"]["fashion_mnist"]["methods"],
-                "residual bottleneck (default)": default["datasets"]["fashion_mnist"]["methods"]}
-    seeds = {run["seed"] for e in variants["plain conv chain"].values() for run in e["runs"]}
-    heads = ("final", "exit_1", "exit_2", "exit_3")
+    chain_methods = chain["datasets"]["fashion_mnist"]["methods"]
+    seeds = {run["seed"] for e in chain_methods.values() for run in e["runs"]}
+    # Each design's runs of the methods the chain exits ran, over the chain runs' seeds.
+    variants = {exits: {name: {"runs": [run for run in methods[name]["runs"] if run["seed"] in seeds]}
+                        for name in ("dsn", "self_distill", "metadistiller") if name in methods and name in chain_methods}
+                for exits, methods in (("plain conv chain", chain_methods),
+                                       ("residual bottleneck (default)", default["datasets"]["fashion_mnist"]["methods"]))}
     lines = ["| exits | method | final exit | exit 1 | exit 2 | exit 3 | validation (final) | wall time per run | seeds |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for exits, methods in variants.items():
-        for name in ("dsn", "self_distill", "metadistiller"):
-            if name not in methods or name not in variants["plain conv chain"]:
-                continue
-            runs = [run for run in methods[name]["runs"] if run["seed"] in seeds]
-            cells = []
-            for head in heads:
-                values = [100 * run["test"][f"{head}_accuracy"] for run in runs]
-                spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-                cells.append(f"{statistics.mean(values):.2f}{spread}")
+        for name, e in methods.items():
+            runs = e["runs"]
+            cells = [pct(summarize([_tfkd_accuracy(run, head) for run in runs])) for head in HEADS]
             val = statistics.mean(100 * run["val"]["final_accuracy"] for run in runs)
             lines.append(f"| {exits} | {METHOD_LABELS[name]} | {' | '.join(cells)} | {val:.2f} | "
                          f"{_wall_time(runs)} | {', '.join(str(run['seed']) for run in runs)} |")
     lines += ["", "| MD − SD, paired by seed | final exit | exit 1 | exit 2 | exit 3 |", "| --- | --- | --- | --- | --- |"]
     for exits, methods in variants.items():
-        if "self_distill" not in methods or "metadistiller" not in methods:
-            continue
-        same = {k: {"runs": [run for run in methods[k]["runs"] if run["seed"] in seeds]}
-                for k in ("self_distill", "metadistiller")}
-        cells = [paired_cell(*seed_paired(same["metadistiller"], same["self_distill"],
-                                          lambda run, h=head: run["test"][f"{h}_accuracy"])) for head in heads]
-        lines.append(f"| {exits} | {' | '.join(cells)} |")
+        if "self_distill" in methods and "metadistiller" in methods:
+            cells = paired_heads(methods["metadistiller"], methods["self_distill"], _tfkd_accuracy)
+            lines.append(f"| {exits} | {' | '.join(cells)} |")
     lines += ["", "Test accuracy %, mean ± std over the conv-chain runs' seeds (the default rows over the same seeds); "
               "differences in points ± 95% CI (Student t over seeds). Everything else is the small-data regime "
               "above, default knobs; MetaDistiller's label generator then has conv-chain target heads too.", "",
@@ -1466,6 +1463,14 @@ def seed_paired(a, b, accuracy):
 def t_interval(values):
     """Half-width of the two-sided 95% Student-t interval of the mean of ``values`` (at least two)."""
     return T95.get(len(values), 2.0) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+HEADS = ("final", "exit_1", "exit_2", "exit_3")
+
+
+def paired_heads(a, b, accuracy):
+    """``paired_cell`` of A − B for every head in HEADS; ``accuracy(run, head)``."""
+    return [paired_cell(*seed_paired(a, b, lambda run, h=head: accuracy(run, h))) for head in HEADS]
 
 
 def paired_cell(mean, ci, n):

@@ -17,7 +17,7 @@ training and never exported.
 import keras
 from keras import layers, ops
 
-from tfkd.models.layers import BN_MOMENTUM, ConvChainExit, ExitHead, _bn, _conv, synchronized_batchnorm
+from tfkd.models.layers import BN_MOMENTUM, _bn, _conv, bottleneck_exit, synchronized_batchnorm
 
 
 @keras.saving.register_keras_serializable("tfkd")
@@ -64,13 +64,8 @@ class LabelGenerator(keras.Model):
         self.smooth_bn = ([_bn(f"smooth_bn_{k + 1}", bn_momentum) for k in range(k_stages - 1)]
                           if self.fusion_norm else [])
         # Head for stage k: (K - k) stride-2 downsamplings (the exits' module), pooling, dense -> logits.
-        self.heads = [self._head(k_stages - k, num_classes, bn_momentum, f"target_{k}") for k in self.exits]
-
-    def _head(self, downsamples, num_classes, bn_momentum, name):
-        widths = (self.fusion_channels,) * downsamples
-        if self.exit_style == "conv_chain":
-            return ConvChainExit(widths, num_classes, self.fusion_channels, bn_momentum, name=name)
-        return ExitHead(widths, num_classes, bn_momentum, name=name)
+        self.heads = [bottleneck_exit(self.exit_style, (self.fusion_channels,) * (k_stages - k), num_classes,
+                                      self.fusion_channels, bn_momentum, f"target_{k}") for k in self.exits]
 
     @property
     def target_names(self):

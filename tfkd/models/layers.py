@@ -219,6 +219,14 @@ class ConvChainExit(layers.Layer):
                 "mid_channels": self.mid_channels, "bn_momentum": self.bn_momentum}
 
 
+def bottleneck_exit(style, out_channels, num_classes, mid_channels, bn_momentum, name):
+    """The papers' "bottleneck" exit module, shared by the exits and the label generator's target
+    heads: a plain conv chain for ``style == "conv_chain"``, BYOT's residual blocks otherwise."""
+    if style == "conv_chain":
+        return ConvChainExit(out_channels, num_classes, mid_channels, bn_momentum, name=name)
+    return ExitHead(out_channels, num_classes, bn_momentum, name=name)
+
+
 @keras.saving.register_keras_serializable("tfkd")
 class PoolExit(layers.Layer):
     """VGG-style exit (MetaDistiller Sec. 4.2): global average pooling and one dense layer."""

@@ -18,7 +18,7 @@ import keras
 from keras import layers, ops
 
 from tfkd.models.heads import classifier_head
-from tfkd.models.layers import BN_MOMENTUM, ConvChainExit, ExitHead, PoolExit, logits_dtype, synchronized_batchnorm
+from tfkd.models.layers import BN_MOMENTUM, PoolExit, bottleneck_exit, logits_dtype, synchronized_batchnorm
 
 EXIT_STYLES = ("bottleneck", "pool", "conv_chain")
 
@@ -73,10 +73,9 @@ class MultiExitNetwork(keras.Model):
     def _create_exit(self, k):
         if self.exit_style == "pool":
             return PoolExit(self.num_classes, name=f"exit_{k}")
-        if self.exit_style == "conv_chain":  # the middle width is the second stage's (the reference's choice)
-            return ConvChainExit(self.stage_channels[k:], self.num_classes, self.stage_channels[1], self.bn_momentum,
-                                 name=f"exit_{k}")
-        return ExitHead(self.stage_channels[k:], self.num_classes, self.bn_momentum, name=f"exit_{k}")
+        # A conv chain's middle width is the second stage's (the reference's choice).
+        return bottleneck_exit(self.exit_style, self.stage_channels[k:], self.num_classes, self.stage_channels[1],
+                               self.bn_momentum, f"exit_{k}")
 
     # ------------------------------------------------------------------ shared
 
