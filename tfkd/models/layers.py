@@ -6,6 +6,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
+# Recording an op's gradient on the tapes; what tf.custom_gradient does underneath, without its
+# extra graph ops (fused_batch_norm_training).
+from tensorflow.python.eager import record
 
 # Keras' default BatchNorm momentum (0.99) lags badly in short runs; 0.9 equals PyTorch's 0.1.
 BN_MOMENTUM = 0.9
@@ -45,6 +48,83 @@ def fused_batchnorm(enabled):
     return _setting(_FUSED_BN, enabled)
 
 
+def fused_batch_norm_training(x, gamma, beta, epsilon):
+    """TensorFlow's fused training-mode BatchNorm on float32 NHWC ``x``: (y, batch mean, unbiased
+    batch variance), as ``tf.compat.v1.nn.fused_batch_norm(..., is_training=True)``.
+
+    Its gradient is the fused gradient kernel, as TensorFlow's own; what differs is that kernel's
+    gradient (the second derivative, which MetaDistiller's meta step takes through every BatchNorm
+    of the network's backward pass). TensorFlow builds it from a composite BatchNorm and its
+    gradient (~110 graph ops a layer, a third of the meta step's graph); here it is written out
+    (~30 ops, one of them the fused gradient kernel again). The batch statistics get no gradient,
+    as with TensorFlow's fused gradient: they feed only the moving averages.
+
+    The ops are recorded on the gradient tapes directly (``tf.custom_gradient`` would add an
+    IdentityN, an Identity per output and zero-filled gradients for every input of every call).
+    """
+    empty = tf.constant([], tf.float32)
+    with record.stop_recording():
+        y, mean, variance, reserve_1, reserve_2, reserve_3 = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=epsilon,
+            exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+    reserves = (reserve_1, reserve_2, reserve_3)
+
+    def gradient(dy):
+        return _fused_batch_norm_backward(dy, x, gamma, mean, variance, reserves, epsilon)
+
+    record.record_operation("TfkdFusedBatchNorm", [y], [x, gamma, beta], gradient)
+    return y, mean, variance
+
+
+def _fused_batch_norm_backward(dy, x, gamma, mean, variance, reserves, epsilon):
+    """(dx, dgamma, dbeta) of fused_batch_norm_training, with its own gradient written out.
+
+    Per channel, with N values, <.> their mean, x^ = (x - mean) r, r = (biased variance + eps)^-1/2:
+        dx = gamma r (dy - a - x^ b),  dgamma = N b,  dbeta = N a,  a = <dy>,  b = <dy x^>.
+    For upstream gradients (G, g_gamma, g_beta) of (dx, dgamma, dbeta):
+        d/d dy    = gamma r (G - <G> - x^ <G x^>) + g_gamma x^ + g_beta   (the first term is the
+                    fused gradient kernel applied to G: dx is linear and self-adjoint in dy)
+        d/d gamma = r N (<G dy> - a <G> - b <G x^>)
+        d/d x     = -gamma r^2 [x^ (<G dy> - a <G> - 3 b <G x^>) + (dy - a) <G x^> + b (G - <G>)]
+                    + g_gamma r (dy - a - x^ b)
+    (tests/models/test_layers.py checks all three against TensorFlow's own second derivative)."""
+    def kernel(upstream):
+        return tf.raw_ops.FusedBatchNormGradV3(
+            y_backprop=upstream, x=x, scale=gamma, reserve_space_1=reserves[0], reserve_space_2=reserves[1],
+            reserve_space_3=reserves[2], epsilon=epsilon, data_format="NHWC", is_training=True)[:3]
+
+    with record.stop_recording():
+        dx, dgamma, dbeta = kernel(dy)
+
+    def gradient(g_dx, g_dgamma, g_dbeta):
+        # In terms of x^, as written above: expanding x^ = r (x - mean) into per-channel
+        # coefficients of x saves a few passes over the activations but cancels digits when the mean
+        # is large (graph and eager meta steps drifted apart 10x more in a test).
+        if x.shape[:-1].is_fully_defined():
+            n = float(np.prod(x.shape[:-1]))
+            biased = variance * ((n - 1.0) / max(n, 1.0))
+        else:
+            n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+            biased = variance * (n - 1.0) / tf.maximum(n, 1.0)
+        r = tf.math.rsqrt(biased + epsilon)
+        x_hat = (x - mean) * r
+        a, b = dbeta / n, dgamma / n
+        # The fused kernel on G gives gamma r (G - <G> - x^ <G x^>), N <G x^> and N <G>.
+        d_dy, sum_g_xhat, sum_g = kernel(g_dx)
+        mean_g, mean_g_xhat = sum_g / n, sum_g_xhat / n
+        s = tf.reduce_mean(g_dx * dy, axis=[0, 1, 2]) - a * mean_g
+        b_mean_g_xhat = b * mean_g_xhat
+        d_dy = d_dy + g_dgamma * x_hat + g_dbeta
+        d_gamma = (r * n) * (s - b_mean_g_xhat)
+        dy_centred = dy - a
+        d_x = ((-gamma * r * r) * (x_hat * (s - 3.0 * b_mean_g_xhat) + dy_centred * mean_g_xhat + b * (g_dx - mean_g))
+               + (g_dgamma * r) * (dy_centred - x_hat * b))
+        return d_dy, d_x, d_gamma
+
+    record.record_operation("TfkdFusedBatchNormGrad", [dx, dgamma, dbeta], [dy, x, gamma], gradient)
+    return dx, dgamma, dbeta
+
+
 @keras.saving.register_keras_serializable("tfkd")
 class BatchNormalization(layers.BatchNormalization):
     """keras.layers.BatchNormalization whose training-mode forward on 4-D float32 NHWC feature maps
@@ -76,8 +156,8 @@ class BatchNormalization(layers.BatchNormalization):
         if not self._fused_applies(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
         x = tf.cast(inputs, "float32")
-        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x, tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"), epsilon=self.epsilon, is_training=True)
+        y, mean, variance = fused_batch_norm_training(
+            x, tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"), self.epsilon)
         # The kernel returns the unbiased variance; Keras keeps the biased one. With a static batch
         # (training pipelines drop the remainder) the factor is a Python number: ~10 fewer graph ops
         # per BatchNorm call, which adds up in the MetaDistiller meta step's three forward passes.
