@@ -426,6 +426,7 @@ def draw_first_step(r):
                "rest (graph optimisation, kernel set-up, one step) |") + " steady step | graph ops |")
     rule = "| --- | --- | --- | --- | --- | --- |" + (" --- |" if grappler else "")
     grappler_off = bool(other) and other.get("grappler") == "off"
+    steady_against = bool(other) and all("step_ratio" in m for m in other["steps_measured"].values())
     if grappler_off:
         head += (" first call, Grappler off | steady step, Grappler off | first call, off ÷ on |"
                  " steady step, off ÷ on |")
@@ -434,6 +435,9 @@ def draw_first_step(r):
         rev = short_rev(other["git_revision"])
         head += f" first call at {rev} | graph ops at {rev} | first call, this ÷ {rev} |"
         rule += " --- | --- | --- |"
+        if steady_against:
+            head += f" steady step at {rev} | steady step, this ÷ {rev} |"
+            rule += " --- | --- |"
     lines += [head, rule]
     for label, m in r["steps_measured"].items():
         rest = (f"{m['grappler_s']:.1f} s | {m['rest_of_first_call_s'] - m['grappler_s']:.1f} s" if grappler
@@ -447,6 +451,8 @@ def draw_first_step(r):
         elif other:
             o = other["steps_measured"][label]
             line += f" {o['first_call_s']:.1f} s | {o['graph_ops']} | {o['first_call_ratio']:.2f} |"
+            if steady_against:
+                line += f" {1000 * o['step_s']:.0f} ms | {o['step_ratio']:.2f} |"
         lines.append(line)
     notes = [provenance(r)]
     if grappler_off:
@@ -480,6 +486,9 @@ first_step_idle_table = from_result("first_step_idle", "python benchmarks/first_
     draw_first_step)
 first_step_static_bn_table = from_result("first_step_static_bn", "python benchmarks/first_step.py --against=OLD "
                                          "--name=first_step_static_bn")(draw_first_step)
+first_step_bn_second_order_table = from_result(
+    "first_step_bn_second_order", "python benchmarks/first_step.py --against=OLD --repeats=2 "
+    "--name=first_step_bn_second_order")(draw_first_step)
 first_step_grappler_off_table = from_result(
     "first_step_grappler_off", "python benchmarks/first_step.py --against_grappler_off --repeats=3 --steps=30 "
     "--name=first_step_grappler_off")(draw_first_step)
@@ -1689,6 +1698,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "step_cost": step_cost_table, "step_cost_meta_batch": step_cost_meta_batch_table,
           "first_step": first_step_table, "first_step_idle": first_step_idle_table,
           "first_step_static_bn": first_step_static_bn_table,
+          "first_step_bn_second_order": first_step_bn_second_order_table,
           "first_step_grappler_off": first_step_grappler_off_table, "batchnorm_ab": batchnorm_ab_table,
           "generator_lr": generator_lr_table, "default_job": default_job_table,
           "metadistiller_targets": targets_fashion_mnist_table,
