@@ -27,13 +27,22 @@ class SGD(keras.optimizers.SGD):
     """keras.optimizers.SGD; with momentum, one ``ResourceApplyKerasMomentum`` per variable
     (accum = momentum * accum - lr * grad; var += accum, or the Nesterov form)."""
 
+    _momentum = None  # made once per apply(), not a constant per variable
+
+    def apply(self, grads, trainable_variables=None):
+        self._momentum = tf.constant(self.momentum, tf.float32)
+        try:
+            return super().apply(grads, trainable_variables)
+        finally:
+            self._momentum = None
+
     def update_step(self, gradient, variable, learning_rate):
-        if self.momentum == 0 or not _fusable(gradient, variable):
+        if self.momentum == 0 or self._momentum is None or not _fusable(gradient, variable):
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
         tf.raw_ops.ResourceApplyKerasMomentum(
             var=_handle(variable), accum=_handle(self.momentums[self._get_variable_index(variable)]),
-            lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype), momentum=tf.cast(self.momentum, dtype),
+            lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype), momentum=tf.cast(self._momentum, dtype),
             use_locking=False, use_nesterov=self.nesterov)
 
 

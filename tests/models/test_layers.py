@@ -81,6 +81,55 @@ def test_float64_and_synchronized_replicas_keep_keras_path():
     assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(synced)).__class__ is BatchNormalization
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])  # the fused path, and Keras' own
+def test_frozen_statistics_normalise_with_the_batch_and_leave_the_moving_averages(dtype):
+    """Inside frozen_batchnorm_statistics a training call gives what it gives outside, and the
+    moving averages stay where they were; the fused path builds no update for them at all."""
+    from tfkd.models.layers import frozen_batchnorm_statistics
+
+    layer = BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=dtype)
+    layer.build((None, 5, 5, 3))
+    layer.moving_mean.assign([0.5, -1.0, 2.0])
+    x = tf.cast(_inputs(), dtype)
+    with frozen_batchnorm_statistics():
+        frozen = layer(x, training=True).numpy()
+        ops_frozen = _ops(layer, x, True)
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), [0.5, -1.0, 2.0])
+    np.testing.assert_array_equal(layer.moving_variance.numpy(), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(frozen, layer(x, training=True).numpy(), rtol=1e-6, atol=1e-6)
+    assert layer.moving_mean.numpy()[0] != 0.5  # outside, the same call updates them
+    if dtype == "float32":
+        assert "AssignVariableOp" in _ops(layer, x, True) and "AssignVariableOp" not in ops_frozen
+
+
+def test_frozen_statistics_are_per_thread():
+    """MirroredStrategy traces each replica in its own thread: one replica's lookahead freezing its
+    statistics must not freeze another replica's main forward (the mirrored MetaDistiller check
+    differed by 0.3 when the setting was process-wide)."""
+    import threading
+
+    from tfkd.models.layers import frozen_batchnorm_statistics
+
+    layer = BatchNormalization(momentum=0.9, epsilon=1e-5)
+    layer.build((None, 5, 5, 3))
+    inside, done = threading.Event(), threading.Event()
+
+    def freezer():
+        with frozen_batchnorm_statistics():
+            inside.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=freezer)
+    thread.start()
+    try:
+        assert inside.wait(30)
+        layer(_inputs(), training=True)
+    finally:
+        done.set()
+        thread.join()
+    assert np.abs(layer.moving_mean.numpy()).max() > 0.01  # this thread's call updated them
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_mask_falls_back(training):
     ours, _ = _pair()

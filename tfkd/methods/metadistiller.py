@@ -38,6 +38,7 @@ import tensorflow as tf
 from tfkd import losses, method_config, optimizers
 from tfkd.methods.base import MultiExitMethod
 from tfkd.models.label_generator import LabelGenerator
+from tfkd.models.layers import frozen_batchnorm_statistics
 from tfkd.registry import METHODS
 
 
@@ -161,7 +162,9 @@ class MetaDistiller(MultiExitMethod):
         would make of other targets (benchmarks/metadistiller_lookahead_probe.py).
         """
         (x_a, y_a), (x_b, y_b) = meta_train, meta_test
-        with tf.GradientTape() as inner:
+        # BatchNorm statistics after the inner forward are kept only for a shared step; the other
+        # forwards' updates would be thrown away, so they are not built (a sixth of the graph).
+        with tf.GradientTape() as inner, frozen_batchnorm_statistics(not return_inner):
             inner.watch(theta)
             (logits, features), new_non_trainable = self.network.stateless_call(
                 theta, non_trainable, x_a, training=True, return_features=True)
@@ -179,7 +182,8 @@ class MetaDistiller(MultiExitMethod):
             self.replica_scale(tf.constant(1.0, inner_loss.dtype)))
         grads = _all_reduce_sum(replica_grads)
         theta_plus = [t - tf.cast(zeta, t.dtype) * g for t, g in zip(theta, grads)]
-        test_logits, _ = self.network.stateless_call(theta_plus, non_trainable, x_b, training=True)
+        with frozen_batchnorm_statistics():
+            test_logits, _ = self.network.stateless_call(theta_plus, non_trainable, x_b, training=True)
         loss = self.outer_loss(y_b, test_logits)
         if not return_inner:
             return loss
