@@ -392,6 +392,9 @@ def same_trials_with_and_without_row_flags(r, name):
 step_cost_meta_batch_table = from_result(
     "step_cost_meta_batch", "python benchmarks/step_cost.py --methods=baseline,self_distill,metadistiller "
     "--name=step_cost_meta_batch")(step_cost_table)
+step_cost_idle_table = from_result(
+    "step_cost_idle", "python benchmarks/step_cost.py --reference_python=PYTORCH_PYTHON --name=step_cost_idle")(
+    step_cost_table)
 step_cost_table = from_result("step_cost", "python benchmarks/step_cost.py")(step_cost_table)
 
 
@@ -1699,6 +1702,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
                                                                            SMALL_DATA_VARIANTS, "small_data"),
           "self_boosting_tuned": self_boosting_tuned_table,
           "step_cost": step_cost_table, "step_cost_meta_batch": step_cost_meta_batch_table,
+          "step_cost_idle": step_cost_idle_table,
           "first_step": first_step_table, "first_step_idle": first_step_idle_table,
           "first_step_static_bn": first_step_static_bn_table,
           "first_step_bn_second_order": first_step_bn_second_order_table,
