@@ -495,6 +495,9 @@ first_step_bn_second_order_table = from_result(
 first_step_frozen_statistics_table = from_result(
     "first_step_frozen_statistics", "python benchmarks/first_step.py --against=OLD --repeats=2 "
     "--name=first_step_frozen_statistics")(draw_first_step)
+first_step_meta_graph_table = from_result(
+    "first_step_meta_graph", "python benchmarks/first_step.py --against=OLD --repeats=3 "
+    "--name=first_step_meta_graph")(draw_first_step)
 first_step_grappler_off_table = from_result(
     "first_step_grappler_off", "python benchmarks/first_step.py --against_grappler_off --repeats=3 --steps=30 "
     "--name=first_step_grappler_off")(draw_first_step)
@@ -1707,6 +1710,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "first_step_static_bn": first_step_static_bn_table,
           "first_step_bn_second_order": first_step_bn_second_order_table,
           "first_step_frozen_statistics": first_step_frozen_statistics_table,
+          "first_step_meta_graph": first_step_meta_graph_table,
           "first_step_grappler_off": first_step_grappler_off_table, "batchnorm_ab": batchnorm_ab_table,
           "generator_lr": generator_lr_table, "default_job": default_job_table,
           "metadistiller_targets": targets_fashion_mnist_table,

@@ -178,7 +178,8 @@ class BatchNormalization(layers.BatchNormalization):
         if not self._fused_applies(inputs, training, mask):
             if not (_statistics_frozen() and training):
                 return super().call(inputs, training=training, mask=mask)
-            kept = (tf.identity(self.moving_mean.value), tf.identity(self.moving_variance.value))  # Keras' path updates
+            # Keras' own path always updates the averages: put them back.
+            kept = [tf.identity(v.value) for v in (self.moving_mean, self.moving_variance)]
             outputs = super().call(inputs, training=training, mask=mask)
             self.moving_mean.assign(kept[0])
             self.moving_variance.assign(kept[1])
