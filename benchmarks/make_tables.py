@@ -489,15 +489,17 @@ first_step_idle_table = from_result("first_step_idle", "python benchmarks/first_
     draw_first_step)
 first_step_static_bn_table = from_result("first_step_static_bn", "python benchmarks/first_step.py --against=OLD "
                                          "--name=first_step_static_bn")(draw_first_step)
-first_step_bn_second_order_table = from_result(
-    "first_step_bn_second_order", "python benchmarks/first_step.py --against=OLD --repeats=2 "
-    "--name=first_step_bn_second_order")(draw_first_step)
-first_step_frozen_statistics_table = from_result(
-    "first_step_frozen_statistics", "python benchmarks/first_step.py --against=OLD --repeats=2 "
-    "--name=first_step_frozen_statistics")(draw_first_step)
-first_step_meta_graph_table = from_result(
-    "first_step_meta_graph", "python benchmarks/first_step.py --against=OLD --repeats=3 "
-    "--name=first_step_meta_graph")(draw_first_step)
+
+
+def first_step_against(name, repeats):
+    """A first-step table of a run measured against an older checkout (--against)."""
+    command = f"python benchmarks/first_step.py --against=OLD --repeats={repeats} --name={name}"
+    return from_result(name, command)(draw_first_step)
+
+
+first_step_bn_second_order_table = first_step_against("first_step_bn_second_order", 2)
+first_step_frozen_statistics_table = first_step_against("first_step_frozen_statistics", 2)
+first_step_meta_graph_table = first_step_against("first_step_meta_graph", 3)
 first_step_grappler_off_table = from_result(
     "first_step_grappler_off", "python benchmarks/first_step.py --against_grappler_off --repeats=3 --steps=30 "
     "--name=first_step_grappler_off")(draw_first_step)

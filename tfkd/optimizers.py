@@ -10,12 +10,26 @@ optimise before the first step, and per-op overhead in every step on a CPU. The 
 
 Sparse gradients (``tf.IndexedSlices``) take Keras' update.
 """
+import contextlib
+
 import keras
 import tensorflow as tf
 
 
 def _handle(variable):
     return (variable.value if isinstance(variable, keras.Variable) else variable).handle
+
+
+@contextlib.contextmanager
+def _for_this_apply(optimizer, name, value):
+    """``optimizer.name = value`` while one apply() runs: scalars every variable's update shares,
+    made once instead of a graph constant per variable; None again after (update_step then falls
+    back to Keras' own update)."""
+    setattr(optimizer, name, value)
+    try:
+        yield
+    finally:
+        setattr(optimizer, name, None)
 
 
 def _fusable(gradient, variable):
@@ -30,11 +44,8 @@ class SGD(keras.optimizers.SGD):
     _momentum = None  # made once per apply(), not a constant per variable
 
     def apply(self, grads, trainable_variables=None):
-        self._momentum = tf.constant(self.momentum, tf.float32)
-        try:
+        with _for_this_apply(self, "_momentum", tf.constant(self.momentum, tf.float32)):
             return super().apply(grads, trainable_variables)
-        finally:
-            self._momentum = None
 
     def update_step(self, gradient, variable, learning_rate):
         if self.momentum == 0 or self._momentum is None or not _fusable(gradient, variable):
@@ -56,12 +67,10 @@ class Adam(keras.optimizers.Adam):
     def apply(self, grads, trainable_variables=None):
         beta_1, beta_2 = tf.constant(self.beta_1, tf.float32), tf.constant(self.beta_2, tf.float32)
         local_step = tf.cast(self.iterations + 1, tf.float32)
-        self._scalars = (tf.pow(beta_1, local_step), tf.pow(beta_2, local_step), beta_1, beta_2,
-                         tf.constant(self.epsilon, tf.float32))
-        try:
+        scalars = (tf.pow(beta_1, local_step), tf.pow(beta_2, local_step), beta_1, beta_2,
+                   tf.constant(self.epsilon, tf.float32))
+        with _for_this_apply(self, "_scalars", scalars):
             return super().apply(grads, trainable_variables)
-        finally:
-            self._scalars = None
 
     def update_step(self, gradient, variable, learning_rate):
         if self.amsgrad or self._scalars is None or not _fusable(gradient, variable):

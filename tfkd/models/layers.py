@@ -70,6 +70,17 @@ def _statistics_frozen():
     return getattr(_FROZEN_STATISTICS, "value", False)
 
 
+def _biased_variance(x, unbiased):
+    """(N, the biased variance) of NHWC ``x`` from the fused kernel's Bessel-corrected batch variance.
+    With a static batch (training pipelines drop the remainder) N is a Python number: ~10 fewer graph
+    ops per BatchNorm call, which add up in the MetaDistiller meta step's forward passes."""
+    if x.shape[:-1].is_fully_defined():
+        n = float(np.prod(x.shape[:-1]))
+        return n, unbiased * ((n - 1.0) / max(n, 1.0))
+    n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+    return n, unbiased * (n - 1.0) / tf.maximum(n, 1.0)
+
+
 def fused_batch_norm_training(x, gamma, beta, epsilon):
     """TensorFlow's fused training-mode BatchNorm on float32 NHWC ``x``: (y, batch mean, unbiased
     batch variance), as ``tf.compat.v1.nn.fused_batch_norm(..., is_training=True)``.
@@ -122,12 +133,7 @@ def _fused_batch_norm_backward(dy, x, gamma, mean, variance, reserves, epsilon):
         # In terms of x^, as written above: expanding x^ = r (x - mean) into per-channel
         # coefficients of x saves a few passes over the activations but cancels digits when the mean
         # is large (graph and eager meta steps drifted apart 10x more in a test).
-        if x.shape[:-1].is_fully_defined():
-            n = float(np.prod(x.shape[:-1]))
-            biased = variance * ((n - 1.0) / max(n, 1.0))
-        else:
-            n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
-            biased = variance * (n - 1.0) / tf.maximum(n, 1.0)
+        n, biased = _biased_variance(x, variance)
         r = tf.math.rsqrt(biased + epsilon)
         x_hat = (x - mean) * r
         a, b = dbeta / n, dgamma / n
@@ -189,15 +195,8 @@ class BatchNormalization(layers.BatchNormalization):
             x, tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"), self.epsilon)
         if _statistics_frozen():
             return tf.cast(y, self.compute_dtype)
-        # The kernel returns the unbiased variance; Keras keeps the biased one. With a static batch
-        # (training pipelines drop the remainder) the factor is a Python number: ~10 fewer graph ops
-        # per BatchNorm call, which adds up in the MetaDistiller meta step's three forward passes.
-        if x.shape[:-1].is_fully_defined():
-            n = float(np.prod(x.shape[:-1]))
-            variance = variance * ((n - 1.0) / max(n, 1.0))
-        else:
-            n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), "float32")
-            variance = variance * (n - 1.0) / tf.maximum(n, 1.0)
+        # The kernel returns the unbiased variance; Keras keeps the biased one.
+        _, variance = _biased_variance(x, variance)
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
         return tf.cast(y, self.compute_dtype)
