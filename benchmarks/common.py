@@ -60,12 +60,12 @@ def hold_results(name):
 def machine():
     import tensorflow as tf
 
-    from tfkd.io import cpu_model
+    from tfkd.io import cpu_model, thread_counts
 
     cpu = cpu_model()
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpus": gpus, "platform": platform.platform(),
-            "python": platform.python_version(), "tensorflow": tf.__version__}
+            "python": platform.python_version(), "tensorflow": tf.__version__, "threads": thread_counts()}
 
 
 def invocation():
@@ -121,12 +121,19 @@ def load_config(path):
     return module.get_config()
 
 
-def timing_setup(config_path, batch_size):
-    """(config, data) of a config file at ``batch_size``: what the timing benchmarks start from."""
+def timing_setup(config_path, batch_size, intra_op_threads=None, inter_op_threads=None):
+    """(config, data) of a config file at ``batch_size``: what the timing benchmarks start from.
+    TensorFlow's thread pools are set here, as bin/train sets them: the config file's, or the
+    given counts (None: the config's; 0: TensorFlow's choice)."""
     from tfkd import data as data_lib
+    from tfkd.distribute import set_thread_counts
 
     base = load_config(config_path)
     base.train.batch_size = batch_size
+    for field, value in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads)):
+        if value is not None:
+            base.train[field] = value
+    set_thread_counts(base.train.intra_op_threads, base.train.inter_op_threads)
     # MetaDistiller as published (the lookahead on the whole batch), whatever the config file picks:
     # the timing tables' "metadistiller" rows and their cycle ratios are Algorithm 1's, and a smaller
     # meta batch is one of step_cost's own variants.

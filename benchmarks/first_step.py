@@ -102,6 +102,13 @@ def measure_in(repo, label, grappler_off=False):
     """One fresh process of ``repo``'s copy of this benchmark measuring ``label``, with Grappler's
     own log of its passes (whatever the first call spent optimising graphs, this step's included)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="meta_optimizer=1")
+    # The config's thread pools for both checkouts: this one's sets them from the config file, an
+    # older one (--against) may know only TensorFlow's environment variables.
+    train = common.load_config(FLAGS.config).train
+    for variable, field in (("TF_NUM_INTRAOP_THREADS", "intra_op_threads"),
+                            ("TF_NUM_INTEROP_THREADS", "inter_op_threads")):
+        if train.get(field):
+            env[variable] = str(train[field])
     proc = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "first_step.py"), f"--only={label}",
                            f"--config={FLAGS.config}", f"--batch_size={FLAGS.batch_size}",
                            f"--steps={FLAGS.steps}", f"--seed={FLAGS.seed}"]

@@ -42,6 +42,9 @@ flags.DEFINE_string("reference_python", "", "A Python with PyTorch: also time th
 flags.DEFINE_string("reference_dir", os.path.join(common.REPO, "..", "shared", "reference"),
                     "Folder of byot_bench.py.")
 flags.DEFINE_integer("reference_threads", 2, "torch.set_num_threads of the reference.")
+flags.DEFINE_integer("intra_op_threads", None, "TensorFlow's intra-op threads (default: the config's "
+                     "train.intra_op_threads; 0: TensorFlow's choice).")
+flags.DEFINE_integer("inter_op_threads", None, "TensorFlow's inter-op threads (default: the config's).")
 FLAGS = flags.FLAGS
 # The meta phase again with other knobs: (timer key, label in the cycle table, metadistiller knobs).
 META_VARIANTS = (("metadistiller/2", "meta_every_steps=2", {"meta_every_steps": 2}),
@@ -129,7 +132,7 @@ def main(argv):
     from tfkd import data as data_lib
     from tfkd import train
 
-    base, data = common.timing_setup(FLAGS.config, FLAGS.batch_size)
+    base, data = common.timing_setup(FLAGS.config, FLAGS.batch_size, FLAGS.intra_op_threads, FLAGS.inter_op_threads)
     results = {}
     pipe = data_lib.train_dataset(data, batch_size=FLAGS.batch_size, seed=FLAGS.seed, augment=base.data.augment)
     pipeline_rates = [time_pipeline(pipe, 100, FLAGS.batch_size) for _ in range(FLAGS.repeats)]

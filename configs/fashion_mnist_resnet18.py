@@ -27,4 +27,9 @@ def get_config():
     # cycle against 1.69x for the whole batch, and higher validation accuracy on both convergent
     # tables (README, "A smaller meta batch"). base_config keeps the paper's whole batch.
     c.metadistiller.meta_batch_size = 32
+    # One thread per op, ops side by side (inter-op pool at TensorFlow's default): this width-0.125
+    # network's ops are too small to split, and splitting each one cost more than it gave (the
+    # meta step on 32 examples most: step-cost tables, "thread pools"). On a GPU it changes nothing
+    # of the model's compute; for a wide network on many cores set it back to 0 (all cores per op).
+    c.train.intra_op_threads = 1
     return c

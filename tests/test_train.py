@@ -34,7 +34,10 @@ def run_to_end(*args, timeout=SUBPROCESS_TIMEOUT):
     return proc.returncode, out
 
 
-RUN_ARGS = ["--method=self_distill", "--config.train.epochs=3", "--seed=7", *TINY_FLAGS]
+# One intra-op thread: the config's thread pools reach the run (provenance test) and resuming with
+# them is the same config (resume test).
+RUN_ARGS = ["--method=self_distill", "--config.train.epochs=3", "--seed=7", "--config.train.intra_op_threads=1",
+            *TINY_FLAGS]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +100,7 @@ def test_run_writes_provenance_and_logs(straight_run):
     info = json.loads((workdir / "run_info.json").read_text())[0]
     assert info["seed"] == 7 and info["git_revision"]
     # The numbers depend on TensorFlow's thread counts: recorded as the environment set them.
-    assert info["threads"] == {"intra_op": int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0),  # tests/conftest.py
+    assert info["threads"] == {"intra_op": 1,  # --config.train.intra_op_threads=1 over the environment's
                                "inter_op": int(os.environ.get("TF_NUM_INTEROP_THREADS") or 0),
                                "cpu_count": os.cpu_count()}, info
     # ... and on the CPU's instruction set (oneDNN's kernels), so the model name is recorded too.
@@ -123,6 +126,7 @@ def test_run_writes_provenance_and_logs(straight_run):
     (["--config.metadistiller.outer_outputs=exits"], "config.metadistiller.outer_outputs"),
     (["--config.model.exit_head=residual"], "config.model.exit_head='residual': expected 'auto', 'bottleneck'"),
     (["--config.data.name=glyphz"], "glyphz"),
+    (["--config.train.intra_op_threads=-1"], "config.train.intra_op_threads=-1: expected 0"),
 ])
 def test_bad_input_fails_fast_with_clear_error(tmp_path, flags, expected):
     workdir = tmp_path / "w"
@@ -140,3 +144,26 @@ def test_unknown_config_field_is_rejected(tmp_path):
     assert rc == 2 and "Traceback" not in out, out[-2000:]
     assert "error: --config.train.epochz=3: the config has no field 'epochz'; did you mean 'epochs'?" in out
     assert not (tmp_path / "w").exists()
+
+
+def test_thread_pools_once_started_keep_their_counts_and_a_change_is_warned_about():
+    """TensorFlow fixes its thread pools when its runtime starts (this test process has started it):
+    asking for the counts it already has is silent, another count is one warning, not ignored."""
+    import warnings
+
+    import tensorflow as tf
+
+    from tfkd import io
+    from tfkd.distribute import set_thread_counts
+
+    tf.constant(1.0) + 1.0  # the runtime has started
+    current = io.thread_counts()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        set_thread_counts(0, 0)
+        set_thread_counts(current["intra_op"], current["inter_op"])
+    with pytest.warns(RuntimeWarning, match=r"config.train.intra_op_threads=\d+ not applied: TensorFlow already"):
+        set_thread_counts(current["intra_op"] + 1, 0)
+    with pytest.warns(RuntimeWarning, match=r"config.train.inter_op_threads=\d+ not applied"):
+        set_thread_counts(0, current["inter_op"] + 1)
+    assert io.thread_counts() == current

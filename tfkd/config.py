@@ -89,6 +89,12 @@ def base_config():
     c.train.keep_checkpoints = 2
     c.train.mixed_precision = False
     c.train.jit_compile = False
+    # TensorFlow's thread pools (0 = TensorFlow's choice, or TF_NUM_INTRAOP_THREADS /
+    # TF_NUM_INTEROP_THREADS): threads that split one op, and ops run side by side. Fixed when
+    # TensorFlow's runtime starts, so bin/train sets them first. Small networks on few cores run
+    # faster with intra_op_threads=1 (README, step-cost tables); big ops want the default.
+    c.train.intra_op_threads = 0
+    c.train.inter_op_threads = 0
     c.train.steps_per_execution = 1
     c.train.verbose = 1  # Keras progress bar: 1 bar (one line per epoch off a terminal), 2 one line per epoch, 0 silent
 
@@ -262,6 +268,9 @@ def validate(config):
         fail("export.top_k", "a positive integer")
     if config.train.keep_checkpoints < 1:
         fail("train.keep_checkpoints", "at least 1")
+    for field in ("intra_op_threads", "inter_op_threads"):
+        if not (isinstance(config.train[field], int) and config.train[field] >= 0):
+            fail(f"train.{field}", "0 (TensorFlow's choice) or a positive number of threads")
     if METHOD_CONFIGS.get(config.method).task == "fewshot":
         validate_fewshot(config, fail)
 

@@ -1,10 +1,12 @@
 """tf.distribute strategies by name, and who writes files under multi-worker training."""
 import json
 import os
+import warnings
 
 import tensorflow as tf
 
 from tfkd.errors import ConfigError
+from tfkd.io import thread_counts
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
@@ -37,6 +39,27 @@ def get_strategy(name="default"):
                               f"set TPU_NAME") from None
         return tf.distribute.TPUStrategy(resolver)
     raise ConfigError(f"--strategy={name!r}: expected one of {STRATEGIES}")
+
+
+def set_thread_counts(intra_op, inter_op):
+    """TensorFlow's intra-op (threads splitting one op) and inter-op (ops run side by side) thread
+    pools, from config.train.intra_op_threads / inter_op_threads; 0 keeps TensorFlow's choice (or
+    TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS). The pools are made when TensorFlow's runtime
+    starts: bin/train sets them before; in a process where TensorFlow already runs (a notebook) a
+    different count cannot be applied, which is said in one warning (run_info.json records the
+    counts a run really had)."""
+    current = thread_counts()
+    for name, key, value, setter in (
+            ("intra_op_threads", "intra_op", intra_op, tf.config.threading.set_intra_op_parallelism_threads),
+            ("inter_op_threads", "inter_op", inter_op, tf.config.threading.set_inter_op_parallelism_threads)):
+        if not value or current[key] == value:
+            continue
+        try:
+            setter(int(value))
+        except RuntimeError:
+            warnings.warn(f"config.train.{name}={value} not applied: TensorFlow already runs in this process with "
+                          f"{current[key] or 'its default number of'} {key} threads (set before TensorFlow's first "
+                          f"op, as bin/train does)", RuntimeWarning, stacklevel=2)
 
 
 def mixed_precision_policy():

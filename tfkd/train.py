@@ -17,7 +17,7 @@ from tfkd import io
 from tfkd import runs
 from tfkd import train_fewshot
 from tfkd.config import config_json
-from tfkd.distribute import barrier, get_strategy, is_chief, mixed_precision_policy
+from tfkd.distribute import barrier, get_strategy, is_chief, mixed_precision_policy, set_thread_counts
 from tfkd.errors import ConfigError
 from tfkd.evaluation import ValidationClassEpisodes, validation_class_images
 from tfkd.methods import build_method, build_optimizer
@@ -101,6 +101,7 @@ def phase_header(phase, start, end, config, meta_split):
 def run(config, workdir, *, strategy="default", overwrite=False):
     """Trains (or resumes) the run in ``workdir``; returns the final metrics dict."""
     config = resolve(config)
+    set_thread_counts(config.train.intra_op_threads, config.train.inter_op_threads)
     if METHODS.get(config.method).task == "fewshot":  # episodic methods train on feature files
         return train_fewshot.run(config, workdir, strategy=strategy, overwrite=overwrite)
     with runs.locked(workdir):  # a second process training in this workdir stops here
