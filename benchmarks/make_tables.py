@@ -103,12 +103,22 @@ def self_boosting_table(r):
     return "\n".join(lines)
 
 
+def thread_pools(r):
+    """"; TensorFlow's thread pools: ..." for results that recorded them (older ones did not)."""
+    threads = r.get("machine", {}).get("threads")
+    if not threads:
+        return ""
+    def count(key):
+        return f"{threads[key]}" if threads[key] else "TensorFlow's default"
+    return f"; TensorFlow's thread pools: intra-op {count('intra_op')}, inter-op {count('inter_op')}"
+
+
 def step_cost_table(r):
     c = r["config"]
     lines = [f"`{r['config_file']}` ({c['arch']} width {c['width']}, {c['dataset']} {c['image_shape']}, "
              f"global batch {c['batch_size']}); median of {r['repeats']} repeats of {r['steps']} steps"
              + ("; every method and phase timed in turns, round by round, steps 2-N of each fit (a fit's start-up "
-                "excluded).\n" if r.get("interleaved") else ".\n"),
+                "excluded)" if r.get("interleaved") else "") + thread_pools(r) + ".\n",
              "| method | training images/s | relative to baseline | relative to self_distill | first step "
              "(tracing included) |",
              "| --- | --- | --- | --- | --- |"]
@@ -122,8 +132,9 @@ def step_cost_table(r):
     if cycle:
         lines.append("")
         lines.append(f"MetaDistiller over one M-epoch cycle (one meta epoch, then M − 1 main epochs). Measured "
-                     f"steps: meta epoch {cycle['meta_step_s'] * 1e3:.1f} ms (a meta step after every step) or "
-                     f"{cycle['meta_step_every2_s'] * 1e3:.1f} ms (after every 2nd step), "
+                     f"steps: meta epoch {cycle['meta_step_s'] * 1e3:.1f} ms (a meta step after every step), "
+                     + (f"{cycle['meta_step_every2_s'] * 1e3:.1f} ms (after every 2nd step), "
+                        if cycle.get("meta_step_every2_s") else "")
                      + (f"{cycle['meta_step_shared_s'] * 1e3:.1f} ms (every step, the real update sharing the "
                         f"lookahead's inner gradient: `share_inner_gradient=True`), "
                         if cycle.get("meta_step_shared_s") else "")
@@ -131,8 +142,13 @@ def step_cost_table(r):
                         if cycle.get("meta_step_every4_shared_s") else "")
                      + f"main epoch {cycle['main_step_s'] * 1e3:.1f} ms, self_distill "
                      f"{cycle['self_distill_step_s'] * 1e3:.1f} ms. Wall-clock relative to self_distill (target ≤ 1.3×):\n")
-        lines.append("| M | meta epoch | cycle cost vs self_distill |")
-        lines.append("| --- | --- | --- |")
+        by_round = cycle.get("cycle_ratios_by_round")
+        if by_round:  # each round's own ratio (its steps timed under the same load): the noise
+            lines.append("| M | meta epoch | cycle cost vs self_distill | each round's ratio: median (min–max) |")
+            lines.append("| --- | --- | --- | --- |")
+        else:
+            lines.append("| M | meta epoch | cycle cost vs self_distill |")
+            lines.append("| --- | --- | --- |")
         labels = {"meta_every_steps=1": "a meta step after every step",
                   "meta_every_steps=2": "a meta step after every 2nd step",
                   "share_inner_gradient": "every step a meta step sharing the inner gradient",
@@ -142,7 +158,10 @@ def step_cost_table(r):
                   "fusion_channels=4": "a meta step after every step, the generator half as wide (4 fused channels)"}
         for key, ratio in cycle["cycle_ratios"].items():
             m, variant = key.split(",", 1)
-            lines.append(f"| {m.split('=')[1]} | {labels.get(variant, variant)} | {ratio:.2f}× |")
+            rounds = by_round.get(key) if by_round else None
+            spread = (f" {statistics.median(rounds):.2f}× ({min(rounds):.2f}–{max(rounds):.2f}) |"
+                      if rounds else "")
+            lines.append(f"| {m.split('=')[1]} | {labels.get(variant, variant)} | {ratio:.2f}× |{spread}")
     ref = r.get("reference")
     if ref:
         lines += ["", f"The independent PyTorch reference (`{ref['script']}`, PyTorch {ref['torch']}, "
@@ -395,6 +414,9 @@ step_cost_meta_batch_table = from_result(
 step_cost_idle_table = from_result(
     "step_cost_idle", "python benchmarks/step_cost.py --reference_python=PYTORCH_PYTHON --name=step_cost_idle")(
     step_cost_table)
+step_cost_one_intra_thread_table = from_result(
+    "step_cost_one_intra_thread",
+    "python benchmarks/step_cost.py --reference_python=PYTORCH_PYTHON --name=step_cost_one_intra_thread")(step_cost_table)
 step_cost_table = from_result("step_cost", "python benchmarks/step_cost.py")(step_cost_table)
 
 
@@ -1707,7 +1729,7 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
                                                                            SMALL_DATA_VARIANTS, "small_data"),
           "self_boosting_tuned": self_boosting_tuned_table,
           "step_cost": step_cost_table, "step_cost_meta_batch": step_cost_meta_batch_table,
-          "step_cost_idle": step_cost_idle_table,
+          "step_cost_idle": step_cost_idle_table, "step_cost_one_intra_thread": step_cost_one_intra_thread_table,
           "first_step": first_step_table, "first_step_idle": first_step_idle_table,
           "first_step_static_bn": first_step_static_bn_table,
           "first_step_bn_second_order": first_step_bn_second_order_table,

@@ -56,6 +56,10 @@ META_VARIANTS = (("metadistiller/2", "meta_every_steps=2", {"meta_every_steps": 
                  ("metadistiller/fusion4", "fusion_channels=4", {"fusion_channels": 4}))
 
 
+flags.DEFINE_list("meta_variants", [label for _, label, _ in META_VARIANTS],
+                  "Which of the meta phase's variants to time too (labels of META_VARIANTS; '' = none).")
+
+
 # Reference steps -> the tfkd (method, phase) doing the same work: tfkd's meta-phase step is a main
 # step plus a meta step, the reference times the two separately.
 REFERENCE_STEPS = {("baseline", None): ("baseline", ["baseline"]), ("dsn", None): ("dsn", ["dsn"]),
@@ -126,8 +130,46 @@ def check_reference():
                       "Python with PyTorch installed")
 
 
+def chosen_variants():
+    return [v for v in META_VARIANTS if v[1] in FLAGS.meta_variants]
+
+
+def cycle_costs(phases, rates, m_epochs):
+    """MetaDistiller's M-epoch cycle (one meta epoch, M - 1 main epochs) relative to self_distill's M
+    epochs, from the median step times; and the same ratio within each round (every step kind timed
+    once per round, so a round's ratio pairs them under the same load), whose spread shows the noise."""
+    variants = [("metadistiller", "meta_every_steps=1")] + [v[:2] for v in chosen_variants()]
+
+    def ratio(step, key, m):
+        return (step((key, "meta")) + (m - 1) * step(("metadistiller", "main"))) / (m * step(("self_distill", None)))
+
+    median_step = lambda key: FLAGS.batch_size / phases[key][0]  # noqa: E731
+    cycles, by_round = {}, {}
+    for m in sorted({m_epochs, 5}):  # the config's M and the paper's M = 5
+        for key, variant in variants:
+            cycles[f"M={m},{variant}"] = ratio(median_step, key, m)
+            by_round[f"M={m},{variant}"] = [ratio(lambda k: FLAGS.batch_size / rates[k][i], key, m)
+                                            for i in range(len(rates[("self_distill", None)]))]
+    optional = lambda key: median_step((key, "meta")) if (key, "meta") in phases else None  # noqa: E731
+    return {
+        "M": m_epochs, "meta_step_s": median_step(("metadistiller", "meta")),
+        "meta_step_every2_s": optional("metadistiller/2"),
+        "meta_step_shared_s": optional("metadistiller/shared"),
+        "meta_step_every4_shared_s": optional("metadistiller/4shared"),
+        "variant_meta_step_s": {label: median_step((key, "meta")) for key, label, _ in chosen_variants()},
+        "main_step_s": median_step(("metadistiller", "main")),
+        "self_distill_step_s": median_step(("self_distill", None)),
+        "cycle_ratio_vs_self_distill": cycles[f"M={m_epochs},meta_every_steps=1"],
+        "cycle_ratios": cycles, "cycle_ratios_by_round": by_round,
+    }
+
+
 def main(argv):
     del argv
+    unknown = sorted(set(FLAGS.meta_variants) - {label for _, label, _ in META_VARIANTS})
+    if unknown:
+        common.refuse(f"--meta_variants={','.join(unknown)}: expected labels among "
+                      f"{', '.join(label for _, label, _ in META_VARIANTS)}")
     check_reference()
     from tfkd import data as data_lib
     from tfkd import train
@@ -152,7 +194,7 @@ def main(argv):
             timers[(name, phase)] = timer(method, phase)
     if "metadistiller" in FLAGS.methods and "self_distill" in FLAGS.methods:
         # The meta phase again with each of META_VARIANTS' knobs.
-        for key, _, knobs in META_VARIANTS:
+        for key, _, knobs in chosen_variants():
             variant = train.resolve(base, method="metadistiller", seed=FLAGS.seed)
             variant.metadistiller.update(knobs)
             timers[(key, "meta")] = timer(common.fresh_method(variant, data, FLAGS.seed), "meta")
@@ -178,26 +220,12 @@ def main(argv):
                                                                    "first_step_s": v[2]}
                                                           for (n, p), v in phases.items() if n == name}}
     results_cycle = None
-    if ("metadistiller/2", "meta") in phases:
-        step = lambda key: FLAGS.batch_size / phases[key][0]  # noqa: E731
-        sd_step, main_step = step(("self_distill", None)), step(("metadistiller", "main"))
-        cycles = {}
-        for m in sorted({m_epochs, 5}):  # the config's M and the paper's M = 5
-            for key, variant in [("metadistiller", "meta_every_steps=1")] + [v[:2] for v in META_VARIANTS]:
-                cycle = step((key, "meta")) + (m - 1) * main_step
-                cycles[f"M={m},{variant}"] = cycle / (m * sd_step)
-        results_cycle = {
-            "M": m_epochs, "meta_step_s": step(("metadistiller", "meta")),
-            "meta_step_every2_s": step(("metadistiller/2", "meta")),
-            "meta_step_shared_s": step(("metadistiller/shared", "meta")),
-            "meta_step_every4_shared_s": step(("metadistiller/4shared", "meta")),
-            "variant_meta_step_s": {label: step((key, "meta")) for key, label, _ in META_VARIANTS},
-            "main_step_s": main_step, "self_distill_step_s": sd_step,
-            "cycle_ratio_vs_self_distill": cycles[f"M={m_epochs},meta_every_steps=1"],
-            "cycle_ratios": cycles,
-        }
-        for name, ratio in cycles.items():
-            print(f"MetaDistiller cycle {name}: {ratio:.2f}x self_distill")
+    if ("metadistiller", "meta") in phases and ("self_distill", None) in phases:
+        results_cycle = cycle_costs(phases, rates, m_epochs)
+        for name, ratio in results_cycle["cycle_ratios"].items():
+            spread = results_cycle["cycle_ratios_by_round"][name]
+            print(f"MetaDistiller cycle {name}: {ratio:.2f}x self_distill "
+                  f"(rounds: {min(spread):.2f}-{max(spread):.2f})")
     ref = results.get("baseline", {}).get("images_per_s")
     for r in results.values():
         r["relative_to_baseline"] = r["images_per_s"] / ref if ref else None
