@@ -127,7 +127,8 @@ def step_cost_table(r):
         rel_sd = f"{sd / m['images_per_s']:.2f}× the time" if sd else "–"
         firsts = [(p, v["first_step_s"]) for p, v in m.get("phases", {}).items() if "first_step_s" in v]
         first = ", ".join(f"{p} phase {t:.1f} s" if p != "None" else f"{t:.1f} s" for p, t in firsts) or "–"
-        lines.append(f"| {name} | {m['images_per_s']:.0f} | {m['relative_to_baseline']:.2f} | {rel_sd} | {first} |")
+        rel_base = f"{m['relative_to_baseline']:.2f}" if m.get("relative_to_baseline") else "–"  # baseline not timed
+        lines.append(f"| {name} | {m['images_per_s']:.0f} | {rel_base} | {rel_sd} | {first} |")
     cycle = r.get("metadistiller_cycle")
     if cycle:
         lines.append("")
@@ -417,6 +418,14 @@ step_cost_idle_table = from_result(
 step_cost_one_intra_thread_table = from_result(
     "step_cost_one_intra_thread",
     "python benchmarks/step_cost.py --reference_python=PYTORCH_PYTHON --name=step_cost_one_intra_thread")(step_cost_table)
+step_cost_threads_one_intra_table = from_result(
+    "step_cost_threads_one_intra",
+    "python benchmarks/step_cost.py --methods=self_distill,metadistiller --meta_variants=meta_batch_size=32 "
+    "--repeats=15 --name=step_cost_threads_one_intra")(step_cost_table)
+step_cost_threads_default_table = from_result(
+    "step_cost_threads_default",
+    "python benchmarks/step_cost.py --methods=self_distill,metadistiller --meta_variants=meta_batch_size=32 "
+    "--repeats=15 --intra_op_threads=0 --name=step_cost_threads_default")(step_cost_table)
 step_cost_table = from_result("step_cost", "python benchmarks/step_cost.py")(step_cost_table)
 
 
@@ -1730,6 +1739,8 @@ TABLES = {"teacher_student": teacher_student_table, "scaling": scaling_table,
           "self_boosting_tuned": self_boosting_tuned_table,
           "step_cost": step_cost_table, "step_cost_meta_batch": step_cost_meta_batch_table,
           "step_cost_idle": step_cost_idle_table, "step_cost_one_intra_thread": step_cost_one_intra_thread_table,
+          "step_cost_threads_one_intra": step_cost_threads_one_intra_table,
+          "step_cost_threads_default": step_cost_threads_default_table,
           "first_step": first_step_table, "first_step_idle": first_step_idle_table,
           "first_step_static_bn": first_step_static_bn_table,
           "first_step_bn_second_order": first_step_bn_second_order_table,

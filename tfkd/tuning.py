@@ -29,6 +29,7 @@ import keras_tuner
 import ml_collections
 
 from tfkd import io, train
+from tfkd.distribute import set_thread_counts
 from tfkd.errors import ConfigError
 from tfkd.registry import METHODS
 
@@ -214,6 +215,9 @@ def tune(config, workdir, *, strategy="default", overwrite=False, verbose=1):
     fewshot = METHODS.get(config.method).task == "fewshot"
     objective = t.objective or ("val_accuracy" if fewshot else config.train.select_metric)
     train.resolve(config)  # config errors before any trial starts
+    # The trials share this process: its thread pools are set once, before the tuner starts
+    # TensorFlow, from the config the trials start from (a searched thread count could not apply).
+    set_thread_counts(config.train.intra_op_threads, config.train.inter_op_threads)
     io.check_output_folder(workdir, "--workdir")
     if overwrite and os.path.exists(workdir):
         import shutil
