@@ -48,11 +48,14 @@ def main(argv):
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
             with open(os.path.join(workdir, "metrics.json")) as f:
                 metrics = json.load(f)
+            with open(os.path.join(workdir, "run_info.json")) as f:
+                threads = json.load(f)[-1]["threads"]  # the run's own (its config's), not this process's
             runs.append({"wall_s": wall,
                          "cpu_s": (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime),
                          "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
                          "num_train_examples": metrics["num_train_examples"], "epochs": metrics["epochs"],
-                         "test_final_accuracy": metrics["test"]["final_accuracy"], "best_epoch": metrics["best_epoch"]})
+                         "test_final_accuracy": metrics["test"]["final_accuracy"], "best_epoch": metrics["best_epoch"],
+                         "threads": threads})
             print(f"make train's job: {wall / 60:.1f} min wall, {runs[-1]['cpu_s'] / 60:.1f} CPU-min, "
                   f"test final accuracy {100 * metrics['test']['final_accuracy']:.2f}%", flush=True)
     common.write_result(FLAGS.name, {"benchmark": "default_job", "config_file": CONFIG,

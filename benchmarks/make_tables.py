@@ -846,7 +846,9 @@ def default_job_table(r):
         parts.append(f"{run['wall_s'] / 60:.1f} min wall clock ({run['cpu_s'] / 60:.1f} CPU-minutes; load average "
                      f"{run['load_average_before']:.1f} before, {run['load_average_after']:.1f} after), test accuracy "
                      f"of the final exit {100 * run['test_final_accuracy']:.2f}% after {run['epochs']} epochs on "
-                     f"{run['num_train_examples']} training images")
+                     f"{run['num_train_examples']} training images"
+                     + (f", TensorFlow's intra-op threads {run['threads']['intra_op'] or 'its default'}"
+                        if "threads" in run else ""))
     return (f"Measured: `{r['train_command']}` took " + "; ".join(parts) + ". A load average above 2 means other "
             "work shared the cores, so the time is an upper bound. " + provenance(r))
 
