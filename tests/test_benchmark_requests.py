@@ -321,9 +321,13 @@ def test_timing_benchmarks_time_algorithm_1_whatever_the_config_picks():
     import common
 
     config_file = os.path.join(REPO, "configs", "fashion_mnist_resnet18.py")
-    assert common.load_config(config_file).metadistiller.meta_batch_size == 32
-    base, _ = common.timing_setup(config_file, 128)
+    config = common.load_config(config_file)
+    assert config.metadistiller.meta_batch_size == 32 and config.train.intra_op_threads == 1
+    # Explicit thread counts (0: TensorFlow's choice) leave this test process's pools as they are:
+    # the config's one intra-op thread would stay set for every later test in this pytest worker.
+    base, _ = common.timing_setup(config_file, 128, intra_op_threads=0, inter_op_threads=0)
     assert base.metadistiller.meta_batch_size == 0 and base.train.batch_size == 128
+    assert base.train.intra_op_threads == 0
 
 
 

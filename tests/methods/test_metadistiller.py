@@ -196,10 +196,10 @@ def test_meta_every_steps_thins_shared_meta_steps_and_each_phase_is_traced_once(
         by_hand.main_step(xm, ym)
         by_hand.shared_meta_step((xa, ya), (xb, yb))
     # Weights, generator and BatchNorm statistics; fit's graph and these eager steps round differently
-    # (~1e-4 after 4 steps at lr 0.1, growing chaotically with more), where the wrong steps shared
-    # differ by more than 1.
+    # (after 4 steps at lr 0.1: ~1e-4 with two intra-op threads, 7.7e-4 with one; growing chaotically
+    # with more steps), where the wrong steps shared differ by more than 1.
     for a, b in zip(thinned.variables, by_hand.variables):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4, err_msg=a.path)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=3e-3, err_msg=a.path)
     thinned.fit(ds, initial_epoch=1, epochs=3, steps_per_epoch=4, verbose=0, shuffle=False)  # main, meta
     # Meta steps are the updates whose optimizer step count is even in meta epochs: 2, 4 and 10, 12.
     assert int(thinned.meta_step_counter.numpy()) == 4 and int(thinned.optimizer.iterations.numpy()) == 12
