@@ -24,8 +24,9 @@ def get_config():
     c.train.weight_decay = 5e-4
     c.metadistiller.meta_every_epochs = 3  # epoch 1 is a meta epoch (Algorithm 1 with M = 3)
     # The lookahead on 32 of the 128 D_train / D_test examples: 1.29x self-distillation per M = 5
-    # cycle against 1.69x for the whole batch, and higher validation accuracy on both convergent
-    # tables (README, "A smaller meta batch"). base_config keeps the paper's whole batch.
+    # cycle against 1.69x for the whole batch (Intel, default threads; AMD EPYC with the thread
+    # setting below: 1.23x against 1.60x), and higher validation accuracy on both convergent tables
+    # (README, "A smaller meta batch"). base_config keeps the paper's whole batch.
     c.metadistiller.meta_batch_size = 32
     # One thread per op, ops side by side (inter-op pool at TensorFlow's default): this width-0.125
     # network's ops are too small to split, and splitting each one cost more than it gave (the
