@@ -238,9 +238,9 @@ def run_logged(cmd, log_path, done_marker, threads=0):
 
     if os.path.exists(done_marker):
         return None
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    if threads:
-        env.update(TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
+    from tfkd.io import thread_environment
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **thread_environment(threads, threads))
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.time()
     with open(log_path, "a") as log:

@@ -98,17 +98,20 @@ def measure(label):
             "step_s": statistics.median(times), "graph_ops": graph_ops}
 
 
+@functools.lru_cache(maxsize=None)
+def config_thread_environment():
+    """The config file's thread pools as environment entries, for both checkouts: this one sets them
+    from the config file itself, an older one (--against) may know only TensorFlow's variables."""
+    from tfkd.io import thread_environment
+
+    train = common.load_config(FLAGS.config).train
+    return thread_environment(train.get("intra_op_threads", 0), train.get("inter_op_threads", 0))
+
+
 def measure_in(repo, label, grappler_off=False):
     """One fresh process of ``repo``'s copy of this benchmark measuring ``label``, with Grappler's
     own log of its passes (whatever the first call spent optimising graphs, this step's included)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="meta_optimizer=1")
-    # The config's thread pools for both checkouts: this one's sets them from the config file, an
-    # older one (--against) may know only TensorFlow's environment variables.
-    train = common.load_config(FLAGS.config).train
-    for variable, field in (("TF_NUM_INTRAOP_THREADS", "intra_op_threads"),
-                            ("TF_NUM_INTEROP_THREADS", "inter_op_threads")):
-        if train.get(field):
-            env[variable] = str(train[field])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="meta_optimizer=1", **config_thread_environment())
     proc = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "first_step.py"), f"--only={label}",
                            f"--config={FLAGS.config}", f"--batch_size={FLAGS.batch_size}",
                            f"--steps={FLAGS.steps}", f"--seed={FLAGS.seed}"]

@@ -409,23 +409,18 @@ def same_trials_with_and_without_row_flags(r, name):
     return lines
 
 
-step_cost_meta_batch_table = from_result(
-    "step_cost_meta_batch", "python benchmarks/step_cost.py --methods=baseline,self_distill,metadistiller "
-    "--name=step_cost_meta_batch")(step_cost_table)
-step_cost_idle_table = from_result(
-    "step_cost_idle", "python benchmarks/step_cost.py --reference_python=PYTORCH_PYTHON --name=step_cost_idle")(
-    step_cost_table)
-step_cost_one_intra_thread_table = from_result(
-    "step_cost_one_intra_thread",
-    "python benchmarks/step_cost.py --reference_python=PYTORCH_PYTHON --name=step_cost_one_intra_thread")(step_cost_table)
-step_cost_threads_one_intra_table = from_result(
-    "step_cost_threads_one_intra",
-    "python benchmarks/step_cost.py --methods=self_distill,metadistiller --meta_variants=meta_batch_size=32 "
-    "--repeats=15 --name=step_cost_threads_one_intra")(step_cost_table)
-step_cost_threads_default_table = from_result(
-    "step_cost_threads_default",
-    "python benchmarks/step_cost.py --methods=self_distill,metadistiller --meta_variants=meta_batch_size=32 "
-    "--repeats=15 --intra_op_threads=0 --name=step_cost_threads_default")(step_cost_table)
+def step_cost_named(name, flags):
+    """A step-cost table of a run written under ``--name=name`` with ``flags``."""
+    return from_result(name, f"python benchmarks/step_cost.py {flags} --name={name}")(step_cost_table)
+
+
+step_cost_meta_batch_table = step_cost_named("step_cost_meta_batch",
+                                             "--methods=baseline,self_distill,metadistiller")
+step_cost_idle_table = step_cost_named("step_cost_idle", "--reference_python=PYTORCH_PYTHON")
+step_cost_one_intra_thread_table = step_cost_named("step_cost_one_intra_thread", "--reference_python=PYTORCH_PYTHON")
+THREADS_AB = "--methods=self_distill,metadistiller --meta_variants=meta_batch_size=32 --repeats=15"
+step_cost_threads_one_intra_table = step_cost_named("step_cost_threads_one_intra", THREADS_AB)
+step_cost_threads_default_table = step_cost_named("step_cost_threads_default", f"{THREADS_AB} --intra_op_threads=0")
 step_cost_table = from_result("step_cost", "python benchmarks/step_cost.py")(step_cost_table)
 
 

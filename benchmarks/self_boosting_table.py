@@ -93,11 +93,11 @@ def regime(dataset):
 
 def run_command(cmd, workdir, done_path, label):
     """Runs cmd (logged beside workdir) unless done_path exists -> seconds, or None if already done."""
+    from tfkd.io import thread_environment
+
     if os.path.exists(done_path):
         return None
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    if FLAGS.threads:
-        env.update(TF_NUM_INTRAOP_THREADS=str(FLAGS.threads), TF_NUM_INTEROP_THREADS=str(FLAGS.threads))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **thread_environment(FLAGS.threads, FLAGS.threads))
     start = time.time()
     log_path = workdir + ".log"
     os.makedirs(os.path.dirname(log_path), exist_ok=True)

@@ -242,15 +242,25 @@ def cpu_model():
     return platform.processor() or ""
 
 
+# TensorFlow's environment variables for its thread pools (read when its runtime starts).
+THREAD_ENVIRONMENT = {"intra_op": "TF_NUM_INTRAOP_THREADS", "inter_op": "TF_NUM_INTEROP_THREADS"}
+
+
+def thread_environment(intra_op, inter_op):
+    """The environment entries that give a child process these thread counts (0: none, its default)."""
+    return {THREAD_ENVIRONMENT[key]: str(count) for key, count in (("intra_op", intra_op), ("inter_op", inter_op))
+            if count}
+
+
 def thread_counts():
     """TensorFlow's intra-/inter-op thread counts (0 = its default, one per core) and the core count:
     float sums, so the numbers a run computes, depend on them."""
     import tensorflow as tf
 
     return {"intra_op": (tf.config.threading.get_intra_op_parallelism_threads()
-                         or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0)),
+                         or int(os.environ.get(THREAD_ENVIRONMENT["intra_op"]) or 0)),
             "inter_op": (tf.config.threading.get_inter_op_parallelism_threads()
-                         or int(os.environ.get("TF_NUM_INTEROP_THREADS") or 0)),
+                         or int(os.environ.get(THREAD_ENVIRONMENT["inter_op"]) or 0)),
             "cpu_count": os.cpu_count()}
 
 
