@@ -13,7 +13,8 @@ from tfkd.errors import ConfigError
 def search_config(tuner="random", trials=2):
     from tests.conftest import tiny_config
 
-    c = tiny_config(method="baseline", epochs=1, train_examples=400, eval_examples=200)
+    # Trials are whole tiny runs (build, trace, checkpoint): what is checked is the search around them.
+    c = tiny_config(method="baseline", epochs=1, train_examples=192, eval_examples=96)
     c.model.width = 0.0625
     c.export.enabled = False
     c.tune.tuner = tuner

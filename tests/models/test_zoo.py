@@ -22,20 +22,49 @@ def count_without_exits(model):
     return sum(int(np.prod(v.shape)) for v in model.trainable_weights if id(v) not in in_heads)
 
 
-@pytest.mark.parametrize("arch", sorted(ZOO))
-@pytest.mark.parametrize("stem,size", [("cifar", 32), ("imagenet", 224)])
-def test_forward_shapes_stages_and_exits(arch, stem, size):
-    stages, exits, width = ZOO[arch]
-    model = build_backbone(arch, num_classes=7, width=width, input_shape=(size, size, 3), stem=stem)
-    x = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+def _check_forward(model, x, stages, exits):
+    """Exits and final logits of the right shape, one feature map per stage with shrinking
+    resolution, and the inference path equal to the full forward's final head; the stage maps."""
     logits, feats = model(x, training=False, return_features=True)
     assert sorted(logits) == sorted([f"exit_{k}" for k in exits] + ["final"])
-    assert all(tuple(v.shape) == (1, 7) and np.isfinite(np.asarray(v)).all() for v in logits.values())
+    assert all(tuple(v.shape) == (len(x), model.num_classes) and np.isfinite(np.asarray(v)).all()
+               for v in logits.values())
     maps = [feats[f"stage_{k + 1}"] for k in range(stages)]
     assert [m.shape[-1] for m in maps] == list(model.stage_channels)
     sizes = [m.shape[1] for m in maps]
     assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]  # resolution drops stage by stage
     np.testing.assert_allclose(np.asarray(model.predict_final(x)), np.asarray(logits["final"]), rtol=1e-5, atol=1e-5)
+    return maps
+
+
+@pytest.fixture(scope="module")
+def cifar_models():
+    """One narrow model per backbone (CIFAR stem, 28x28x3: odd sizes 28 -> 14 -> 7 -> 4 below), built
+    once for the forward, label-generator and export checks (building MobileNetV2 or ShuffleNetV2
+    takes seconds: their many small layers)."""
+    return {arch: build_backbone(arch, num_classes=4, width=width, input_shape=(28, 28, 3), stem="cifar")
+            for arch, (_, _, width) in ZOO.items()}
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_forward_stages_exits_and_label_generator_at_the_cifar_stem(arch, cifar_models):
+    stages, exits, _ = ZOO[arch]
+    model = cifar_models[arch]
+    x = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 3)).astype(np.float32)
+    maps = _check_forward(model, x, stages, exits)
+    # The label generator fuses every backbone's stage maps top-down, odd sizes included.
+    generator = LabelGenerator(model.stage_channels, 4, fusion_channels=8, exits=model.exits)
+    targets = generator(maps, training=False)
+    assert sorted(targets) == sorted(f"exit_{k}" for k in exits)
+    assert all(tuple(t.shape) == (2, 4) for t in targets.values())
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_forward_shapes_stages_and_exits_at_the_imagenet_stem(arch):
+    stages, exits, width = ZOO[arch]
+    model = build_backbone(arch, num_classes=7, width=width, input_shape=(224, 224, 3), stem="imagenet")
+    x = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3)).astype(np.float32)
+    _check_forward(model, x, stages, exits)
 
 
 # Published counts (trainable parameters, final head included, exits excluded):
@@ -57,29 +86,16 @@ def test_parameter_counts_match_references(arch, kwargs, expected, tolerance):
     assert abs(count_without_exits(model) - expected) <= tolerance, count_without_exits(model)
 
 
-@pytest.mark.parametrize("arch", sorted(ZOO))
-def test_label_generator_fuses_every_backbone(arch):
-    stages, exits, width = ZOO[arch]
-    model = build_backbone(arch, num_classes=5, width=width, input_shape=(28, 28, 1))
-    x = np.random.default_rng(1).uniform(0, 255, (2, 28, 28, 1)).astype(np.float32)
-    _, feats = model(x, training=False, return_features=True)
-    generator = LabelGenerator(model.stage_channels, 5, fusion_channels=8, exits=model.exits)
-    targets = generator([feats[f"stage_{k + 1}"] for k in range(stages)], training=False)
-    assert sorted(targets) == sorted(f"exit_{k}" for k in exits)  # odd sizes (28 -> 14 -> 7 -> 4 ...) fuse
-    assert all(tuple(t.shape) == (2, 5) for t in targets.values())
-
-
 @pytest.mark.parametrize("arch", ["vgg19", "mobilenetv2", "shufflenetv2", "wrn16_1", "resnext29_2x64d"])
-def test_every_backbone_exports_without_exits(arch, tmp_path):
+def test_every_backbone_exports_without_exits(arch, cifar_models, tmp_path):
     import tensorflow as tf
 
     from tfkd import export
 
-    _, _, width = ZOO[arch]
-    model = build_backbone(arch, num_classes=4, width=width, input_shape=(32, 32, 3)).ensure_built()
+    model = cifar_models[arch].ensure_built()
     path = export.export_saved_model(model, str(tmp_path / "export"), {"method": "baseline"})
     loaded = tf.saved_model.load(path)
-    x = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    x = np.random.default_rng(2).integers(0, 256, (3, 28, 28, 3)).astype(np.uint8)
     probs = loaded.signatures["serving_default"](images=tf.constant(x))["probabilities"].numpy()
     np.testing.assert_allclose(probs, tf.nn.softmax(model.predict_final(x.astype(np.float32))).numpy(), atol=1e-5)
     saved = sum(int(np.prod(v.shape)) for v in loaded.inference_variables)
