@@ -2,6 +2,7 @@
 configured before TensorFlow starts. Trains each method (a narrow multi-exit ResNet10) for two
 steps under MirroredStrategy (2 replicas) and on one device with the same global batches and initial weights, and prints the
 largest weight difference per method as JSON."""
+import functools
 import json
 import os
 import sys
@@ -65,13 +66,10 @@ def write_teacher():
     io.write_json_atomic(os.path.join(TEACHER, "network.json"), {"arch": "resnet10", "kwargs": kwargs})
 
 
-TEACHERS = {}  # one frozen teacher per strategy, shared by kd, fitnet and at (each load costs ~1.5 s)
-
-
+@functools.lru_cache(maxsize=None)
 def teacher_for(strategy):
-    if strategy not in TEACHERS:
-        TEACHERS[strategy] = Teacher(TEACHER, "config.teacher")
-    return TEACHERS[strategy]
+    """One frozen teacher per strategy, shared by kd, fitnet and at (each load costs ~1.5 s)."""
+    return Teacher(TEACHER, "config.teacher")
 
 
 def make(name, strategy):
