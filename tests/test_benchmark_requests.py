@@ -562,3 +562,46 @@ def test_reference_step_match_maps_every_backbone_weight_onto_the_reference_once
     kernel = np.zeros((3, 3, 8, 16))
     assert reference_support.to_torch_layout(kernel).shape == (16, 8, 3, 3)
     assert reference_support.to_torch_layout(np.zeros((64, 10))).shape == (10, 64)
+
+
+def test_teacher_student_table_continues_its_file_and_reuses_matching_self_boosting_runs(tmp_path):
+    """A convergent teacher-student table takes sessions: a later invocation trains only the runs
+    its file lacks, takes the no-teacher methods' runs of the same config from a self_boosting_table
+    file (not a variant trained with other flags), and refuses to continue a file of another config."""
+    name, source = f"ts_test_{os.getpid()}", f"ts_source_{os.getpid()}"
+    results = os.path.join(REPO, "benchmarks", "results")
+    paths = [os.path.join(results, f) for f in (f"{name}.json", f".{name}.lock", f"{source}.json", f".{source}.lock")]
+    config = "configs/bench_fashion_mnist_converge.py"
+
+    def run(method, seed, accuracy, extra=""):
+        return {"seed": seed, "best_epoch": 30, "test": {"final_accuracy": accuracy}, "val": {"final_accuracy": 0.9},
+                "command": f"python bin/train --config={config} --method={method} --seed={seed} "
+                           f"--config.export.enabled=False{extra}", "seconds": 100.0, "git_revision": "abc"}
+
+    try:
+        with open(paths[2], "w") as f:
+            json.dump({"benchmark": "self_boosting_table", "datasets": {"fashion_mnist": {
+                "config_file": config, "methods": {
+                    "baseline": {"runs": [run("baseline", 0, 0.5, " --config.train.epochs=2"),
+                                          run("baseline", 0, 0.9)]},
+                    "metadistiller": {"runs": [run("metadistiller", 0, 0.91), run("metadistiller", 1, 0.92)]}}}}}, f)
+        with open(paths[0], "w") as f:  # an earlier session's dml run
+            json.dump({"benchmark": "teacher_student_table", "config": config, "teacher_overrides":
+                       ["model.arch=resnet34", "model.width=0.25"], "overrides": [], "methods": {"dml": {
+                           "runs": [{"seed": 0, "test_final_accuracy": 0.8, "seconds": 5.0}]}}}, f)
+        rc, err = run_benchmark("teacher_student_table.py", f"--config={config}", f"--name={name}", f"--reuse={source}",
+                                "--methods=baseline,dml,metadistiller", "--seeds=0", f"--runs_dir={tmp_path}/runs")
+        assert rc == 0, err[-2000:]
+        assert not os.path.exists(tmp_path / "runs")  # nothing trained
+        with open(paths[0]) as f:
+            written = json.load(f)
+        assert [r["test_final_accuracy"] for r in written["methods"]["dml"]["runs"]] == [0.8]
+        (baseline,), (md,) = written["methods"]["baseline"]["runs"], written["methods"]["metadistiller"]["runs"]
+        assert baseline["test_final_accuracy"] == 0.9 and "epochs" not in baseline["command"], baseline
+        assert md["test_final_accuracy"] == 0.91 and md["reused_from"] == f"benchmarks/results/{source}.json"
+        rc, err = run_benchmark("teacher_student_table.py", "--config=configs/bench_fashion_mnist.py",
+                                f"--name={name}", "--methods=baseline", "--seeds=1", f"--runs_dir={tmp_path}/runs")
+        assert_one_error_line(rc, err, f"holds runs with config={config}, not configs/bench_fashion_mnist.py")
+        assert not os.path.exists(tmp_path / "runs")
+    finally:
+        _remove(paths)
