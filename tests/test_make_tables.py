@@ -387,3 +387,31 @@ def test_exit_head_table_pairs_md_with_sd_within_each_exit_design_over_the_chain
     paired = lines[lines.index("| MD − SD, paired by seed | final exit | exit 1 | exit 2 | exit 3 |") + 2:]
     assert paired[0].startswith("| plain conv chain | +1.00 ± 0.00 (n=2) | +2.00 ± 0.00 (n=2) |")
     assert paired[1].startswith("| residual bottleneck (default) | +0.00 ± 0.00 (n=2) | -2.00 ± 0.00 (n=2) |")
+
+
+def test_teacher_student_converge_pairs_claims_by_seed_and_names_reused_runs(monkeypatch):
+    """A partly filled convergent teacher-student table: each Table-3 claim is the seed-paired
+    difference (a verdict only with an interval), a claim whose method has no run yet says so, and
+    the rows taken from the self-boosting table are named as such."""
+    make_tables = _make_tables()
+
+    def entry(accuracies, **extra):
+        runs = [{"seed": s, "test_final_accuracy": a, "val_final_accuracy": a, "git_revision": "abc", **extra}
+                for s, a in accuracies.items()]
+        return {"runs": runs, "test_final_accuracy": make_tables.summarize(list(accuracies.values())),
+                "mean_seconds": 600.0, "uses_teacher": "teacher_test_accuracy" in extra}
+
+    reused = {"reused_from": "benchmarks/results/self_boosting_converge.json"}
+    monkeypatch.setattr(make_tables, "load", {"teacher_student_converge": {
+        "config": "configs/bench_fashion_mnist_converge.py", "teacher_overrides": ["model.arch=resnet34"],
+        "jobs": 2, "threads": 1, "teacher": {"test_final_accuracy": 0.92, "seconds": 1800.0},
+        "methods": {"baseline": entry({0: 0.90, 1: 0.91, 2: 0.90}, **reused),
+                    "kd": entry({0: 0.91, 1: 0.92}, teacher_test_accuracy=0.92),
+                    "metadistiller": entry({0: 0.905, 1: 0.905, 2: 0.90}, **reused)}}}.get)
+    table = make_tables.teacher_student_converge_table()
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["| KD > baseline"].endswith("| +1.00 ± 0.00 (n=2): **holds** (CI above 0) |")
+    assert rows["| MD > KD"].endswith("| -1.00 ± 6.36 (n=2): not seen (CI includes 0) |")
+    assert rows["| MD > AT"].endswith("| not measured yet |")
+    assert rows["| KD (Hinton)"].endswith("| 10 min | 40 min |")  # the teacher's 30 minutes added
+    assert "`benchmarks/results/self_boosting_converge.json`" in table
