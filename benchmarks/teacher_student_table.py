@@ -190,34 +190,51 @@ def main(argv):
                          teacher_git_revision=teacher["git_revision"])
         return entry
 
-    failed = []
+    failed, queue = [], list(todo)
+    teacher = {"state": "needed" if any(m in TEACHER_FIELD for m, _ in todo) else "unneeded"}
+
+    def next_job():
+        """The teacher first when a run needs it; then seed-major, the teacher's students ahead of the
+        rest once it is there: a later session on another machine would train the teacher again."""
+        if teacher["state"] == "needed":
+            teacher["state"] = "training"
+            return "teacher", 0
+        ready = [job for job in queue if job[0] not in TEACHER_FIELD or teacher["state"] == "ready"]
+        if not ready:
+            return None
+        job = min(ready, key=lambda j: j[0] not in TEACHER_FIELD)  # the first of the teacher's students
+        queue.remove(job)
+        return job
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, FLAGS.jobs)) as pool:
-        pending = {}
-        waiting = [job for job in todo if job[0] in TEACHER_FIELD]
-        if waiting:
-            pending[pool.submit(run, "teacher", teacher_dir, ["--method=baseline", "--seed=0"] +
-                                [f"--config.{o}" for o in FLAGS.teacher_override])] = ("teacher", 0)
-        pending.update({pool.submit(student, *job): job for job in todo if job[0] not in TEACHER_FIELD})
-        while pending:
-            finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        running = {}
+        while True:
+            while len(running) < max(1, FLAGS.jobs) and (job := next_job()):
+                running[pool.submit(run, "teacher", teacher_dir, ["--method=baseline", "--seed=0"] +
+                                    [f"--config.{o}" for o in FLAGS.teacher_override]) if job[0] == "teacher"
+                        else pool.submit(student, *job)] = job
+            if not running:
+                break
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
-                job = pending.pop(future)
+                job = running.pop(future)
                 try:
                     entry = future.result()
                 except RuntimeError as e:  # one failed run must not keep the finished ones out of the table
                     print(e, flush=True)
                     failed.append("/".join(map(str, job)))
+                    teacher["state"] = "failed" if job[0] == "teacher" else teacher["state"]
                     continue
                 # Only this (main) thread records: the workers just train.
                 if job[0] == "teacher":
                     old = results.get("teacher") or {}
                     if entry["seconds"] is None and old.get("git_revision") == entry["git_revision"]:
                         entry["seconds"] = old.get("seconds")
-                    results["teacher"] = entry
-                    pending.update({pool.submit(student, *j): j for j in waiting})
+                    results["teacher"], teacher["state"] = entry, "ready"
                 else:
                     add_run(results, *job, entry)
                 common.write_result(FLAGS.name, results)
+    failed += [f"{method}/{seed} (its teacher failed)" for method, seed in queue]
     if failed:
         sys.exit(f"{len(failed)} runs failed: {', '.join(failed)}")
 
