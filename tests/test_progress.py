@@ -78,3 +78,20 @@ def test_a_bar_off_a_terminal_is_one_line_per_epoch():
     """Keras redraws its bar with backspaces wherever `posix` is imported, into files and pipes too."""
     assert [bar_verbosity(v, Terminal()) for v in (0, 1, 2)] == [0, 1, 2]
     assert [bar_verbosity(v, io.StringIO()) for v in (0, 1, 2)] == [0, 2, 2]
+
+
+def test_summary_shows_an_ensemble_row_only_for_a_network_with_exits(capsys):
+    """DML's "peer" is a second network, not an exit: its ensemble row (the student's one head
+    again) read like a mistake; a multi-exit run keeps its ensemble of exits."""
+    from tfkd.train import print_summary
+
+    def metrics(heads):
+        accuracies = {f"{h}_accuracy": 0.5 + i / 100 for i, h in enumerate(heads)}
+        return {"val": dict(accuracies), "test": dict(accuracies), "best_epoch": 3, "select_metric": "val_final_accuracy"}
+
+    print_summary(metrics(["ensemble", "final", "peer"]), "dml on fashion_mnist")
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[3:]]
+    assert rows == ["final", "peer"]
+    print_summary(metrics(["ensemble", "exit_1", "final"]), "dsn on fashion_mnist")
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[3:]]
+    assert rows == ["ensemble", "exit_1", "final"]

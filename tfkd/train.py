@@ -211,7 +211,9 @@ def run_title(config):
 
 def print_summary(metrics, title):
     heads = [k[: -len("_accuracy")] for k in metrics["val"] if k.endswith("_accuracy")]
-    if len(heads) <= 2 and "ensemble" in heads:  # one head (no exits): its "ensemble" is itself
+    # The ensemble averages the network's exits with its final head: without exits it is the final
+    # head itself (baseline, KD, DML, whose "peer" is another network, not an exit).
+    if "ensemble" in heads and not any(h.startswith("exit_") for h in heads):
         heads.remove("ensemble")
     print(f"\n{title} (best epoch {metrics['best_epoch']} by {metrics['select_metric']})")
     print(f"{'head':<10} {'val acc':>8} {'test acc':>9}")
