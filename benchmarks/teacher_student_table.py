@@ -62,8 +62,7 @@ def pretty(cmd):
 def seconds_from_run_folder(workdir):
     """A finished run folder's wall-clock when this invocation did not train it (its first start to
     its metrics file); None when it was resumed, whose clock would leave out the stopped part."""
-    with open(os.path.join(workdir, "run_info.json")) as f:
-        starts = json.load(f)
+    starts = read_json(workdir, "run_info.json")
     if len(starts) > 1:
         return None
     start = datetime.datetime.strptime(starts[0]["time_utc"], "%Y-%m-%dT%H:%M:%SZ").replace(
@@ -92,10 +91,10 @@ def run(name, workdir, extra):
         # A run resumed from an earlier, killed invocation: this clock leaves out the stopped part.
         seconds = None if len(read_json(workdir, "run_info.json")) > 1 else time.time() - start
         print(f"{time.time() - start:7.0f}s  {name}", flush=True)
-    metrics = read_json(workdir, "metrics.json")
+    metrics, starts = read_json(workdir, "metrics.json"), read_json(workdir, "run_info.json")
     return {"command": pretty(cmd), "seconds": seconds, "test_final_accuracy": metrics["test"]["final_accuracy"],
             "val_final_accuracy": metrics["val"].get("final_accuracy"), "best_epoch": metrics["best_epoch"],
-            "git_revision": read_json(workdir, "run_info.json")[0]["git_revision"]}
+            "git_revision": starts[0]["git_revision"]}
 
 
 def read_json(workdir, name):
