@@ -560,74 +560,106 @@ def teacher_student_table(r):
     return "\n".join(lines)
 
 
-TS_CONVERGE_COMMAND = ("python benchmarks/teacher_student_table.py --config=configs/bench_fashion_mnist_converge.py "
-                       "--name=teacher_student_converge --reuse=self_boosting_converge --jobs=2 --threads=1")
+def teacher_student_command(config, name, reuse):
+    return (f"python benchmarks/teacher_student_table.py --config=configs/{config}.py --name={name} "
+            f"--reuse={reuse} --jobs=2 --threads=1")
+
+
+# result name -> (the regime, as a column of the evidence table; the command that fills it in)
+TS_REGIMES = {
+    "teacher_student_converge": ("Fashion-MNIST (10k images, 40 epochs)", teacher_student_command(
+        "bench_fashion_mnist_converge", "teacher_student_converge", "self_boosting_converge")),
+    "teacher_student_small_data": ("Fashion-MNIST (2k images, 100 epochs)", teacher_student_command(
+        "bench_fashion_mnist_small_data", "teacher_student_small_data", "self_boosting_small_data")),
+}
 # The paper's Table 3: every two-stage method above the student trained alone, MetaDistiller (no
 # teacher) above every one of them.
 TS_CLAIMS = [(f"{TS_SHORT[m]} > baseline", m, "baseline") for m in ("kd", "fitnet", "at", "dml")] + \
             [(f"MD > {TS_SHORT[m]}", "metadistiller", m) for m in ("kd", "fitnet", "at", "dml")]
 
 
-def teacher_student_claims(methods):
-    """The paper's Table-3 claims as seed-paired differences of the final head's test accuracy."""
-    lines = ["| paper's claim (Table 3) | test accuracy A − B, points |", "|---|---|"]
-    for claim, a, b in TS_CLAIMS:
+def teacher_student_claim_cells(methods):
+    """Each Table-3 claim as the seed-paired difference of the final head's test accuracy."""
+    cells = []
+    for _, a, b in TS_CLAIMS:
         if a in methods and b in methods:
             mean, ci, n = seed_paired(methods[a], methods[b], lambda run: run["test_final_accuracy"])
-            cell = paired_cell(mean, ci, n) + (f": {verdict(mean, ci)}" if n > 1 else "")
+            cells.append(paired_cell(mean, ci, n) + (f": {verdict(mean, ci)}" if n > 1 else ""))
         else:
-            cell = "not measured yet"
-        lines.append(f"| {claim} | {cell} |")
-    return lines
+            cells.append("not measured yet")
+    return cells
 
 
-@from_result("teacher_student_converge", TS_CONVERGE_COMMAND)
-def evidence_teacher_student_table(r):
-    """The Table-3 claims for the evidence summary, with what the runs were."""
-    t = r.get("teacher") or {}
-    teacher = f"{100 * t['test_final_accuracy']:.2f} %" if t else "not trained yet"
-    return "\n".join(teacher_student_claims(r["methods"]) + [
-        "", f"Student ResNet18 (width 0.125) on `{r['config']}`, teacher `{', '.join(r['teacher_overrides'])}` "
-        f"(test accuracy {teacher}); test accuracy of the final head, checkpoint chosen on "
-        "validation; seed-paired mean ± 95% CI over the seeds both methods ran so far (the table under "
-        "Benchmarks, \"At the convergent regime\", lists them)."])
+def teacher_student_claims(methods):
+    lines = ["| paper's claim (Table 3) | test accuracy A − B, points |", "|---|---|"]
+    return lines + [f"| {claim} | {cell} |" for (claim, _, _), cell in zip(TS_CLAIMS, teacher_student_claim_cells(methods))]
 
 
-@from_result("teacher_student_converge", TS_CONVERGE_COMMAND)
-def teacher_student_converge_table(r):
-    """The teacher-student comparison at the convergent regime: per-method accuracy over seeds, the
-    wall-clock, and the paper's Table-3 claims as seed-paired differences."""
-    methods, t = r["methods"], r.get("teacher")
-    teacher = (f"teacher `{', '.join(r['teacher_overrides'])}` trained once, seed 0: test "
-               f"accuracy {100 * t['test_final_accuracy']:.2f}%, {t['seconds'] / 60:.0f} min" if t and t.get("seconds")
-               else "teacher not trained yet")
-    accuracies = sorted({round(100 * run["teacher_test_accuracy"], 2) for e in methods.values() for run in e["runs"]
-                         if "teacher_test_accuracy" in run})
-    if len(accuracies) > 1:  # a later session on another machine trained the teacher again
-        teacher += f" (the students' teachers: {', '.join(f'{a:.2f}%' for a in accuracies)})"
-    lines = [f"Student ResNet18 (width 0.125) on `{r['config']}`; {teacher}. Test accuracy of the final head (%), "
-             "mean ± std over the seeds run so far; the checkpoint is chosen on validation. Runs trained "
-             f"{r.get('jobs', 1)} side by side at {r.get('threads') or 'default'} thread(s) each, so wall-clock "
-             "compares methods, not machines.", "",
-             "| method | test accuracy | validation | seeds | mean wall-clock per run | incl. the teacher's training |",
-             "|---|---|---|---|---|---|"]
-    teacher_s = (t or {}).get("seconds") or 0
-    for method in [m for m in TS_LABELS if m in methods]:
-        e = methods[method]
-        vals = [run["val_final_accuracy"] for run in e["runs"] if run.get("val_final_accuracy") is not None]
-        secs = e.get("mean_seconds")
-        lines.append(f"| {TS_LABELS[method]} | {pct(e['test_final_accuracy'])} | {pct(summarize(vals))} | "
-                     f"{', '.join(str(run['seed']) for run in e['runs'])} | "
-                     f"{f'{secs / 60:.0f} min' if secs else '–'} | "
-                     f"{f'{(secs + teacher_s) / 60:.0f} min' if secs and e.get('uses_teacher') and teacher_s else '–'} |")
-    lines += [""] + teacher_student_claims(methods)
-    reused = sorted({run["reused_from"] for e in methods.values() for run in e["runs"] if run.get("reused_from")})
-    revisions = sorted({short_rev(run.get("git_revision", "?")) for e in methods.values() for run in e["runs"]})
-    lines += ["", "Differences are seed-paired (mean ± 95% Student-t CI over the seeds both ran). "
-              + (f"The baseline and MetaDistiller runs are those of `{', '.join(reused)}` (the same config, seeds "
-                 "and flags; their wall-clock was measured there). " if reused else "")
-              + provenance(r) + f" Runs trained at git {', '.join(revisions)}."]
-    return "\n".join(lines)
+def evidence_teacher_student_table():
+    """The Table-3 claims for the evidence summary: one column per regime measured so far."""
+    results = {name: load(name) for name in TS_REGIMES}
+    measured = {name: r for name, r in results.items() if r is not None}
+    if not measured:
+        return f"_Not measured yet: run `{TS_REGIMES['teacher_student_converge'][1]}`._"
+    columns = [teacher_student_claim_cells(r["methods"]) for r in measured.values()]
+    lines = ["| paper's claim (Table 3) | " + " | ".join(TS_REGIMES[name][0] for name in measured) + " |",
+             "|---|" + "---|" * len(measured)]
+    lines += [f"| {claim} | " + " | ".join(column[i] for column in columns) + " |"
+              for i, (claim, _, _) in enumerate(TS_CLAIMS)]
+    teachers = []
+    for name, r in measured.items():
+        t = r.get("teacher") or {}
+        accuracy = f"{100 * t['test_final_accuracy']:.2f} %" if t else "not trained yet"
+        teachers.append(f"{TS_REGIMES[name][0]}: `{r['config']}`, its teacher {accuracy}")
+    overrides = sorted({", ".join(r["teacher_overrides"]) for r in measured.values()})
+    return "\n".join(lines + [
+        "", f"Test accuracy of the final head, points, A − B; student ResNet18 (width 0.125), teacher "
+        f"`{'; '.join(overrides)}` trained on the same data and schedule (test accuracy: {'; '.join(teachers)}); "
+        "each run's checkpoint chosen on validation; seed-paired mean ± 95% CI over the seeds both methods ran "
+        "so far (the tables under Benchmarks, \"Teacher–student methods vs MetaDistiller\", list them)."])
+
+
+def teacher_student_regime_table(name):
+    """The teacher-student comparison at one regime: per-method accuracy over seeds, the wall-clock,
+    and the paper's Table-3 claims as seed-paired differences."""
+    @from_result(name, TS_REGIMES[name][1])
+    def table(r):
+        methods, t = r["methods"], r.get("teacher")
+        teacher = (f"teacher `{', '.join(r['teacher_overrides'])}` trained once, seed 0: test "
+                   f"accuracy {100 * t['test_final_accuracy']:.2f}%, {t['seconds'] / 60:.0f} min"
+                   if t and t.get("seconds") else "teacher not trained yet")
+        accuracies = sorted({round(100 * run["teacher_test_accuracy"], 2) for e in methods.values()
+                             for run in e["runs"] if "teacher_test_accuracy" in run})
+        if len(accuracies) > 1:  # a later session on another machine trained the teacher again
+            teacher += f" (the students' teachers: {', '.join(f'{a:.2f}%' for a in accuracies)})"
+        lines = [f"Student ResNet18 (width 0.125) on `{r['config']}`; {teacher}. Test accuracy of the final head "
+                 "(%), mean ± std over the seeds run so far; the checkpoint is chosen on validation. Runs trained "
+                 f"{r.get('jobs', 1)} side by side at {r.get('threads') or 'default'} thread(s) each, so wall-clock "
+                 "compares methods, not machines.", "",
+                 "| method | test accuracy | validation | seeds | mean wall-clock per run | incl. the teacher's training |",
+                 "|---|---|---|---|---|---|"]
+        teacher_s = (t or {}).get("seconds") or 0
+        for method in [m for m in TS_LABELS if m in methods]:
+            e = methods[method]
+            vals = [run["val_final_accuracy"] for run in e["runs"] if run.get("val_final_accuracy") is not None]
+            secs = e.get("mean_seconds")
+            lines.append(f"| {TS_LABELS[method]} | {pct(e['test_final_accuracy'])} | {pct(summarize(vals))} | "
+                         f"{', '.join(str(run['seed']) for run in e['runs'])} | "
+                         f"{f'{secs / 60:.0f} min' if secs else '–'} | "
+                         f"{f'{(secs + teacher_s) / 60:.0f} min' if secs and e.get('uses_teacher') and teacher_s else '–'} |")
+        lines += [""] + teacher_student_claims(methods)
+        reused = sorted({run["reused_from"] for e in methods.values() for run in e["runs"] if run.get("reused_from")})
+        revisions = sorted({short_rev(run.get("git_revision", "?")) for e in methods.values() for run in e["runs"]})
+        lines += ["", "Differences are seed-paired (mean ± 95% Student-t CI over the seeds both ran). "
+                  + (f"The baseline and MetaDistiller runs are those of `{', '.join(reused)}` (the same config, "
+                     "seeds and flags; their wall-clock was measured there). " if reused else "")
+                  + provenance(r) + f" Runs trained at git {', '.join(revisions)}."]
+        return "\n".join(lines)
+    return table
+
+
+teacher_student_converge_table = teacher_student_regime_table("teacher_student_converge")
+teacher_student_small_data_table = teacher_student_regime_table("teacher_student_small_data")
 
 
 @from_result("scaling", "python benchmarks/scaling.py")
@@ -1794,6 +1826,7 @@ def evidence_fewshot_table():
 
 
 TABLES = {"teacher_student": teacher_student_table, "teacher_student_converge": teacher_student_converge_table,
+          "teacher_student_small_data": teacher_student_small_data_table,
           "evidence_teacher_student": evidence_teacher_student_table,
           "scaling": scaling_table,
           "fewshot_glyphs": lambda: fewshot_table("glyphs"),

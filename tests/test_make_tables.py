@@ -415,3 +415,32 @@ def test_teacher_student_converge_pairs_claims_by_seed_and_names_reused_runs(mon
     assert rows["| MD > AT"].endswith("| not measured yet |")
     assert rows["| KD (Hinton)"].endswith("| 10 min | 40 min |")  # the teacher's 30 minutes added
     assert "`benchmarks/results/self_boosting_converge.json`" in table
+
+
+def test_evidence_teacher_student_has_a_column_per_regime_measured(monkeypatch):
+    """The evidence summary's Table-3 block: one column per regime whose results file exists, each
+    claim paired within its own regime, and each regime's teacher named under it."""
+    make_tables = _make_tables()
+
+    def entry(accuracies):
+        return {"runs": [{"seed": s, "test_final_accuracy": a} for s, a in accuracies.items()]}
+
+    def result(config, teacher, kd):
+        return {"config": config, "teacher_overrides": ["model.arch=resnet34"],
+                "teacher": {"test_final_accuracy": teacher},
+                "methods": {"baseline": entry({0: 0.80, 1: 0.81}), "kd": entry(kd)}}
+
+    results = {"teacher_student_converge": result("configs/a.py", 0.92, {0: 0.81, 1: 0.82})}
+    monkeypatch.setattr(make_tables, "load", results.get)
+    one = make_tables.evidence_teacher_student_table().splitlines()
+    assert one[0] == "| paper's claim (Table 3) | Fashion-MNIST (10k images, 40 epochs) |"
+    results["teacher_student_small_data"] = result("configs/b.py", 0.85, {0: 0.79, 1: 0.80})
+    rows = {line.split(" | ")[0]: line for line in make_tables.evidence_teacher_student_table().splitlines()
+            if line.startswith("| ")}
+    assert rows["| paper's claim (Table 3)"].endswith(
+        "| Fashion-MNIST (10k images, 40 epochs) | Fashion-MNIST (2k images, 100 epochs) |")
+    assert rows["| KD > baseline"] == ("| KD > baseline | +1.00 ± 0.00 (n=2): **holds** (CI above 0) "
+                                       "| -1.00 ± 0.00 (n=2): **reversed** (CI below 0) |")
+    assert rows["| MD > KD"].endswith("| not measured yet | not measured yet |")
+    footnote = make_tables.evidence_teacher_student_table()
+    assert "`configs/a.py`, its teacher 92.00 %" in footnote and "`configs/b.py`, its teacher 85.00 %" in footnote
