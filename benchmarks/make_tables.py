@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Regenerates the README's result tables from benchmarks/results/*.json.
+"""Regenerates the result tables of README.md and docs/benchmarks.md from benchmarks/results/*.json.
 
-    python benchmarks/make_tables.py          # rewrites the marked blocks in README.md
-    python benchmarks/make_tables.py --check  # exit 1 if README.md is out of date
+    python benchmarks/make_tables.py          # rewrites the marked blocks in both documents
+    python benchmarks/make_tables.py --check  # exit 1 if either is out of date
 
 A table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; missing result files
 leave a "not measured yet" line instead of numbers.
@@ -18,6 +18,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 README = os.path.join(REPO, "README.md")
+# Where tables are drawn: the README's summary and quick-start figures, the benchmark details.
+DOCUMENTS = (README, os.path.join(REPO, "docs", "benchmarks.md"))
 
 METHOD_LABELS = {"baseline": "baseline", "dsn": "DSN (hard only)", "self_distill": "SD (hard + final soft)",
                  "metadistiller": "MD (hard + generated soft)"}
@@ -1908,15 +1910,16 @@ TABLES = {"teacher_student": teacher_student_table, "teacher_student_converge": 
 
 
 def unmatched_markers(text):
-    """Problems with the README's marker pairs, one line each: a table with no pair (it would never
-    be written), a pair naming no table (it would never be filled), an opening with no closing."""
+    """Problems with the documents' marker pairs (``text``: all of them together), one line each: a
+    table with no pair (it would never be written), a pair naming no table (it would never be
+    filled), an opening with no closing."""
     opened = re.findall(r"<!-- table:([\w.-]+) -->", text)
     closed = set(re.findall(r"<!-- /table:([\w.-]+) -->", text))
-    return ([f"table {name!r} has no <!-- table:{name} --> marker pair in README.md" for name in TABLES
-             if name not in opened] +
-            [f"README.md marker table:{name} names no table in benchmarks/make_tables.py TABLES"
+    return ([f"table {name!r} has no <!-- table:{name} --> marker pair in README.md or docs/benchmarks.md"
+             for name in TABLES if name not in opened] +
+            [f"marker table:{name} names no table in benchmarks/make_tables.py TABLES"
              for name in opened if name not in TABLES] +
-            [f"README.md marker table:{name} has no closing <!-- /table:{name} -->" for name in opened
+            [f"marker table:{name} has no closing <!-- /table:{name} -->" for name in opened
              if name not in closed])
 
 
@@ -1929,22 +1932,33 @@ def render(text):
 
 
 def main():
-    with open(README) as f:
-        old = f.read()
-    problems = unmatched_markers(old)
+    old = {}
+    for path in DOCUMENTS:
+        with open(path) as f:
+            old[path] = f.read()
+    problems = unmatched_markers("".join(old.values()))
     if problems:
         print("\n".join(problems))
         sys.exit(1)
-    new = render(old)
+    new = {path: render(text) for path, text in old.items()}
+    stale = [os.path.relpath(path, REPO) for path in DOCUMENTS if new[path] != old[path]]
     if "--check" in sys.argv:
-        if new != old:
-            print("README.md tables are out of date: run python benchmarks/make_tables.py")
+        if stale:
+            print(f"{', '.join(stale)}: tables out of date: run python benchmarks/make_tables.py")
             sys.exit(1)
         return
-    if new != old:
-        with open(README, "w") as f:
-            f.write(new)
-    print("README.md tables up to date")
+    for path in DOCUMENTS:
+        if new[path] != old[path]:
+            write_atomic(path, new[path])
+    print("README.md and docs/benchmarks.md tables up to date")
+
+
+def write_atomic(path, text):
+    """Whole or not at all: a killed run leaves the old document, never half of the new one."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

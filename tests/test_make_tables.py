@@ -30,9 +30,9 @@ def test_a_new_empty_marker_pair_is_filled_and_unmatched_markers_are_named(monke
                         "y\n<!-- table:beta -->\n| b |\n<!-- /table:beta -->\n")
     assert make_tables.render(rendered) == rendered
     problems = make_tables.unmatched_markers("<!-- table:alpha -->\n<!-- table:gamma -->\n<!-- /table:gamma -->\n")
-    assert problems == ["table 'beta' has no <!-- table:beta --> marker pair in README.md",
-                        "README.md marker table:gamma names no table in benchmarks/make_tables.py TABLES",
-                        "README.md marker table:alpha has no closing <!-- /table:alpha -->"]
+    assert problems == ["table 'beta' has no <!-- table:beta --> marker pair in README.md or docs/benchmarks.md",
+                        "marker table:gamma names no table in benchmarks/make_tables.py TABLES",
+                        "marker table:alpha has no closing <!-- /table:alpha -->"]
 
 
 def test_wall_time_leaves_out_resumed_runs_and_says_so():

@@ -92,7 +92,7 @@ def base_config():
     # TensorFlow's thread pools (0 = TensorFlow's choice, or TF_NUM_INTRAOP_THREADS /
     # TF_NUM_INTEROP_THREADS): threads that split one op, and ops run side by side. Fixed when
     # TensorFlow's runtime starts, so bin/train sets them first. Small networks on few cores run
-    # faster with intra_op_threads=1 (README, step-cost tables); big ops want the default.
+    # faster with intra_op_threads=1 (docs/benchmarks.md, step-cost tables); big ops want the default.
     c.train.intra_op_threads = 0
     c.train.inter_op_threads = 0
     c.train.steps_per_execution = 1

@@ -258,7 +258,7 @@ class DistillConfig(GeneratorAugmentedConfig):
         cfg.gamma = 5.0  # Eq. 1 trade-off (paper: 5 on miniImageNet, 150 on ImageNet1K)
         cfg.temperature_init = 7.0  # T of Eq. 1
         # The paper: T learned with the student. The loss weighs its soft term by T^2, so the gradient
-        # pushes T down, and at a high learning rate to ~0, which switches the term off (README,
+        # pushes T down, and at a high learning rate to ~0, which switches the term off (docs/benchmarks.md,
         # the MLP-teacher table's last column); False holds T at temperature_init.
         cfg.learn_temperature = True
         cfg.k_teacher = 0  # real examples per class in S_teacher; 0 = every example of the class

@@ -26,9 +26,9 @@ Readings of the ambiguous parts (all config fields of ``config.metadistiller``):
 * The inner step includes the coupled weight decay of the real update (it does not depend on
   theta_g, so it only shifts theta+ as the real step would).
 * Generator learning rate: default Adam 1e-3. The paper's 0.1 was checked too and is stable
-  here (no divergence, similar validation accuracy; README, generator learning-rate table).
+  here (no divergence, similar validation accuracy; docs/benchmarks.md, generator learning-rate table).
 * ``meta_batch_size``: a cheaper meta step on the first n examples of the D_train / D_test batches
-  (not in the paper, which does not give its meta batch size; step-cost table in the README).
+  (not in the paper, which does not give its meta batch size; step-cost table in docs/benchmarks.md).
 * Within the lookahead, BatchNorm uses batch statistics (training mode, as in the real step);
   the moving statistics produced by stateless_call are discarded.
 """
