@@ -618,7 +618,7 @@ def evidence_teacher_student_table():
         "", f"Test accuracy of the final head, points, A − B; student ResNet18 (width 0.125), teacher "
         f"`{'; '.join(overrides)}` trained on the same data and schedule (test accuracy: {'; '.join(teachers)}); "
         "each run's checkpoint chosen on validation; seed-paired mean ± 95% CI over the seeds both methods ran "
-        "so far (the tables under Benchmarks, \"Teacher–student methods vs MetaDistiller\", list them)."])
+        "so far (docs/benchmarks.md, \"Teacher–student methods vs MetaDistiller\", lists them)."])
 
 
 def teacher_student_regime_table(name):
