@@ -94,3 +94,35 @@ def test_quick_start_chain_runs_with_tiny_overrides(tmp_path):
         table = summary[: summary.index("workdir ")]
         assert "final " in table and "ensemble" not in table  # one head: no ensemble row
         assert (tmp_path / "runs" / "compare.json").exists()
+
+
+def _anchors(path):
+    """GitHub's heading anchors of a Markdown file: lower case, punctuation but '-' and '_' dropped,
+    spaces to '-' (code blocks skipped: their '#' lines are comments)."""
+    anchors, in_code = set(), False
+    for line in open(path):
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and re.match(r"#{1,6} ", line):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def test_links_between_the_readme_and_docs_resolve():
+    """Every relative link of README.md and docs/benchmarks.md names a file that exists and, with a
+    '#', a heading there: the README's benchmark list cannot drift from the headings it points at."""
+    problems, checked = [], 0
+    for doc in ("README.md", os.path.join("docs", "benchmarks.md")):
+        base = os.path.dirname(os.path.join(REPO, doc))
+        for target in re.findall(r"\]\(([^)\s]+)\)", open(os.path.join(REPO, doc)).read()):
+            if re.match(r"\w+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            full = os.path.normpath(os.path.join(base, path)) if path else os.path.join(REPO, doc)
+            checked += 1
+            if not os.path.exists(full):
+                problems.append(f"{doc}: {target}: no such file")
+            elif anchor and anchor not in _anchors(full):
+                problems.append(f"{doc}: {target}: no such heading")
+    assert checked > 20 and problems == [], problems
