@@ -16,6 +16,10 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from tfkd import io  # noqa: E402  (TensorFlow-free)
+from tfkd.errors import UserError  # noqa: E402
 RESULTS = os.path.join(HERE, "results")
 README = os.path.join(REPO, "README.md")
 # Where tables are drawn: the README's summary and quick-start figures, the benchmark details.
@@ -1949,16 +1953,12 @@ def main():
         return
     for path in DOCUMENTS:
         if new[path] != old[path]:
-            write_atomic(path, new[path])
+            try:
+                io.write_text_atomic(path, new[path])  # a killed or failed write leaves the old document
+            except UserError as e:  # a full disk: one line, as every tfkd command says it
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
     print("README.md and docs/benchmarks.md tables up to date")
-
-
-def write_atomic(path, text):
-    """Whole or not at all: a killed run leaves the old document, never half of the new one."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

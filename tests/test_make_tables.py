@@ -1,8 +1,11 @@
 """The README's result tables are generated from benchmarks/results/*.json, never edited by hand."""
+import errno
 import importlib.util
 import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -444,3 +447,40 @@ def test_evidence_teacher_student_has_a_column_per_regime_measured(monkeypatch):
     assert rows["| MD > KD"].endswith("| not measured yet | not measured yet |")
     footnote = make_tables.evidence_teacher_student_table()
     assert "`configs/a.py`, its teacher 92.00 %" in footnote and "`configs/b.py`, its teacher 85.00 %" in footnote
+
+
+def test_a_write_that_fails_halfway_leaves_the_old_document(monkeypatch, tmp_path, capsys):
+    """A disk that fills while the tables are written leaves each document as it was, not cut off
+    where the write stopped, and no temp file beside it; the error is one line, exit 2."""
+    make_tables = _make_tables()
+    doc = tmp_path / "doc.md"
+    old = "x\n<!-- table:alpha -->\nold\n<!-- /table:alpha -->\n"
+    doc.write_text(old)
+    monkeypatch.setattr(make_tables, "DOCUMENTS", (str(doc),))
+    monkeypatch.setattr(make_tables, "TABLES", {"alpha": lambda: "| new |\n" * 10000})
+    monkeypatch.setattr(sys, "argv", ["make_tables.py"])
+    real_fdopen = os.fdopen
+
+    class FillsUp:
+        """A file whose write stores half of the text, then fails as a full disk does."""
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(make_tables.io.os, "fdopen", lambda fd, mode: FillsUp(real_fdopen(fd, mode)))
+    with pytest.raises(SystemExit) as exit_:
+        make_tables.main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (f"error: no space left on device while writing {doc}; free some space and "
+                                       "run the command again (a training run resumes from its last checkpoint)\n")
+    assert doc.read_text() == old
+    assert os.listdir(tmp_path) == ["doc.md"]
