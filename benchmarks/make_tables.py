@@ -20,6 +20,7 @@ sys.path.insert(0, REPO)
 
 from tfkd import io  # noqa: E402  (TensorFlow-free)
 from tfkd.errors import UserError  # noqa: E402
+
 RESULTS = os.path.join(HERE, "results")
 README = os.path.join(REPO, "README.md")
 # Where tables are drawn: the README's summary and quick-start figures, the benchmark details.
@@ -603,8 +604,7 @@ def teacher_student_claims(methods):
 
 def evidence_teacher_student_table():
     """The Table-3 claims for the evidence summary: one column per regime measured so far."""
-    results = {name: load(name) for name in TS_REGIMES}
-    measured = {name: r for name, r in results.items() if r is not None}
+    measured = {name: r for name, r in ((name, load(name)) for name in TS_REGIMES) if r is not None}
     if not measured:
         return f"_Not measured yet: run `{TS_REGIMES['teacher_student_converge'][1]}`._"
     columns = [teacher_student_claim_cells(r["methods"]) for r in measured.values()]

@@ -59,10 +59,10 @@ def pretty(cmd):
     return " ".join(os.path.relpath(c, common.REPO) if c.startswith(common.REPO) else c for c in cmd)
 
 
-def seconds_from_run_folder(workdir):
+def seconds_from_run_folder(workdir, starts):
     """A finished run folder's wall-clock when this invocation did not train it (its first start to
-    its metrics file); None when it was resumed, whose clock would leave out the stopped part."""
-    starts = read_json(workdir, "run_info.json")
+    its metrics file); None when it was resumed (``starts``: its run_info.json), whose clock would
+    leave out the stopped part."""
     if len(starts) > 1:
         return None
     start = datetime.datetime.strptime(starts[0]["time_utc"], "%Y-%m-%dT%H:%M:%SZ").replace(
@@ -77,10 +77,8 @@ def run(name, workdir, extra):
     config = os.path.join(common.REPO, FLAGS.config)
     cmd = [sys.executable, os.path.join(common.REPO, "bin", "train"), f"--config={config}", f"--workdir={workdir}"]
     cmd += extra + list(RUN_FLAGS) + [f"--config.{o}" for o in FLAGS.override]
-    metrics_path = os.path.join(workdir, "metrics.json")
-    if os.path.exists(metrics_path):
-        seconds = seconds_from_run_folder(workdir)
-    else:
+    elapsed = None  # set when this invocation trains the run
+    if not os.path.exists(os.path.join(workdir, "metrics.json")):
         os.makedirs(os.path.dirname(workdir), exist_ok=True)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **thread_environment(FLAGS.threads, FLAGS.threads))
         start = time.time()
@@ -88,10 +86,13 @@ def run(name, workdir, extra):
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         if proc.returncode:
             raise RuntimeError(f"{name} failed ({proc.returncode}): {pretty(cmd)}; see {workdir}.log")
-        # A run resumed from an earlier, killed invocation: this clock leaves out the stopped part.
-        seconds = None if len(read_json(workdir, "run_info.json")) > 1 else time.time() - start
-        print(f"{time.time() - start:7.0f}s  {name}", flush=True)
+        elapsed = time.time() - start
+        print(f"{elapsed:7.0f}s  {name}", flush=True)
     metrics, starts = read_json(workdir, "metrics.json"), read_json(workdir, "run_info.json")
+    if elapsed is None:
+        seconds = seconds_from_run_folder(workdir, starts)
+    else:  # a run resumed from an earlier, killed invocation: this clock leaves out the stopped part
+        seconds = None if len(starts) > 1 else elapsed
     return {"command": pretty(cmd), "seconds": seconds, "test_final_accuracy": metrics["test"]["final_accuracy"],
             "val_final_accuracy": metrics["val"].get("final_accuracy"), "best_epoch": metrics["best_epoch"],
             "git_revision": starts[0]["git_revision"]}
